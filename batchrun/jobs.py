@@ -1,0 +1,334 @@
+"""The job file: TOML parsed once into frozen, typed objects.
+
+Everything past `load_job` receives these objects, never a dict of settings.
+Errors name the file, the key and what is allowed. Relative paths in a job file
+are relative to the job file's own folder, so `batchrun run jobs/x.toml` works
+from any working directory (cron).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from . import schemas
+from .errors import JobFileError, SchemaError
+
+FORMATS = ("csv", "tsv", "parquet", "jsonl", "xlsx")
+SUFFIX_FORMATS = {
+    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet",
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".xlsx": "xlsx",
+}
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class InputSpec(_Spec):
+    """[input]: where rows come from."""
+
+    path: Path
+    format: Literal["csv", "tsv", "parquet", "jsonl", "xlsx"] | None = None
+    id_column: str | None = None
+    """Column holding a unique id per row; without it the row number (from 0) is the id."""
+    limit: int | None = Field(default=None, gt=0)
+    filter: str | None = None
+    """A SQL boolean expression over the columns, e.g. "rating <= 2 AND lang = 'en'"."""
+    columns: tuple[str, ...] | None = None
+    """Input columns copied to the output (default: all)."""
+    sheet: str | None = None
+    separator: str | None = Field(default=None, min_length=1, max_length=1)
+
+    @property
+    def resolved_format(self) -> str:
+        if self.format:
+            return self.format
+        return SUFFIX_FORMATS.get(self.path.suffix.lower(), "")
+
+
+class Message(_Spec):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+    name: str | None = None
+
+
+class PromptSpec(_Spec):
+    """[prompt]: how a row becomes messages."""
+
+    system: str | None = None
+    template: str | None = None
+    """Jinja2 over the row's columns (also available as `row["col name"]`); undefined names fail."""
+    template_file: Path | None = None
+    examples: tuple[Message, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_template(self) -> PromptSpec:
+        if self.template is not None and self.template_file is not None:
+            raise ValueError("give `template` or `template_file`, not both")
+        if self.template is None and self.template_file is None:
+            raise ValueError("needs `template` (Jinja2 over the input columns) or `template_file`")
+        return self
+
+
+class RequestSpec(_Spec):
+    """[request]: the request each row becomes."""
+
+    kind: Literal["chat", "embeddings"] = "chat"
+    model: str = Field(min_length=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, gt=0)
+    max_completion_tokens: int | None = Field(default=None, gt=0)
+    seed: int | None = None
+    dimensions: int | None = Field(default=None, gt=0)
+    expected_output_tokens: int | None = Field(default=None, ge=0)
+    """What a typical reply uses, for the plan's expected cost (worst case uses max_tokens)."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Passed through to the request body as is (top_p, stop, reasoning_effort, ...)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> RequestSpec:
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            raise ValueError("give `max_tokens` or `max_completion_tokens`, not both")
+        reserved = {"model", "messages", "input", "response_format", "stream", "n"}
+        clash = sorted(reserved & self.params.keys())
+        if clash:
+            raise ValueError(f"params may not set {clash}: batchrun sets those itself (stream and n unsupported)")
+        if self.kind == "chat" and self.dimensions is not None:
+            raise ValueError("`dimensions` is for embeddings jobs only")
+        if self.kind == "chat" and self.max_output_tokens is None:
+            raise ValueError("chat jobs need `max_tokens` (or `max_completion_tokens`): batchrun reserves "
+                             "it against the TPM limit and the budget, as the server does")
+        return self
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class OutputSchemaSpec(_Spec):
+    """[output_schema]: structured output, one of `schema`, `schema_file`, `model`."""
+
+    name: str = "output"
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    schema_file: Path | None = None
+    model: str | None = None
+    """A pydantic model as module:Class, importable or in a .py beside the job file."""
+
+
+class EndpointSpec(_Spec):
+    """[endpoint]: where requests go."""
+
+    base_url: str | None = None
+    """Any OpenAI-compatible URL ending in /v1; default: OpenAI (or the simulator when no key is set)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    azure_endpoint: str | None = None
+    azure_api_version: str | None = None
+    azure_deployment: str | None = None
+    timeout_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _azure(self) -> EndpointSpec:
+        if self.azure_endpoint and not self.azure_api_version:
+            raise ValueError("azure_endpoint needs azure_api_version (e.g. \"2024-10-21\")")
+        if self.azure_endpoint and self.base_url:
+            raise ValueError("give `base_url` or `azure_endpoint`, not both")
+        return self
+
+
+class LimitsSpec(_Spec):
+    """[limits]: the account's limits for this model; learned from headers when absent or wrong."""
+
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    max_in_flight: int = Field(default=256, gt=0, le=10_000)
+    max_attempts: int = Field(default=6, gt=0, le=50)
+
+
+class BudgetSpec(_Spec):
+    max_usd: float | None = Field(default=None, gt=0)
+
+
+class OutputSpec(_Spec):
+    path: Path | None = None
+    row_group_size: int = Field(default=5000, gt=0)
+
+
+class PricingSpec(_Spec):
+    table: Path | None = None
+    models: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+
+class Job(_Spec):
+    """A whole job file, paths resolved and schema made strict."""
+
+    name: str = ""
+    mode: Literal["online", "batch", "auto"] = "online"
+    deadline_hours: float | None = Field(default=None, gt=0)
+    input: InputSpec
+    prompt: PromptSpec
+    request: RequestSpec
+    output_schema: OutputSchemaSpec | None = None
+    endpoint: EndpointSpec = EndpointSpec()
+    limits: LimitsSpec = LimitsSpec()
+    budget: BudgetSpec = BudgetSpec()
+    output: OutputSpec = OutputSpec()
+    pricing: PricingSpec = PricingSpec()
+    # filled in by load_job, not written in TOML
+    source_path: Path | None = Field(default=None, exclude=True)
+    schema_strict: dict[str, Any] | None = Field(default=None, exclude=True)
+    template_text: str = Field(default="", exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if v and not all(c.isalnum() or c in "-_." for c in v):
+            raise ValueError("use letters, digits, - _ . only")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> Job:
+        if self.request.kind == "embeddings" and self.output_schema is not None:
+            raise ValueError("embeddings jobs cannot have [output_schema]")
+        if self.request.kind == "embeddings" and (self.prompt.system or self.prompt.examples):
+            raise ValueError("embeddings jobs embed the rendered template only: remove prompt.system/examples")
+        return self
+
+    @property
+    def output_path(self) -> Path:
+        assert self.output.path is not None
+        return self.output.path
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    cls: Any = model
+    for part in loc[:-1]:
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            break
+        ann = field.annotation
+        args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        cls = args[0] if args else ann
+    fields = getattr(cls, "model_fields", {})
+    return sorted(f.alias or name for name, f in fields.items() if not f.exclude)
+
+
+def _describe(exc: ValidationError) -> tuple[str, str]:
+    lines = []
+    first_key = ""
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        first_key = first_key or key
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(Job, loc))
+            lines.append(f"[{key}]: unknown key; allowed here: {allowed}")
+        elif err["type"] == "missing":
+            lines.append(f"[{key}]: required key is missing")
+        elif err["type"] == "literal_error":
+            lines.append(f"[{key}]: {err['msg'].replace('Input should be', 'must be')}, not {err['input']!r}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            where = f"[{key}]: " if key else ""
+            lines.append(f"{where}{msg}")
+    return first_key, "\n  ".join(lines)
+
+
+def _resolve(base: Path, p: Path | None) -> Path | None:
+    if p is None:
+        return None
+    p = p.expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def parse_job(data: Mapping[str, Any], source: Path) -> Job:
+    """Turn a parsed TOML mapping into a Job; raises JobFileError naming the key."""
+    try:
+        job = Job.model_validate(dict(data))
+    except ValidationError as exc:
+        key, problems = _describe(exc)
+        raise JobFileError(source, "", problems if "\n" not in problems else "\n  " + problems) from exc
+    base = source.parent
+    name = job.name or source.stem
+    inp = job.input.model_copy(update={"path": _resolve(base, job.input.path)})
+    if not inp.resolved_format:
+        raise JobFileError(source, "input.format",
+                           f"cannot tell the format of {inp.path.name!r} from its suffix; "
+                           f"set format to one of {', '.join(FORMATS)}")
+    prompt = job.prompt
+    template = prompt.template or ""
+    if prompt.template_file is not None:
+        tpath = _resolve(base, prompt.template_file)
+        assert tpath is not None
+        try:
+            template = tpath.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise JobFileError(source, "prompt.template_file", f"cannot read {tpath}: {exc.strerror}") from exc
+        prompt = prompt.model_copy(update={"template_file": tpath})
+    strict = _resolve_schema(job.output_schema, base, source)
+    out_path = _resolve(base, job.output.path) or (base / f"{name}.parquet").resolve()
+    table = _resolve(base, job.pricing.table)
+    return job.model_copy(update={
+        "name": name,
+        "input": inp,
+        "prompt": prompt,
+        "output": job.output.model_copy(update={"path": out_path}),
+        "pricing": job.pricing.model_copy(update={"table": table}),
+        "source_path": source.resolve(),
+        "schema_strict": strict,
+        "template_text": template,
+    })
+
+
+def _resolve_schema(spec: OutputSchemaSpec | None, base: Path, source: Path) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    given = [k for k in ("schema", "schema_file", "model")
+             if getattr(spec, "schema_" if k == "schema" else k) is not None]
+    if len(given) != 1:
+        raise JobFileError(source, "output_schema",
+                           "give exactly one of `schema` (inline table), `schema_file` (JSON file) "
+                           f"or `model` (module:Class); found {given or 'none'}")
+    try:
+        if spec.model is not None:
+            strict = schemas.load_model_schema(spec.model, base)
+        else:
+            raw = spec.schema_
+            if spec.schema_file is not None:
+                path = _resolve(base, spec.schema_file)
+                assert path is not None
+                try:
+                    raw = json.loads(path.read_text(encoding="utf-8"))
+                except OSError as exc:
+                    raise JobFileError(source, "output_schema.schema_file",
+                                       f"cannot read {path}: {exc.strerror}") from exc
+                except json.JSONDecodeError as exc:
+                    raise JobFileError(source, "output_schema.schema_file",
+                                       f"{path} is not valid JSON: {exc}") from exc
+            assert raw is not None
+            strict = schemas.make_strict(raw)
+        schemas.check_strict(strict, spec.name)
+    except SchemaError as exc:
+        raise JobFileError(source, "output_schema", str(exc)) from exc
+    return strict
+
+
+def load_job(path: str | Path) -> Job:
+    """Read and check a job file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise JobFileError(path, "", "job file not found") from exc
+    except UnicodeDecodeError as exc:
+        raise JobFileError(path, "", f"job file is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise JobFileError(path, "", f"not valid TOML: {exc}") from exc
+    return parse_job(data, path)

@@ -1,0 +1,290 @@
+"""`batchrun plan`: every request rendered and counted exactly, priced and timed. Nothing is sent."""
+
+from __future__ import annotations
+
+import math
+from array import array
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .jobs import Job
+from .pricing import PriceTable, default_table, load_table
+from .prompts import Renderer, Request
+from .sources import Source, open_source
+
+EMBED_MAX_INPUTS = 2048
+EMBED_MAX_TOKENS_PER_REQUEST = 300_000
+EMBED_MAX_TOKENS_PER_INPUT = 8192
+LISTED_ISSUES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class RowIssue:
+    row_id: str
+    row: int
+    prompt_tokens: int
+    charged_tokens: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    job: str
+    model: str
+    encoding: str
+    model_known: bool
+    kind: str
+    rows: int
+    requests: int
+    prompt_tokens_total: int
+    prompt_tokens_mean: float
+    prompt_tokens_p95: int
+    prompt_tokens_max: int
+    output_tokens_worst: int
+    output_tokens_expected: int
+    expected_basis: str
+    charged_tokens_total: int
+    price_as_of: str
+    price_known: bool
+    cost_online_worst: float | None
+    cost_online_expected: float | None
+    cost_batch_worst: float | None
+    cost_batch_expected: float | None
+    rpm: int | None
+    tpm: int | None
+    minutes_at_rpm: float | None
+    minutes_at_tpm: float | None
+    binding_limit: str | None
+    minutes_online: float | None
+    context_window: int | None
+    too_long_count: int
+    too_long: list[RowIssue] = field(default_factory=list)
+    recommended_mode: str = "online"
+    recommendation: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def price_table_for(job: Job) -> PriceTable:
+    table = default_table()
+    if job.pricing.table is not None:
+        custom = load_table(job.pricing.table)
+        table = PriceTable(as_of=custom.as_of, batch_discount=custom.batch_discount,
+                           models={**table.models, **custom.models}, source=custom.source)
+    if job.pricing.models:
+        table = table.merged({"models": job.pricing.models}, f"{job.source_path} [pricing.models]")
+    return table
+
+
+def _minutes_needed(amount: int, per_minute: int | None) -> float | None:
+    # the server's bucket starts full: the first minute's worth goes at once
+    if per_minute is None:
+        return None
+    return max(amount - per_minute, 0) / per_minute
+
+
+def _p95(values: array) -> int:
+    if not values:
+        return 0
+    ordered = sorted(values)
+    return int(ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)])
+
+
+def embedding_groups(requests: list[Request]) -> list[list[Request]]:
+    """Greedy, order-keeping grouping of embedding inputs into API requests."""
+    groups: list[list[Request]] = []
+    current: list[Request] = []
+    tokens = 0
+    for r in requests:
+        if current and (len(current) >= EMBED_MAX_INPUTS or tokens + r.prompt_tokens > EMBED_MAX_TOKENS_PER_REQUEST):
+            groups.append(current)
+            current, tokens = [], 0
+        current.append(r)
+        tokens += r.prompt_tokens
+    if current:
+        groups.append(current)
+    return groups
+
+
+def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_000) -> Plan:
+    """Render and count every row of the job; price and time it at the job's limits."""
+    source = source or open_source(job.input)
+    renderer = Renderer(job, source.columns)
+    table = price_table_for(job)
+    price = table.lookup(job.request.model)
+    context = price.context_window if price else None
+    tpm = job.limits.tpm
+    counts = array("q")
+    charged_total = 0
+    requests = 0
+    issues: list[RowIssue] = []
+    issue_count = 0
+    issue_prompt = 0
+    pending_embed: list[Request] = []
+    for batch in source.batches(batch_size):
+        reqs = renderer.render(batch)
+        for r in reqs:
+            counts.append(r.prompt_tokens)
+            reason = _too_long(job, r, context, tpm)
+            if reason:
+                issue_count += 1
+                issue_prompt += r.prompt_tokens
+                if len(issues) < LISTED_ISSUES:
+                    issues.append(RowIssue(r.row_id, r.row, r.prompt_tokens, r.charged_tokens, reason))
+                continue
+            if job.request.kind == "chat":
+                requests += 1
+                charged_total += r.charged_tokens
+            else:
+                pending_embed.append(r)
+        if pending_embed:
+            groups = embedding_groups(pending_embed)
+            # keep the last, possibly unfilled group for the next batch so grouping matches the engine
+            last = groups.pop()
+            requests += len(groups)
+            charged_total += sum(r.prompt_tokens for g in groups for r in g)
+            pending_embed = last
+    if pending_embed:
+        requests += 1
+        charged_total += sum(r.prompt_tokens for r in pending_embed)
+
+    rows = len(counts)
+    total_prompt = sum(counts)
+    sendable = rows - issue_count
+    max_out = job.request.max_output_tokens or 0
+    worst_out = sendable * max_out
+    if job.request.kind == "embeddings":
+        expected_each, basis = 0, "embeddings produce no output tokens"
+    elif job.request.expected_output_tokens is not None:
+        expected_each, basis = job.request.expected_output_tokens, "request.expected_output_tokens"
+    else:
+        expected_each = max_out // 2
+        basis = "assumed half of max_tokens; set request.expected_output_tokens for a better estimate"
+    expected_out = sendable * min(expected_each, max_out) if max_out else 0
+    sendable_prompt = total_prompt - issue_prompt
+
+    notes: list[str] = []
+    if not renderer.counter.model_known:
+        notes.append(f"model {job.request.model!r} is unknown to tiktoken: tokens counted with "
+                     f"{renderer.counter.encoding_name}")
+    if job.schema_strict is not None:
+        notes.append("prompt tokens include an estimate of the response_format schema's overhead "
+                     "(schema JSON tokens + 9; OpenAI publishes no exact formula)")
+    if price is None:
+        notes.append(f"no price for {job.request.model!r} in the price table (as of {table.as_of}): cost unknown; "
+                     "add it under [pricing.models] in the job")
+
+    def cost(out_tokens: int, discount: float) -> float | None:
+        return None if price is None else price.cost(sendable_prompt, out_tokens, discount=discount)
+
+    rpm, tpm = job.limits.rpm, job.limits.tpm
+    m_rpm = _minutes_needed(requests, rpm)
+    m_tpm = _minutes_needed(charged_total, tpm)
+    known = [(m, name) for m, name in ((m_rpm, "rpm"), (m_tpm, "tpm")) if m is not None]
+    minutes, binding = max(known) if known else (None, None)
+    if not known:
+        notes.append("no limits.rpm / limits.tpm in the job: run time unknown (the engine learns the "
+                     "limits from the server's headers)")
+
+    plan = Plan(
+        job=job.name, model=job.request.model, encoding=renderer.counter.encoding_name,
+        model_known=renderer.counter.model_known, kind=job.request.kind, rows=rows, requests=requests,
+        prompt_tokens_total=total_prompt, prompt_tokens_mean=total_prompt / rows if rows else 0.0,
+        prompt_tokens_p95=_p95(counts), prompt_tokens_max=max(counts, default=0),
+        output_tokens_worst=worst_out, output_tokens_expected=expected_out, expected_basis=basis,
+        charged_tokens_total=charged_total, price_as_of=table.as_of, price_known=price is not None,
+        cost_online_worst=cost(worst_out, 1.0), cost_online_expected=cost(expected_out, 1.0),
+        cost_batch_worst=cost(worst_out, table.batch_discount),
+        cost_batch_expected=cost(expected_out, table.batch_discount),
+        rpm=rpm, tpm=tpm, minutes_at_rpm=m_rpm, minutes_at_tpm=m_tpm, binding_limit=binding,
+        minutes_online=minutes, context_window=context, too_long_count=issue_count, too_long=issues,
+        notes=notes,
+    )
+    mode, why = recommend(job, plan)
+    return _with(plan, recommended_mode=mode, recommendation=why)
+
+
+def _with(plan: Plan, **changes: Any) -> Plan:
+    data = {**{k: getattr(plan, k) for k in plan.__dataclass_fields__}, **changes}
+    return Plan(**data)
+
+
+def _too_long(job: Job, r: Request, context: int | None, tpm: int | None) -> str | None:
+    if job.request.kind == "embeddings" and r.prompt_tokens > EMBED_MAX_TOKENS_PER_INPUT:
+        return f"input has {r.prompt_tokens} tokens; embedding models take at most {EMBED_MAX_TOKENS_PER_INPUT}"
+    if context is not None and r.charged_tokens > context:
+        return (f"prompt {r.prompt_tokens} + max output {r.max_output_tokens} tokens exceeds the "
+                f"{context}-token context window")
+    if tpm is not None and r.charged_tokens > tpm:
+        return f"needs {r.charged_tokens} tokens at once, more than the whole TPM limit ({tpm}); it can never be sent"
+    return None
+
+
+def recommend(job: Job, plan: Plan) -> tuple[str, str]:
+    """Batch when it saves real money or time does not matter; online when a deadline or small job says so."""
+    if job.request.kind == "embeddings" and plan.requests <= 1:
+        return "online", "a single request"
+    if job.deadline_hours is not None and job.deadline_hours < 24:
+        return "online", f"the job's deadline ({job.deadline_hours:g} h) is shorter than the Batch API's 24 h window"
+    saving = None
+    if plan.cost_online_expected is not None and plan.cost_batch_expected is not None:
+        saving = plan.cost_online_expected - plan.cost_batch_expected
+    long_online = plan.minutes_online is not None and plan.minutes_online > 60
+    if saving is not None and saving >= 1.0:
+        return "batch", f"the Batch API saves about ${saving:,.2f} ({1 - 0.5:.0%}) if results can wait up to 24 h"
+    if long_online:
+        return "batch", f"online would take {plan.minutes_online:,.0f} min at your limits; the Batch API does not count against them"
+    if saving is None:
+        return "online", "cost unknown; online gives results as they come"
+    return "online", f"the Batch API would save only ${saving:,.2f}; online finishes sooner"
+
+
+def _money(v: float | None) -> str:
+    return "unknown" if v is None else f"${v:,.4f}" if v < 1 else f"${v:,.2f}"
+
+
+def _minutes(v: float | None) -> str:
+    if v is None:
+        return "unknown"
+    if v < 1:
+        return f"{v * 60:.0f} s"
+    if v < 120:
+        return f"{v:.1f} min"
+    return f"{v / 60:.1f} h"
+
+
+def format_plan(plan: Plan) -> str:
+    """The plan as the text `batchrun plan` prints."""
+    lines = [
+        f"Plan for job {plan.job!r}: {plan.kind} on {plan.model} (tokenizer {plan.encoding}) — nothing is sent",
+        f"  rows                 {plan.rows:,}   requests {plan.requests:,}",
+        f"  prompt tokens        total {plan.prompt_tokens_total:,}   mean {plan.prompt_tokens_mean:,.1f}   "
+        f"p95 {plan.prompt_tokens_p95:,}   max {plan.prompt_tokens_max:,}",
+    ]
+    if plan.kind == "chat":
+        lines.append(f"  output tokens        worst case {plan.output_tokens_worst:,}   expected "
+                     f"{plan.output_tokens_expected:,} ({plan.expected_basis})")
+    lines += [
+        f"  cost (prices as of {plan.price_as_of})",
+        f"    online             expected {_money(plan.cost_online_expected)}   worst case {_money(plan.cost_online_worst)}",
+        f"    Batch API          expected {_money(plan.cost_batch_expected)}   worst case {_money(plan.cost_batch_worst)}",
+        f"  time online at your limits (rpm {plan.rpm or '?'}, tpm {plan.tpm or '?'})",
+        f"    requests/min bound {_minutes(plan.minutes_at_rpm)}   tokens/min bound {_minutes(plan.minutes_at_tpm)}"
+        f"   → {_minutes(plan.minutes_online)}"
+        + (f", {plan.binding_limit.upper()} binds" if plan.binding_limit else ""),
+        f"    tokens charged against TPM: {plan.charged_tokens_total:,} (prompt + max output per request)",
+    ]
+    if plan.too_long_count:
+        lines.append(f"  rows that cannot be sent: {plan.too_long_count:,} (status too_long in the output)")
+        for issue in plan.too_long:
+            lines.append(f"    id {issue.row_id} (data row {issue.row + 1}): {issue.reason}")
+        if plan.too_long_count > len(plan.too_long):
+            lines.append(f"    ... and {plan.too_long_count - len(plan.too_long):,} more")
+    else:
+        lines.append("  rows that cannot be sent: none")
+    lines.append(f"  recommended mode     {plan.recommended_mode}: {plan.recommendation}")
+    for note in plan.notes:
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""Prices per model from a dated table; an unknown model has an unknown price, never a guess."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import JobFileError
+
+_REPO_TABLE = Path(__file__).resolve().parents[1] / "data" / "prices.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """USD per 1M tokens for one model, standard tier."""
+
+    model: str
+    input: float
+    output: float
+    cached_input: float | None = None
+    context_window: int | None = None
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, *, discount: float = 1.0,
+             cached_tokens: int = 0) -> float:
+        """Dollars for a request's usage; `discount` is 0.5 for the Batch API."""
+        cached_rate = self.cached_input if self.cached_input is not None else self.input
+        uncached = max(prompt_tokens - cached_tokens, 0)
+        dollars = (uncached * self.input + cached_tokens * cached_rate
+                   + completion_tokens * self.output) / 1_000_000
+        return dollars * discount
+
+
+@dataclass(frozen=True, slots=True)
+class PriceTable:
+    as_of: str
+    batch_discount: float
+    models: Mapping[str, ModelPrice]
+    source: str = ""
+
+    def lookup(self, model: str) -> ModelPrice | None:
+        """The price row for a model: exact name, else the longest table name it starts with."""
+        if model in self.models:
+            return self.models[model]
+        best = max((name for name in self.models if model.startswith(name)), key=len, default=None)
+        return self.models[best] if best else None
+
+    def merged(self, other: Mapping[str, Any], origin: str) -> PriceTable:
+        """This table with rows (and as_of/batch_discount) from a user's table laid over it."""
+        table = _parse(other, origin)
+        return PriceTable(
+            as_of=table.as_of if "as_of" in other else self.as_of,
+            batch_discount=table.batch_discount if "batch_discount" in other else self.batch_discount,
+            models={**self.models, **table.models},
+            source=f"{self.source}; overrides from {origin}",
+        )
+
+
+def _parse(data: Mapping[str, Any], origin: str) -> PriceTable:
+    models: dict[str, ModelPrice] = {}
+    for name, row in (data.get("models") or {}).items():
+        if not isinstance(row, Mapping) or "input" not in row or "output" not in row:
+            raise JobFileError(origin, f"models.{name}", "needs numbers `input` and `output` (USD per 1M tokens)")
+        try:
+            models[name] = ModelPrice(
+                model=name,
+                input=float(row["input"]),
+                output=float(row["output"]),
+                cached_input=float(row["cached_input"]) if "cached_input" in row else None,
+                context_window=int(row["context_window"]) if "context_window" in row else None,
+            )
+        except (TypeError, ValueError) as exc:
+            raise JobFileError(origin, f"models.{name}", f"prices must be numbers: {exc}") from exc
+    discount = float(data.get("batch_discount", 0.5))
+    if not 0 < discount <= 1:
+        raise JobFileError(origin, "batch_discount", "must be in (0, 1], e.g. 0.5 for half price")
+    return PriceTable(as_of=str(data.get("as_of", "unknown")), batch_discount=discount,
+                      models=models, source=str(data.get("source", origin)))
+
+
+def load_table(path: str | Path) -> PriceTable:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise JobFileError(path, "pricing.table", "price table file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise JobFileError(path, "", f"not valid TOML: {exc}") from exc
+    return _parse(data, str(path))
+
+
+def default_table() -> PriceTable:
+    """The price table shipped with batchrun (data/prices.toml)."""
+    packaged = resources.files("batchrun").joinpath("_data/prices.toml")
+    if packaged.is_file():
+        return _parse(tomllib.loads(packaged.read_text(encoding="utf-8")), "batchrun/_data/prices.toml")
+    return load_table(_REPO_TABLE)

