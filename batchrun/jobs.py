@@ -21,8 +21,14 @@ from .errors import JobFileError, SchemaError
 
 FORMATS = ("csv", "tsv", "parquet", "jsonl", "xlsx")
 SUFFIX_FORMATS = {
-    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet",
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".xlsx": "xlsx",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".xlsx": "xlsx",
 }
 
 
@@ -102,8 +108,10 @@ class RequestSpec(_Spec):
         if self.kind == "chat" and self.dimensions is not None:
             raise ValueError("`dimensions` is for embeddings jobs only")
         if self.kind == "chat" and self.max_output_tokens is None:
-            raise ValueError("chat jobs need `max_tokens` (or `max_completion_tokens`): batchrun reserves "
-                             "it against the TPM limit and the budget, as the server does")
+            raise ValueError(
+                "chat jobs need `max_tokens` (or `max_completion_tokens`): batchrun reserves "
+                "it against the TPM limit and the budget, as the server does"
+            )
         return self
 
     @property
@@ -135,7 +143,7 @@ class EndpointSpec(_Spec):
     @model_validator(mode="after")
     def _azure(self) -> EndpointSpec:
         if self.azure_endpoint and not self.azure_api_version:
-            raise ValueError("azure_endpoint needs azure_api_version (e.g. \"2024-10-21\")")
+            raise ValueError('azure_endpoint needs azure_api_version (e.g. "2024-10-21")')
         if self.azure_endpoint and self.base_url:
             raise ValueError("give `base_url` or `azure_endpoint`, not both")
         return self
@@ -251,15 +259,17 @@ def parse_job(data: Mapping[str, Any], source: Path) -> Job:
     try:
         job = Job.model_validate(dict(data))
     except ValidationError as exc:
-        key, problems = _describe(exc)
+        _key, problems = _describe(exc)
         raise JobFileError(source, "", problems if "\n" not in problems else "\n  " + problems) from exc
     base = source.parent
     name = job.name or source.stem
     inp = job.input.model_copy(update={"path": _resolve(base, job.input.path)})
     if not inp.resolved_format:
-        raise JobFileError(source, "input.format",
-                           f"cannot tell the format of {inp.path.name!r} from its suffix; "
-                           f"set format to one of {', '.join(FORMATS)}")
+        raise JobFileError(
+            source,
+            "input.format",
+            f"cannot tell the format of {inp.path.name!r} from its suffix; set format to one of {', '.join(FORMATS)}",
+        )
     prompt = job.prompt
     template = prompt.template or ""
     if prompt.template_file is not None:
@@ -273,27 +283,33 @@ def parse_job(data: Mapping[str, Any], source: Path) -> Job:
     strict = _resolve_schema(job.output_schema, base, source)
     out_path = _resolve(base, job.output.path) or (base / f"{name}.parquet").resolve()
     table = _resolve(base, job.pricing.table)
-    return job.model_copy(update={
-        "name": name,
-        "input": inp,
-        "prompt": prompt,
-        "output": job.output.model_copy(update={"path": out_path}),
-        "pricing": job.pricing.model_copy(update={"table": table}),
-        "source_path": source.resolve(),
-        "schema_strict": strict,
-        "template_text": template,
-    })
+    return job.model_copy(
+        update={
+            "name": name,
+            "input": inp,
+            "prompt": prompt,
+            "output": job.output.model_copy(update={"path": out_path}),
+            "pricing": job.pricing.model_copy(update={"table": table}),
+            "source_path": source.resolve(),
+            "schema_strict": strict,
+            "template_text": template,
+        }
+    )
 
 
 def _resolve_schema(spec: OutputSchemaSpec | None, base: Path, source: Path) -> dict[str, Any] | None:
     if spec is None:
         return None
-    given = [k for k in ("schema", "schema_file", "model")
-             if getattr(spec, "schema_" if k == "schema" else k) is not None]
+    given = [
+        k for k in ("schema", "schema_file", "model") if getattr(spec, "schema_" if k == "schema" else k) is not None
+    ]
     if len(given) != 1:
-        raise JobFileError(source, "output_schema",
-                           "give exactly one of `schema` (inline table), `schema_file` (JSON file) "
-                           f"or `model` (module:Class); found {given or 'none'}")
+        raise JobFileError(
+            source,
+            "output_schema",
+            "give exactly one of `schema` (inline table), `schema_file` (JSON file) "
+            f"or `model` (module:Class); found {given or 'none'}",
+        )
     try:
         if spec.model is not None:
             strict = schemas.load_model_schema(spec.model, base)
@@ -305,11 +321,11 @@ def _resolve_schema(spec: OutputSchemaSpec | None, base: Path, source: Path) -> 
                 try:
                     raw = json.loads(path.read_text(encoding="utf-8"))
                 except OSError as exc:
-                    raise JobFileError(source, "output_schema.schema_file",
-                                       f"cannot read {path}: {exc.strerror}") from exc
+                    raise JobFileError(
+                        source, "output_schema.schema_file", f"cannot read {path}: {exc.strerror}"
+                    ) from exc
                 except json.JSONDecodeError as exc:
-                    raise JobFileError(source, "output_schema.schema_file",
-                                       f"{path} is not valid JSON: {exc}") from exc
+                    raise JobFileError(source, "output_schema.schema_file", f"{path} is not valid JSON: {exc}") from exc
             assert raw is not None
             strict = schemas.make_strict(raw)
         schemas.check_strict(strict, spec.name)

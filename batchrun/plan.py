@@ -71,8 +71,12 @@ def price_table_for(job: Job) -> PriceTable:
     table = default_table()
     if job.pricing.table is not None:
         custom = load_table(job.pricing.table)
-        table = PriceTable(as_of=custom.as_of, batch_discount=custom.batch_discount,
-                           models={**table.models, **custom.models}, source=custom.source)
+        table = PriceTable(
+            as_of=custom.as_of,
+            batch_discount=custom.batch_discount,
+            models={**table.models, **custom.models},
+            source=custom.source,
+        )
     if job.pricing.models:
         table = table.merged({"models": job.pricing.models}, f"{job.source_path} [pricing.models]")
     return table
@@ -167,14 +171,19 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
 
     notes: list[str] = []
     if not renderer.counter.model_known:
-        notes.append(f"model {job.request.model!r} is unknown to tiktoken: tokens counted with "
-                     f"{renderer.counter.encoding_name}")
+        notes.append(
+            f"model {job.request.model!r} is unknown to tiktoken: tokens counted with {renderer.counter.encoding_name}"
+        )
     if job.schema_strict is not None:
-        notes.append("prompt tokens include an estimate of the response_format schema's overhead "
-                     "(schema JSON tokens + 9; OpenAI publishes no exact formula)")
+        notes.append(
+            "prompt tokens include an estimate of the response_format schema's overhead "
+            "(schema JSON tokens + 9; OpenAI publishes no exact formula)"
+        )
     if price is None:
-        notes.append(f"no price for {job.request.model!r} in the price table (as of {table.as_of}): cost unknown; "
-                     "add it under [pricing.models] in the job")
+        notes.append(
+            f"no price for {job.request.model!r} in the price table (as of {table.as_of}): cost unknown; "
+            "add it under [pricing.models] in the job"
+        )
 
     def cost(out_tokens: int, discount: float) -> float | None:
         return None if price is None else price.cost(sendable_prompt, out_tokens, discount=discount)
@@ -185,21 +194,42 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
     known = [(m, name) for m, name in ((m_rpm, "rpm"), (m_tpm, "tpm")) if m is not None]
     minutes, binding = max(known) if known else (None, None)
     if not known:
-        notes.append("no limits.rpm / limits.tpm in the job: run time unknown (the engine learns the "
-                     "limits from the server's headers)")
+        notes.append(
+            "no limits.rpm / limits.tpm in the job: run time unknown (the engine learns the "
+            "limits from the server's headers)"
+        )
 
     plan = Plan(
-        job=job.name, model=job.request.model, encoding=renderer.counter.encoding_name,
-        model_known=renderer.counter.model_known, kind=job.request.kind, rows=rows, requests=requests,
-        prompt_tokens_total=total_prompt, prompt_tokens_mean=total_prompt / rows if rows else 0.0,
-        prompt_tokens_p95=_p95(counts), prompt_tokens_max=max(counts, default=0),
-        output_tokens_worst=worst_out, output_tokens_expected=expected_out, expected_basis=basis,
-        charged_tokens_total=charged_total, price_as_of=table.as_of, price_known=price is not None,
-        cost_online_worst=cost(worst_out, 1.0), cost_online_expected=cost(expected_out, 1.0),
+        job=job.name,
+        model=job.request.model,
+        encoding=renderer.counter.encoding_name,
+        model_known=renderer.counter.model_known,
+        kind=job.request.kind,
+        rows=rows,
+        requests=requests,
+        prompt_tokens_total=total_prompt,
+        prompt_tokens_mean=total_prompt / rows if rows else 0.0,
+        prompt_tokens_p95=_p95(counts),
+        prompt_tokens_max=max(counts, default=0),
+        output_tokens_worst=worst_out,
+        output_tokens_expected=expected_out,
+        expected_basis=basis,
+        charged_tokens_total=charged_total,
+        price_as_of=table.as_of,
+        price_known=price is not None,
+        cost_online_worst=cost(worst_out, 1.0),
+        cost_online_expected=cost(expected_out, 1.0),
         cost_batch_worst=cost(worst_out, table.batch_discount),
         cost_batch_expected=cost(expected_out, table.batch_discount),
-        rpm=rpm, tpm=tpm, minutes_at_rpm=m_rpm, minutes_at_tpm=m_tpm, binding_limit=binding,
-        minutes_online=minutes, context_window=context, too_long_count=issue_count, too_long=issues,
+        rpm=rpm,
+        tpm=tpm,
+        minutes_at_rpm=m_rpm,
+        minutes_at_tpm=m_tpm,
+        binding_limit=binding,
+        minutes_online=minutes,
+        context_window=context,
+        too_long_count=issue_count,
+        too_long=issues,
         notes=notes,
     )
     mode, why = recommend(job, plan)
@@ -215,8 +245,10 @@ def _too_long(job: Job, r: Request, context: int | None, tpm: int | None) -> str
     if job.request.kind == "embeddings" and r.prompt_tokens > EMBED_MAX_TOKENS_PER_INPUT:
         return f"input has {r.prompt_tokens} tokens; embedding models take at most {EMBED_MAX_TOKENS_PER_INPUT}"
     if context is not None and r.charged_tokens > context:
-        return (f"prompt {r.prompt_tokens} + max output {r.max_output_tokens} tokens exceeds the "
-                f"{context}-token context window")
+        return (
+            f"prompt {r.prompt_tokens} + max output {r.max_output_tokens} tokens exceeds the "
+            f"{context}-token context window"
+        )
     if tpm is not None and r.charged_tokens > tpm:
         return f"needs {r.charged_tokens} tokens at once, more than the whole TPM limit ({tpm}); it can never be sent"
     return None
@@ -235,7 +267,10 @@ def recommend(job: Job, plan: Plan) -> tuple[str, str]:
     if saving is not None and saving >= 1.0:
         return "batch", f"the Batch API saves about ${saving:,.2f} ({1 - 0.5:.0%}) if results can wait up to 24 h"
     if long_online:
-        return "batch", f"online would take {plan.minutes_online:,.0f} min at your limits; the Batch API does not count against them"
+        return (
+            "batch",
+            f"online would take {plan.minutes_online:,.0f} min at your limits; the Batch API does not count against them",
+        )
     if saving is None:
         return "online", "cost unknown; online gives results as they come"
     return "online", f"the Batch API would save only ${saving:,.2f}; online finishes sooner"
@@ -264,8 +299,10 @@ def format_plan(plan: Plan) -> str:
         f"p95 {plan.prompt_tokens_p95:,}   max {plan.prompt_tokens_max:,}",
     ]
     if plan.kind == "chat":
-        lines.append(f"  output tokens        worst case {plan.output_tokens_worst:,}   expected "
-                     f"{plan.output_tokens_expected:,} ({plan.expected_basis})")
+        lines.append(
+            f"  output tokens        worst case {plan.output_tokens_worst:,}   expected "
+            f"{plan.output_tokens_expected:,} ({plan.expected_basis})"
+        )
     lines += [
         f"  cost (prices as of {plan.price_as_of})",
         f"    online             expected {_money(plan.cost_online_expected)}   worst case {_money(plan.cost_online_worst)}",

@@ -24,13 +24,13 @@ class ModelPrice:
     cached_input: float | None = None
     context_window: int | None = None
 
-    def cost(self, prompt_tokens: int, completion_tokens: int, *, discount: float = 1.0,
-             cached_tokens: int = 0) -> float:
+    def cost(
+        self, prompt_tokens: int, completion_tokens: int, *, discount: float = 1.0, cached_tokens: int = 0
+    ) -> float:
         """Dollars for a request's usage; `discount` is 0.5 for the Batch API."""
         cached_rate = self.cached_input if self.cached_input is not None else self.input
         uncached = max(prompt_tokens - cached_tokens, 0)
-        dollars = (uncached * self.input + cached_tokens * cached_rate
-                   + completion_tokens * self.output) / 1_000_000
+        dollars = (uncached * self.input + cached_tokens * cached_rate + completion_tokens * self.output) / 1_000_000
         return dollars * discount
 
 
@@ -77,8 +77,12 @@ def _parse(data: Mapping[str, Any], origin: str) -> PriceTable:
     discount = float(data.get("batch_discount", 0.5))
     if not 0 < discount <= 1:
         raise JobFileError(origin, "batch_discount", "must be in (0, 1], e.g. 0.5 for half price")
-    return PriceTable(as_of=str(data.get("as_of", "unknown")), batch_discount=discount,
-                      models=models, source=str(data.get("source", origin)))
+    return PriceTable(
+        as_of=str(data.get("as_of", "unknown")),
+        batch_discount=discount,
+        models=models,
+        source=str(data.get("source", origin)),
+    )
 
 
 def load_table(path: str | Path) -> PriceTable:

@@ -49,8 +49,7 @@ class Renderer:
 
     def __init__(self, job: Job, columns: Sequence[str], *, warn_unknown_model: bool = True) -> None:
         self.job = job
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False,
-                                 autoescape=False)
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
         try:
             self.template = env.from_string(job.template_text)
         except jinja2.TemplateSyntaxError as exc:
@@ -93,8 +92,7 @@ class Renderer:
         try:
             return self.template.render(**row, row=row, row_id=row_id)
         except jinja2.UndefinedError as exc:
-            raise TemplateError(f"{self.job.source_path}: [prompt.template] row id {row_id!r}: {exc.message}") \
-                from exc
+            raise TemplateError(f"{self.job.source_path}: [prompt.template] row id {row_id!r}: {exc.message}") from exc
         except jinja2.TemplateError as exc:
             raise TemplateError(f"{self.job.source_path}: [prompt.template] row id {row_id!r}: {exc}") from exc
 
@@ -108,8 +106,7 @@ class Renderer:
         out: list[Request] = []
         if self.kind == "embeddings":
             for pos, rid, text, n in zip(positions, ids, texts, counts, strict=True):
-                out.append(Request(row=pos, row_id=rid, body={"input": text}, prompt_tokens=n,
-                                   max_output_tokens=0))
+                out.append(Request(row=pos, row_id=rid, body={"input": text}, prompt_tokens=n, max_output_tokens=0))
             return out
         base = self.fixed_tokens + TOKENS_PER_MESSAGE + REPLY_PRIMING + self.schema_tokens
         # "user" is one token in every encoding; counted like any other string field
@@ -117,6 +114,13 @@ class Renderer:
         for pos, rid, text, n in zip(positions, ids, texts, counts, strict=True):
             body = dict(self.params)
             body["messages"] = [*self.fixed_messages, {"role": "user", "content": text}]
-            out.append(Request(row=pos, row_id=rid, body=body, prompt_tokens=base + role_tokens + n,
-                               max_output_tokens=self.max_output))
+            out.append(
+                Request(
+                    row=pos,
+                    row_id=rid,
+                    body=body,
+                    prompt_tokens=base + role_tokens + n,
+                    max_output_tokens=self.max_output,
+                )
+            )
         return out

@@ -23,8 +23,18 @@ NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 TYPES = {"string", "number", "boolean", "integer", "object", "array", "null"}
 FORMATS = {"date-time", "date", "time", "duration", "email", "hostname", "ipv4", "ipv6", "uuid"}
 FORBIDDEN = {
-    "allOf", "not", "if", "then", "else", "dependentRequired", "dependentSchemas",
-    "patternProperties", "unevaluatedProperties", "propertyNames", "minProperties", "maxProperties",
+    "allOf",
+    "not",
+    "if",
+    "then",
+    "else",
+    "dependentRequired",
+    "dependentSchemas",
+    "patternProperties",
+    "unevaluatedProperties",
+    "propertyNames",
+    "minProperties",
+    "maxProperties",
 }
 MAX_PROPERTIES = 5000
 MAX_DEPTH = 10

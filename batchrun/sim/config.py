@@ -1,0 +1,77 @@
+"""The simulator's settings: limits, latency, faults, Batch API timing."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimConfig:
+    """How the simulated OpenAI account behaves. Replace at run time via POST /sim/config."""
+
+    rpm: int | None = None
+    """Requests per minute; None = unlimited."""
+    tpm: int | None = None
+    """Tokens per minute, charged at prompt + max_tokens when a request is accepted."""
+    retry_after_header: bool = False
+    """Send Retry-After on rate-limit 429s (OpenAI usually does not; the message has the wait)."""
+    insufficient_quota: bool = False
+    """Answer every request with 429 insufficient_quota, as an account with no credit does."""
+    quota_code: str = "insufficient_quota"
+
+    latency_ms: float = 0.0
+    """Base latency of a chat or embeddings response."""
+    latency_per_token_ms: float = 0.0
+    """Added per completion token."""
+    jitter: float = 0.0
+    """Relative jitter, e.g. 0.3 for ±30 %."""
+    seed: int = 0
+
+    error_500_rate: float = 0.0
+    error_503_rate: float = 0.0
+    reset_rate: float = 0.0
+    """Close the connection without answering."""
+    truncated_rate: float = 0.0
+    """Send half of a 200 body, then close."""
+    slow_rate: float = 0.0
+    slow_seconds: float = 5.0
+    refusal_rate: float = 0.0
+    content_filter_rate: float = 0.0
+    invalid_json_rate: float = 0.0
+
+    text_tokens: tuple[int, int] = (12, 60)
+    """Range of completion lengths for plain-text replies."""
+    embedding_dimensions: int = 256
+    """Default vector size (real models: 1536 / 3072); `dimensions` in a request overrides it."""
+
+    batch_validate_seconds: float = 0.2
+    batch_run_seconds: float = 1.0
+    batch_finalize_seconds: float = 0.2
+    batch_line_error_rate: float = 0.0
+    batch_expire: bool = False
+    """Batches expire instead of completing, with `batch_expire_done_fraction` of lines done."""
+    batch_expire_done_fraction: float = 0.5
+    batch_queue_limit_tokens: int | None = None
+    """Enqueued-token limit per model over pending batches; None = unlimited."""
+    max_batch_lines: int = 50_000
+    max_file_bytes: int = 200 * 1024 * 1024
+    models: tuple[str, ...] = (
+        "gpt-4o-mini",
+        "gpt-4o",
+        "gpt-4.1-mini",
+        "gpt-5-mini",
+        "text-embedding-3-small",
+        "text-embedding-3-large",
+    )
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def updated(self, changes: dict[str, Any]) -> SimConfig:
+        """A copy with fields changed; unknown fields are an error."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"unknown simulator settings {unknown}; known: {sorted(names)}")
+        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
+        return dataclasses.replace(self, **fixed)

@@ -1,0 +1,478 @@
+"""An OpenAI-compatible server for rehearsals and tests (aiohttp).
+
+It keeps the account's RPM and TPM buckets the way OpenAI does (full at start,
+continuous refill, a request charged prompt + max_tokens when accepted), sends
+`x-ratelimit-*` headers on every response and OpenAI's 429 bodies, injects
+faults at configured rates, and runs the Files + Batch API (see batches.py).
+`/sim/stats` reports what it saw, `/sim/config` changes its behaviour live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import secrets
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import web
+
+from ..headers import format_duration
+from . import content
+from .batches import BatchStore
+from .config import SimConfig
+from .responder import Reply, Responder, error_body, markers
+
+QUOTA_MESSAGE = (
+    "You exceeded your current quota, please check your plan and billing details. "
+    "For more information on this error, read the docs: "
+    "https://platform.openai.com/docs/guides/error-codes/api-errors."
+)
+
+
+class Bucket:
+    """A server-side token bucket: capacity = the per-minute limit, refilled continuously."""
+
+    def __init__(self, per_minute: int, now: float) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.level = self.capacity
+        self.updated = now
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def wait_for(self, amount: float) -> float:
+        return max(amount - self.level, 0.0) / self.rate
+
+    def reset_seconds(self) -> float:
+        return (self.capacity - self.level) / self.rate
+
+
+class Window:
+    """Largest sum of amounts seen in any `span`-second window (peak RPM / TPM)."""
+
+    def __init__(self, span: float = 60.0) -> None:
+        self.span = span
+        self.events: deque[tuple[float, int]] = deque()
+        self.total = 0
+        self.peak = 0
+
+    def add(self, now: float, amount: int) -> None:
+        self.events.append((now, amount))
+        self.total += amount
+        while self.events and self.events[0][0] <= now - self.span:
+            self.total -= self.events.popleft()[1]
+        self.peak = max(self.peak, self.total)
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.by_status: Counter[str] = Counter()
+        self.by_endpoint: Counter[str] = Counter()
+        self.faults: Counter[str] = Counter()
+        self.rate_limited = 0
+        self.rate_limited_by_type: Counter[str] = Counter()
+        self.quota_rejected = 0
+        self.too_large = 0
+        self.charged_tokens = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.requests_window = Window()
+        self.tokens_window = Window()
+        self.ok_bodies: Counter[bytes] = Counter()
+
+    def to_dict(self) -> dict[str, Any]:
+        dup = {k: n for k, n in self.ok_bodies.items() if n > 1}
+        return {
+            "uptime_s": time.time() - self.started,
+            "requests": sum(self.by_endpoint.values()),
+            "by_endpoint": dict(self.by_endpoint),
+            "by_status": dict(self.by_status),
+            "ok": self.by_status.get("200", 0),
+            "rate_limited": self.rate_limited,
+            "rate_limited_by_type": dict(self.rate_limited_by_type),
+            "quota_rejected": self.quota_rejected,
+            "too_large": self.too_large,
+            "faults": dict(self.faults),
+            "charged_tokens": self.charged_tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "peak_rpm_60s": self.requests_window.peak,
+            "peak_tpm_60s": self.tokens_window.peak,
+            "distinct_ok_bodies": len(self.ok_bodies),
+            "duplicate_bodies": len(dup),
+            "duplicate_sends": sum(n - 1 for n in dup.values()),
+        }
+
+
+class Simulator:
+    """The server's state and handlers; `app()` builds the aiohttp application."""
+
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.config = config or SimConfig()
+        self.responder = Responder()
+        self.batches = BatchStore(self)
+        self.reset()
+
+    def reset(self) -> None:
+        now = time.monotonic()
+        cfg = self.config
+        self.stats = Stats()
+        self.requests_bucket = Bucket(cfg.rpm, now) if cfg.rpm else None
+        self.tokens_bucket = Bucket(cfg.tpm, now) if cfg.tpm else None
+        self.fault_rng = random.Random(cfg.seed)
+        self.latency_rng = random.Random(cfg.seed + 1)
+        self.marker_seen: Counter[tuple[bytes, str]] = Counter()
+
+    def configure(self, changes: dict[str, Any]) -> None:
+        old = self.config
+        self.config = old.updated(changes)
+        if {"rpm", "tpm"} & changes.keys():
+            now = time.monotonic()
+            self.requests_bucket = Bucket(self.config.rpm, now) if self.config.rpm else None
+            self.tokens_bucket = Bucket(self.config.tpm, now) if self.config.tpm else None
+
+    # -- HTTP plumbing -------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_file_bytes + 1024 * 1024)
+        app.add_routes(
+            [
+                web.post("/v1/chat/completions", self.handle_chat),
+                web.post("/v1/embeddings", self.handle_embeddings),
+                web.get("/v1/models", self.handle_models),
+                web.get("/sim/stats", self.handle_stats),
+                web.post("/sim/config", self.handle_config),
+                web.post("/sim/reset", self.handle_reset),
+            ]
+        )
+        self.batches.add_routes(app)
+        return app
+
+    def rate_headers(self) -> dict[str, str]:
+        h: dict[str, str] = {"x-request-id": "req_" + secrets.token_hex(12)}
+        now = time.monotonic()
+        for name, bucket in (("requests", self.requests_bucket), ("tokens", self.tokens_bucket)):
+            if bucket is None:
+                continue
+            bucket.refill(now)
+            h[f"x-ratelimit-limit-{name}"] = str(int(bucket.capacity))
+            h[f"x-ratelimit-remaining-{name}"] = str(max(int(bucket.level), 0))
+            h[f"x-ratelimit-reset-{name}"] = format_duration(bucket.reset_seconds())
+        return h
+
+    def respond(self, reply: Reply, extra: dict[str, str] | None = None) -> web.Response:
+        self.stats.by_status[str(reply.status)] += 1
+        headers = self.rate_headers()
+        if extra:
+            headers.update(extra)
+        return web.Response(
+            status=reply.status, body=json.dumps(reply.body).encode(), content_type="application/json", headers=headers
+        )
+
+    async def read_json(self, request: web.Request) -> tuple[dict[str, Any] | None, bytes]:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None, raw
+        return (body if isinstance(body, dict) else None), raw
+
+    # -- limits --------------------------------------------------------------------------------
+
+    def admit(self, model: str, charge: int) -> Reply | None:
+        """Charge the buckets, or the 429 OpenAI would send."""
+        cfg = self.config
+        if cfg.insufficient_quota:
+            self.stats.quota_rejected += 1
+            return Reply(429, error_body(QUOTA_MESSAGE, "insufficient_quota", cfg.quota_code))
+        now = time.monotonic()
+        rb, tb = self.requests_bucket, self.tokens_bucket
+        if tb is not None and charge > tb.capacity:
+            self.stats.too_large += 1
+            return Reply(
+                429,
+                error_body(
+                    f"Request too large for {model} in organization org-sim on tokens per min (TPM): "
+                    f"Limit {int(tb.capacity)}, Requested {charge}. The input or output tokens must be reduced "
+                    "in order to run successfully. Visit https://platform.openai.com/account/rate-limits to learn more.",
+                    "tokens",
+                    "rate_limit_exceeded",
+                ),
+            )
+        for b in (rb, tb):
+            if b is not None:
+                b.refill(now)
+        if rb is not None and rb.level < 1:
+            return self._limited(model, "requests", rb, 1)
+        if tb is not None and tb.level < charge:
+            return self._limited(model, "tokens", tb, charge)
+        if rb is not None:
+            rb.level -= 1
+        if tb is not None:
+            tb.level -= charge
+        self.stats.requests_window.add(now, 1)
+        self.stats.tokens_window.add(now, charge)
+        self.stats.charged_tokens += charge
+        return None
+
+    def _limited(self, model: str, kind: str, bucket: Bucket, amount: int) -> Reply:
+        self.stats.rate_limited += 1
+        self.stats.rate_limited_by_type[kind] += 1
+        wait = bucket.wait_for(amount)
+        label = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
+        used = int(bucket.capacity - bucket.level)
+        return Reply(
+            429,
+            error_body(
+                f"Rate limit reached for {model} in organization org-sim on {label}: Limit {int(bucket.capacity)}, "
+                f"Used {used}, Requested {amount}. Please try again in {format_duration(wait)}. Visit "
+                "https://platform.openai.com/account/rate-limits to learn more.",
+                kind,
+                "rate_limit_exceeded",
+            ),
+        )
+
+    def _retry_after(self, reply: Reply) -> dict[str, str]:
+        if not self.config.retry_after_header or reply.body["error"]["code"] != "rate_limit_exceeded":
+            return {}
+        from ..headers import try_again_in
+
+        wait = try_again_in(reply.body["error"]["message"]) or 1.0
+        return {"retry-after": str(max(1, math.ceil(wait)))}
+
+    # -- faults and latency --------------------------------------------------------------------
+
+    def forced(self, body: dict[str, Any], digest: bytes) -> set[str]:
+        active: set[str] = set()
+        for kind, times in markers(body):
+            key = (digest, kind)
+            self.marker_seen[key] += 1
+            if times is None or self.marker_seen[key] <= times:
+                active.add(kind)
+        return active
+
+    def pick_fault(self, forced: set[str]) -> str | None:
+        for kind in ("reset", "truncate", "500", "503", "slow"):
+            if kind in forced:
+                return kind
+        cfg = self.config
+        roll = self.fault_rng.random()
+        for kind, rate in (
+            ("500", cfg.error_500_rate),
+            ("503", cfg.error_503_rate),
+            ("reset", cfg.reset_rate),
+            ("truncate", cfg.truncated_rate),
+            ("slow", cfg.slow_rate),
+        ):
+            if roll < rate:
+                return kind
+            roll -= rate
+        return None
+
+    def latency(self, completion_tokens: int) -> float:
+        cfg = self.config
+        base = (cfg.latency_ms + cfg.latency_per_token_ms * completion_tokens) / 1000
+        if cfg.jitter:
+            base *= 1 + self.latency_rng.uniform(-cfg.jitter, cfg.jitter)
+        return max(base, 0.0)
+
+    async def deliver(self, request: web.Request, reply: Reply, fault: str | None, digest: bytes) -> web.StreamResponse:
+        if fault == "slow":
+            self.stats.faults["slow"] += 1
+            await asyncio.sleep(self.config.slow_seconds)
+        await asyncio.sleep(self.latency(reply.completion_tokens))
+        if fault == "reset":
+            self.stats.faults["reset"] += 1
+            self.stats.by_status["reset"] += 1
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError  # nothing more to send on a dead connection
+        if fault in ("500", "503"):
+            self.stats.faults[fault] += 1
+            msg = (
+                "The server had an error while processing your request. Sorry about that!"
+                if fault == "500"
+                else "The engine is currently overloaded, please try again later."
+            )
+            return self.respond(Reply(int(fault), error_body(msg, "server_error")))
+        if fault == "truncate":
+            self.stats.faults["truncate"] += 1
+            self.stats.by_status["truncated"] += 1
+            payload = json.dumps(reply.body).encode()
+            resp = web.StreamResponse(status=200, headers=self.rate_headers())
+            resp.content_type = "application/json"
+            resp.content_length = len(payload)
+            await resp.prepare(request)
+            await resp.write(payload[: len(payload) // 2])
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError
+        if reply.status == 200:
+            self.stats.ok_bodies[digest] += 1
+            self.stats.prompt_tokens += reply.prompt_tokens
+            self.stats.completion_tokens += reply.completion_tokens
+        return self.respond(reply)
+
+    # -- endpoints -----------------------------------------------------------------------------
+
+    async def handle_chat(self, request: web.Request) -> web.StreamResponse:
+        self.stats.by_endpoint["chat"] += 1
+        body, _raw = await self.read_json(request)
+        if body is None:
+            return self.respond(
+                Reply(400, error_body("We could not parse the JSON body of your request.", "invalid_request_error"))
+            )
+        bad = self.responder.validate_chat(self.config, body)
+        if bad:
+            return self.respond(bad)
+        digest = content.body_digest(json.dumps(body, sort_keys=True).encode())
+        prompt_tokens = self.responder.chat_prompt_tokens(body)
+        max_out = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+        limited = self.admit(body["model"], prompt_tokens + max_out)
+        if limited:
+            return self.respond(limited, self._retry_after(limited))
+        forced = self.forced(body, digest)
+        if "400" in forced:
+            return self.respond(
+                Reply(400, error_body("Invalid request: forced by [[sim:400]]", "invalid_request_error"))
+            )
+        fault = self.pick_fault(forced)
+        reply = self.responder.chat(self.config, body, digest, forced, self.fault_rng.random())
+        return await self.deliver(request, reply, fault, digest)
+
+    async def handle_embeddings(self, request: web.Request) -> web.StreamResponse:
+        self.stats.by_endpoint["embeddings"] += 1
+        body, _raw = await self.read_json(request)
+        if body is None:
+            return self.respond(
+                Reply(400, error_body("We could not parse the JSON body of your request.", "invalid_request_error"))
+            )
+        bad, counts = self.responder.embeddings_tokens(self.config, body)
+        if bad:
+            return self.respond(bad)
+        digest = content.body_digest(json.dumps(body, sort_keys=True).encode())
+        limited = self.admit(body["model"], sum(counts))
+        if limited:
+            return self.respond(limited, self._retry_after(limited))
+        forced = self.forced(body, digest)
+        fault = self.pick_fault(forced)
+        reply = self.responder.embeddings(self.config, body, counts)
+        return await self.deliver(request, reply, fault, digest)
+
+    async def handle_models(self, request: web.Request) -> web.Response:
+        data = [
+            {"id": m, "object": "model", "created": 1700000000, "owned_by": "batchrun-sim"} for m in self.config.models
+        ]
+        return web.json_response({"object": "list", "data": data}, headers=self.rate_headers())
+
+    async def handle_stats(self, request: web.Request) -> web.Response:
+        out = self.stats.to_dict()
+        out["batches"] = self.batches.stats()
+        out["config"] = {k: v for k, v in asdict(self.config).items() if k != "extra"}
+        return web.json_response(out)
+
+    async def handle_config(self, request: web.Request) -> web.Response:
+        try:
+            changes = await request.json()
+            self.configure(changes)
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({k: v for k, v in asdict(self.config).items() if k != "extra"})
+
+    async def handle_reset(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response({"ok": True})
+
+
+class SimServer:
+    """The simulator on 127.0.0.1 in a background thread: for tests, the CLI and benchmarks."""
+
+    def __init__(self, config: SimConfig | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.sim = Simulator(config)
+        self.host = host
+        self.port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> SimServer:
+        self._thread = threading.Thread(target=self._serve, name="batchrun-sim", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error:
+            raise self._error
+        return self
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._startup())
+        except BaseException as exc:  # surfaced to start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        loop.run_forever()
+        loop.run_until_complete(self._cleanup())
+        loop.close()
+
+    async def _startup(self) -> None:
+        self._runner = web.AppRunner(self.sim.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def _cleanup(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.sim.batches.close()
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run fn(*args) on the server's loop thread and return its result (thread-safe state access)."""
+        assert self._loop is not None
+
+        async def run() -> Any:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+
+    def stats(self) -> dict[str, Any]:
+        return self.call(lambda: {**self.sim.stats.to_dict(), "batches": self.sim.batches.stats()})
+
+    def configure(self, **changes: Any) -> None:
+        self.call(self.sim.configure, changes)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop = None
+
+    def __enter__(self) -> SimServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
