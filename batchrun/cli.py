@@ -1,2 +1,89 @@
-def main() -> None:
-    pass
+"""The `batchrun` command: parses arguments, calls the library, maps errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Sequence
+
+from .errors import BatchrunError
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .jobs import load_job
+    from .plan import format_plan, make_plan
+
+    job = load_job(args.job)
+    plan = make_plan(job)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+    else:
+        print(format_plan(plan))
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from .sim import SimConfig, SimServer
+
+    changes = json.loads(args.config) if args.config else {}
+    for key in ("rpm", "tpm", "latency_ms", "jitter", "seed", "batch_run_seconds"):
+        value = getattr(args, key)
+        if value is not None:
+            changes[key] = value
+    if args.insufficient_quota:
+        changes["insufficient_quota"] = True
+    config = SimConfig().updated(changes)
+    server = SimServer(config, port=args.port).start()
+    print(f"batchrun simulator listening on {server.base_url}", flush=True)
+    print("  point a job at it with [endpoint] base_url, or OPENAI_BASE_URL; stats at "
+          f"{server.url}/sim/stats; Ctrl+C stops", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    server.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="batchrun", description="Bulk LLM prompts: plan, run, resume.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="count tokens, price and time a job; sends nothing")
+    p.add_argument("job", help="path to a job file (jobs/*.toml)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=_plan)
+
+    s = sub.add_parser("sim", help="run the OpenAI-compatible simulator on 127.0.0.1")
+    s.add_argument("--port", type=int, default=8089)
+    s.add_argument("--rpm", type=int)
+    s.add_argument("--tpm", type=int)
+    s.add_argument("--latency-ms", dest="latency_ms", type=float)
+    s.add_argument("--jitter", type=float)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--batch-run-seconds", dest="batch_run_seconds", type=float)
+    s.add_argument("--insufficient-quota", action="store_true")
+    s.add_argument("--config", help='other settings as JSON, e.g. \'{"error_500_rate": 0.05}\'')
+    s.set_defaults(func=_sim)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.simplefilter("default")
+    try:
+        code = args.func(args)
+    except BatchrunError as exc:
+        print(f"batchrun: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        print("batchrun: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)

@@ -112,14 +112,6 @@ def _frame(spec: InputSpec) -> pl.LazyFrame:
 def _explain(spec: InputSpec, exc: Exception) -> InputError:
     path = spec.path
     text = str(exc).split("\n", 1)[0]
-    if spec.resolved_format in ("csv", "tsv", "jsonl") and ("utf-8" in text.lower() or "utf8" in text.lower()):
-        where = find_bad_utf8(path)
-        if where:
-            line, col = where
-            return InputError(
-                f"{path}: line {line}, byte {col}: not valid UTF-8. "
-                "Re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)."
-            )
     if "empty" in text.lower():
         return InputError(f"{path}: the file is empty; it needs a header row and at least one data row")
     return InputError(f"{path}: cannot read as {spec.resolved_format}: {text}")
@@ -134,6 +126,16 @@ def open_source(spec: InputSpec) -> Source:
         raise InputError(f"{path}: is a folder; point input.path at a file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty; it needs a header row and at least one data row")
+    if spec.resolved_format in ("csv", "tsv", "jsonl"):
+        # polars reads only the columns a query needs, so a bad byte in an unused column would
+        # surface mid-run; checking the bytes up front costs one fast pass
+        where = find_bad_utf8(path)
+        if where:
+            line, col = where
+            raise InputError(
+                f"{path}: line {line}, byte {col}: not valid UTF-8. "
+                "Re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)."
+            )
     try:
         schema = _scan(spec).collect_schema()
         lf = _frame(spec)
