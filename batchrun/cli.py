@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -39,14 +40,15 @@ def _sim(args: argparse.Namespace) -> int:
     config = SimConfig().updated(changes)
     server = SimServer(config, port=args.port).start()
     print(f"batchrun simulator listening on {server.base_url}", flush=True)
-    print("  point a job at it with [endpoint] base_url, or OPENAI_BASE_URL; stats at "
-          f"{server.url}/sim/stats; Ctrl+C stops", flush=True)
+    print(
+        "  point a job at it with [endpoint] base_url, or OPENAI_BASE_URL; stats at "
+        f"{server.url}/sim/stats; Ctrl+C stops",
+        flush=True,
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         stop.wait()
-    except KeyboardInterrupt:
-        pass
     server.stop()
     return 0
 
@@ -69,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--batch-run-seconds", dest="batch_run_seconds", type=float)
     s.add_argument("--insufficient-quota", action="store_true")
-    s.add_argument("--config", help='other settings as JSON, e.g. \'{"error_500_rate": 0.05}\'')
+    s.add_argument("--config", help="other settings as JSON, e.g. '{\"error_500_rate\": 0.05}'")
     s.set_defaults(func=_sim)
     return parser
 

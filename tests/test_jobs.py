@@ -38,29 +38,59 @@ def test_paths_resolve_against_the_job_folder(write_job: WriteJob, tmp_path: Pat
     ("toml", "expected"),
     [
         ("[input\npath=1", "not valid TOML"),
-        (BASIC_JOB + "\n[limits]\nrpn = 5\n", r"\[limits.rpn\]: unknown key; allowed here: max_attempts, max_in_flight, rpm, tpm"),
+        (
+            BASIC_JOB + "\n[limits]\nrpn = 5\n",
+            r"\[limits.rpn\]: unknown key; allowed here: max_attempts, max_in_flight, rpm, tpm",
+        ),
         (BASIC_JOB.replace('model = "gpt-4o-mini"', ""), r"\[request.model\]: required key is missing"),
         ('mode = "fast"\n' + BASIC_JOB, r"\[mode\]: must be 'online', 'batch' or 'auto', not 'fast'"),
         (BASIC_JOB.replace("max_tokens = 50", "max_tokens = 50\nmax_completion_tokens = 60"), "not both"),
         (BASIC_JOB.replace("max_tokens = 50", ""), "chat jobs need `max_tokens`"),
-        (BASIC_JOB.replace("max_tokens = 50", "max_tokens = -1"), r"\[request.max_tokens\]: Input should be greater than 0"),
+        (
+            BASIC_JOB.replace("max_tokens = 50", "max_tokens = -1"),
+            r"\[request.max_tokens\]: Input should be greater than 0",
+        ),
         (BASIC_JOB.replace('template = "Text: {{ text }}"', 'template = "x"\ntemplate_file = "t.j2"'), "not both"),
         (BASIC_JOB.replace('template = "Text: {{ text }}"', ""), "needs `template`"),
-        (BASIC_JOB + '\n[request.params]\nstream = true\n', "params may not set \\['stream'\\]"),
-        (BASIC_JOB + '\n[limits]\nrpm = 0\n', r"\[limits.rpm\]: Input should be greater than 0"),
+        (BASIC_JOB + "\n[request.params]\nstream = true\n", "params may not set \\['stream'\\]"),
+        (BASIC_JOB + "\n[limits]\nrpm = 0\n", r"\[limits.rpm\]: Input should be greater than 0"),
         (BASIC_JOB + '\n[endpoint]\nazure_endpoint = "https://x.openai.azure.com"\n', "needs azure_api_version"),
         (BASIC_JOB.replace('path = "input.csv"', 'path = "input.dat"'), r"\[input.format\]: cannot tell the format"),
         (BASIC_JOB + '\n[output_schema]\nname = "x"\n', "give exactly one of `schema`"),
-        (BASIC_JOB + '\n[output_schema]\nname = "bad name!"\nschema = {type="object", properties={a={type="string"}}}\n', "name 'bad name!' must be"),
-        (BASIC_JOB + '\n[output_schema]\nschema = {type="array", items={type="string"}}\n', "root schema must have type 'object'"),
-        (BASIC_JOB + '\n[output_schema]\nschema = {type="object", properties={a={type="string"}}, additionalProperties=true}\n', "additionalProperties must be false"),
-        (BASIC_JOB + '\n[output_schema]\nschema = {type="object", properties={a={not={type="string"}}}}\n', r"properties.a: keyword 'not' is not supported"),
-        (BASIC_JOB + '\n[output_schema]\nschema = {type="object", properties={a={type="string", format="phone"}}}\n', "format 'phone' is not supported"),
-        (BASIC_JOB + '\n[output_schema]\nschema_file = "missing.json"\n', r"\[output_schema.schema_file\]: cannot read"),
+        (
+            BASIC_JOB
+            + '\n[output_schema]\nname = "bad name!"\nschema = {type="object", properties={a={type="string"}}}\n',
+            "name 'bad name!' must be",
+        ),
+        (
+            BASIC_JOB + '\n[output_schema]\nschema = {type="array", items={type="string"}}\n',
+            "root schema must have type 'object'",
+        ),
+        (
+            BASIC_JOB
+            + '\n[output_schema]\nschema = {type="object", properties={a={type="string"}}, additionalProperties=true}\n',
+            "additionalProperties must be false",
+        ),
+        (
+            BASIC_JOB + '\n[output_schema]\nschema = {type="object", properties={a={not={type="string"}}}}\n',
+            r"properties.a: keyword 'not' is not supported",
+        ),
+        (
+            BASIC_JOB + '\n[output_schema]\nschema = {type="object", properties={a={type="string", format="phone"}}}\n',
+            "format 'phone' is not supported",
+        ),
+        (
+            BASIC_JOB + '\n[output_schema]\nschema_file = "missing.json"\n',
+            r"\[output_schema.schema_file\]: cannot read",
+        ),
         (BASIC_JOB + '\n[output_schema]\nmodel = "no_such_module:Thing"\n', "cannot import module 'no_such_module'"),
-        (BASIC_JOB.replace('model = "gpt-4o-mini"', 'model = "text-embedding-3-small"\nkind = "embeddings"')
-         .replace("max_tokens = 50", "") + '\n[output_schema]\nschema = {type="object", properties={a={type="string"}}}\n',
-         "embeddings jobs cannot have"),
+        (
+            BASIC_JOB.replace('model = "gpt-4o-mini"', 'model = "text-embedding-3-small"\nkind = "embeddings"').replace(
+                "max_tokens = 50", ""
+            )
+            + '\n[output_schema]\nschema = {type="object", properties={a={type="string"}}}\n',
+            "embeddings jobs cannot have",
+        ),
     ],
 )
 def test_job_file_errors_name_file_key_and_fix(write_job: WriteJob, toml: str, expected: str) -> None:
@@ -89,7 +119,9 @@ def test_pydantic_model_schema_is_made_strict(write_job: WriteJob, tmp_path: Pat
         "class Tag(BaseModel):\n    name: str\n    weight: float | None = None\n"
         "class Labels(BaseModel):\n    sentiment: Literal['pos', 'neg']\n    tags: list[Tag]\n"
     )
-    job = load_job(write_job(BASIC_JOB + '\n[output_schema]\nname = "labels"\nmodel = "labels:Labels"\n', csv=BASIC_CSV))
+    job = load_job(
+        write_job(BASIC_JOB + '\n[output_schema]\nname = "labels"\nmodel = "labels:Labels"\n', csv=BASIC_CSV)
+    )
     schema = job.schema_strict
     assert schema is not None and schema["additionalProperties"] is False
     assert schema["required"] == ["sentiment", "tags"]
@@ -98,9 +130,13 @@ def test_pydantic_model_schema_is_made_strict(write_job: WriteJob, tmp_path: Pat
 
 
 def test_inline_schema_is_made_strict(write_job: WriteJob) -> None:
-    job = load_job(write_job(
-        BASIC_JOB + '\n[output_schema]\nschema = {type="object", properties={a={type="string"}, b={type="object", properties={c={type="integer"}}}}}\n',
-        csv=BASIC_CSV))
+    job = load_job(
+        write_job(
+            BASIC_JOB
+            + '\n[output_schema]\nschema = {type="object", properties={a={type="string"}, b={type="object", properties={c={type="integer"}}}}}\n',
+            csv=BASIC_CSV,
+        )
+    )
     s = job.schema_strict
     assert s is not None
     assert s["required"] == ["a", "b"] and s["additionalProperties"] is False
@@ -122,10 +158,13 @@ def test_template_syntax_error_names_the_line(write_job: WriteJob) -> None:
 
 def test_template_file_and_examples(write_job: WriteJob, tmp_path: Path) -> None:
     (tmp_path / "t.j2").write_text("Row {{ row_id }}: {{ row['text'] | upper }}")
-    job = load_job(write_job(
-        BASIC_JOB.replace('template = "Text: {{ text }}"', 'template_file = "t.j2"')
-        + '\n[[prompt.examples]]\nrole = "user"\ncontent = "ex"\n[[prompt.examples]]\nrole = "assistant"\ncontent = "ok"\n',
-        csv=BASIC_CSV))
+    job = load_job(
+        write_job(
+            BASIC_JOB.replace('template = "Text: {{ text }}"', 'template_file = "t.j2"')
+            + '\n[[prompt.examples]]\nrole = "user"\ncontent = "ex"\n[[prompt.examples]]\nrole = "assistant"\ncontent = "ok"\n',
+            csv=BASIC_CSV,
+        )
+    )
     source = open_source(job.input)
     renderer = Renderer(job, source.columns)
     reqs = renderer.render(next(source.batches()))

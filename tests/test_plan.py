@@ -52,8 +52,12 @@ def test_plan_counts_equal_simulator_usage_exactly(sim: SimServer) -> None:
 def test_rows_too_long_for_tpm_or_context_are_listed(write_job: Callable[..., Path]) -> None:
     long_text = "word " * 9000
     csv = BASIC_CSV + f"a4,{long_text}\n"
-    job = load_job(write_job(BASIC_JOB.replace('model = "gpt-4o-mini"', 'model = "gpt-4"')
-                             + "\n[limits]\ntpm = 20000\nrpm = 100\n", csv=csv))
+    job = load_job(
+        write_job(
+            BASIC_JOB.replace('model = "gpt-4o-mini"', 'model = "gpt-4"') + "\n[limits]\ntpm = 20000\nrpm = 100\n",
+            csv=csv,
+        )
+    )
     plan = make_plan(job)
     assert plan.rows == 4 and plan.requests == 3 and plan.too_long_count == 1
     issue = plan.too_long[0]
@@ -89,14 +93,16 @@ def test_price_override_in_job(write_job: Callable[..., Path]) -> None:
 
 
 def test_cli_plan_json() -> None:
-    out = subprocess.run([sys.executable, "-m", "batchrun", "plan", str(DEMO), "--json"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "batchrun", "plan", str(DEMO), "--json"], capture_output=True, text=True, check=True
+    )
     data = json.loads(out.stdout)
     assert data["rows"] == 360 and data["model"] == "gpt-4o-mini" and data["recommended_mode"] in ("online", "batch")
 
 
 def test_cli_bad_job_exits_2_with_message(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "batchrun", "plan", str(tmp_path / "x.toml")],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "batchrun", "plan", str(tmp_path / "x.toml")], capture_output=True, text=True
+    )
     assert out.returncode == 2
     assert "x.toml: job file not found" in out.stderr

@@ -26,7 +26,8 @@ def client(sim: SimServer) -> openai.OpenAI:
 
 def chat(c: openai.OpenAI, text: str = "hello", max_tokens: int = 50, **kw: Any) -> Any:
     return c.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": text}], max_tokens=max_tokens, **kw)
+        model="gpt-4o-mini", messages=[{"role": "user", "content": text}], max_tokens=max_tokens, **kw
+    )
 
 
 def test_rate_limit_headers_on_success(make_sim: SimFactory) -> None:
@@ -96,10 +97,17 @@ def test_insufficient_quota_and_live_reconfigure(make_sim: SimFactory) -> None:
 
 
 def test_structured_output_is_valid_json_for_the_schema(sim: SimServer) -> None:
-    schema = {"type": "object", "additionalProperties": False, "required": ["label", "score", "tags", "when"],
-              "properties": {"label": {"type": "string", "enum": ["a", "b"]}, "score": {"type": "number"},
-                             "tags": {"type": "array", "items": {"type": "string"}},
-                             "when": {"anyOf": [{"type": "string", "format": "date"}, {"type": "null"}]}}}
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["label", "score", "tags", "when"],
+        "properties": {
+            "label": {"type": "string", "enum": ["a", "b"]},
+            "score": {"type": "number"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "when": {"anyOf": [{"type": "string", "format": "date"}, {"type": "null"}]},
+        },
+    }
     rf = {"type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": schema}}
     import jsonschema
 
@@ -134,7 +142,12 @@ def test_forced_outcomes(sim: SimServer, marker: str, check: Callable[[Any], boo
 
 
 def test_badjson_is_not_parseable(sim: SimServer) -> None:
-    schema = {"type": "object", "additionalProperties": False, "required": ["a"], "properties": {"a": {"type": "string"}}}
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["a"],
+        "properties": {"a": {"type": "string"}},
+    }
     rf = {"type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": schema}}
     reply = chat(client(sim), "x [[sim:badjson]]", max_tokens=200, response_format=rf).parse()
     with pytest.raises(json.JSONDecodeError):
@@ -143,13 +156,18 @@ def test_badjson_is_not_parseable(sim: SimServer) -> None:
 
 @pytest.mark.parametrize(
     ("marker", "error"),
-    [("500", openai.InternalServerError), ("503", openai.InternalServerError), ("reset", openai.APIConnectionError),
-     ("truncate", openai.APIConnectionError), ("400", openai.BadRequestError)],
+    [
+        ("500", openai.InternalServerError),
+        ("503", openai.InternalServerError),
+        ("reset", openai.APIConnectionError),
+        ("truncate", openai.APIConnectionError),
+        ("400", openai.BadRequestError),
+    ],
 )
 def test_faults_reach_the_sdk_then_clear(sim: SimServer, marker: str, error: type[Exception]) -> None:
     c = client(sim)
     with pytest.raises(error):
-        chat(c, f"x [[sim:{marker}*1]]")
+        chat(c, f"x [[sim:{marker}*1]]", max_tokens=500)
     if marker != "400":
         assert chat(c, f"x [[sim:{marker}*1]]", max_tokens=500).parse().choices[0].finish_reason == "stop"
 
@@ -187,8 +205,10 @@ def test_embeddings_float_and_base64(sim: SimServer) -> None:
     c = client(sim)
     r = c.embeddings.create(model="text-embedding-3-small", input=["a", "bb"], dimensions=8, encoding_format="float")
     assert [d.index for d in r.data] == [0, 1] and len(r.data[0].embedding) == 8
-    raw = httpx.post(sim.base_url + "/embeddings", json={"model": "text-embedding-3-small", "input": ["a"],
-                                                         "dimensions": 8, "encoding_format": "base64"}).json()
+    raw = httpx.post(
+        sim.base_url + "/embeddings",
+        json={"model": "text-embedding-3-small", "input": ["a"], "dimensions": 8, "encoding_format": "base64"},
+    ).json()
     vec = struct.unpack("<8f", base64.b64decode(raw["data"][0]["embedding"]))
     assert vec == pytest.approx(r.data[0].embedding, rel=1e-6)
     with pytest.raises(openai.BadRequestError):
@@ -213,10 +233,17 @@ FAST = {"batch_validate_seconds": 0.05, "batch_run_seconds": 0.2, "batch_finaliz
 
 
 def batch_lines(n: int, model: str = "gpt-4o-mini", text: str = "hello {i}") -> bytes:
-    return "\n".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-                                 "body": {"model": model, "max_tokens": 20,
-                                          "messages": [{"role": "user", "content": text.format(i=i)}]}})
-                     for i in range(n)).encode()
+    return "\n".join(
+        json.dumps(
+            {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": model, "max_tokens": 20, "messages": [{"role": "user", "content": text.format(i=i)}]},
+            }
+        )
+        for i in range(n)
+    ).encode()
 
 
 def submit(c: openai.OpenAI, data: bytes, **kw: Any) -> Any:
@@ -262,7 +289,9 @@ def test_batch_lifecycle_completed_shuffled(make_sim: SimFactory) -> None:
 def test_batch_per_line_errors_go_to_error_file(make_sim: SimFactory) -> None:
     sim = make_sim(**FAST)
     c = client(sim)
-    b = wait(c, submit(c, batch_lines(10, text="row {i} [[sim:400]]") + b"\n" + batch_lines(1).replace(b"r0", b"ok")).id)
+    b = wait(
+        c, submit(c, batch_lines(10, text="row {i} [[sim:400]]") + b"\n" + batch_lines(1).replace(b"r0", b"ok")).id
+    )
     assert b.status == "completed" and b.request_counts.failed == 10 and b.request_counts.completed == 1
     errors = read_lines(c, b.error_file_id)
     assert len(errors) == 10 and all(e["response"]["status_code"] == 400 and e["error"] is None for e in errors)

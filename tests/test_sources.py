@@ -86,7 +86,7 @@ def test_row_numbers_are_ids_and_survive_filter_and_limit(tmp_path: Path) -> Non
 
 def test_filter_that_matches_nothing(tmp_path: Path) -> None:
     p = write(tmp_path, "a.csv", "text,score\na,1\n")
-    with pytest.raises(InputError, match="no rows after input.filter/limit"):
+    with pytest.raises(InputError, match=r"no rows after input\.filter/limit"):
         open_source(spec(p, filter="score > 100"))
 
 
@@ -111,7 +111,9 @@ def test_formats(tmp_path: Path, fmt: str) -> None:
 
 def test_large_parquet_streams_in_batches(tmp_path: Path) -> None:
     n = 200_000
-    pl.DataFrame({"text": [f"row {i}" for i in range(n)]}).write_parquet(tmp_path / "big.parquet", row_group_size=10_000)
+    pl.DataFrame({"text": [f"row {i}" for i in range(n)]}).write_parquet(
+        tmp_path / "big.parquet", row_group_size=10_000
+    )
     src = open_source(spec(tmp_path / "big.parquet"))
     sizes = [b.height for b in src.batches(25_000)]
     assert sum(sizes) == n and max(sizes) <= 25_000

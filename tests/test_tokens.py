@@ -14,12 +14,26 @@ from batchrun.tokens import TokenCounter, UnknownModelWarning
 # The OpenAI cookbook's example (How_to_count_tokens_with_tiktoken.ipynb); the API reported
 # 129 prompt tokens for gpt-3.5-turbo / gpt-4 and 124 for gpt-4o / gpt-4o-mini.
 COOKBOOK = [
-    {"role": "system", "content": "You are a helpful, pattern-following assistant that translates corporate jargon into plain English."},
+    {
+        "role": "system",
+        "content": "You are a helpful, pattern-following assistant that translates corporate jargon into plain English.",
+    },
     {"role": "system", "name": "example_user", "content": "New synergies will help drive top-line growth."},
     {"role": "system", "name": "example_assistant", "content": "Things working well together will increase revenue."},
-    {"role": "system", "name": "example_user", "content": "Let's circle back when we have more bandwidth to touch base on opportunities for increased leverage."},
-    {"role": "system", "name": "example_assistant", "content": "Let's talk later when we're less busy about how to do better."},
-    {"role": "user", "content": "This late pivot means we don't have time to boil the ocean for the client deliverable."},
+    {
+        "role": "system",
+        "name": "example_user",
+        "content": "Let's circle back when we have more bandwidth to touch base on opportunities for increased leverage.",
+    },
+    {
+        "role": "system",
+        "name": "example_assistant",
+        "content": "Let's talk later when we're less busy about how to do better.",
+    },
+    {
+        "role": "user",
+        "content": "This late pivot means we don't have time to boil the ocean for the client deliverable.",
+    },
 ]
 
 
@@ -75,10 +89,17 @@ def test_model_mapping_and_unknown_model_warning() -> None:
 def test_list_of_parts_and_names_do_not_crash() -> None:
     c = TokenCounter("gpt-4o-mini")
     text_only = c.count_messages([{"role": "user", "content": "describe this"}])
-    parts = c.count_messages([{"role": "user", "content": [
-        {"type": "text", "text": "describe this"},
-        {"type": "image_url", "image_url": {"url": "https://example.com/x.png"}},
-    ]}])
+    parts = c.count_messages(
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "describe this"},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/x.png"}},
+                ],
+            }
+        ]
+    )
     assert parts == text_only + tokens.IMAGE_PART_TOKENS
     named = c.count_messages([{"role": "user", "name": "bob", "content": "describe this"}])
     assert named == text_only + c.count_text("bob") + 1
@@ -87,10 +108,17 @@ def test_list_of_parts_and_names_do_not_crash() -> None:
 
 def test_schema_overhead_counts_the_schema_without_strict_keywords() -> None:
     c = TokenCounter("gpt-4o-mini")
-    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}},
+        "required": ["a"],
+        "additionalProperties": False,
+    }
     assert c.schema_overhead(schema) == c.count_text('{"properties":{"a":{"type":"string"}},"type":"object"}') + 9
-    body = {"messages": [{"role": "user", "content": "x"}],
-            "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}}
+    body = {
+        "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+    }
     assert c.count_chat_request(body) == c.count_messages(body["messages"]) + c.schema_overhead(schema)
 
 
