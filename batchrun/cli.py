@@ -27,6 +27,26 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from .jobs import load_job
+    from .runner import format_summary, run
+
+    job = load_job(args.job)
+    if args.output:
+        from pathlib import Path
+
+        job = job.model_copy(update={"output": job.output.model_copy(update={"path": Path(args.output).resolve()})})
+    try:
+        result = run(job, progress=not args.quiet)
+    except BatchrunError as exc:
+        partial = getattr(exc, "result", None)
+        if partial is not None:
+            print(format_summary(partial))
+        raise
+    print(format_summary(result))
+    return 0
+
+
 def _sim(args: argparse.Namespace) -> int:
     from .sim import SimConfig, SimServer
 
@@ -61,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", help="path to a job file (jobs/*.toml)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=_plan)
+
+    r = sub.add_parser("run", help="run a job online and write its Parquet output")
+    r.add_argument("job", help="path to a job file (jobs/*.toml)")
+    r.add_argument("-o", "--output", help="output Parquet path (default: the job's [output] path)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_run)
 
     s = sub.add_parser("sim", help="run the OpenAI-compatible simulator on 127.0.0.1")
     s.add_argument("--port", type=int, default=8089)

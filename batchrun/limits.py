@@ -87,8 +87,9 @@ class Grant:
 class RateLimiter:
     """Reserve-before-send RPM + TPM limiter shared by every worker of a run."""
 
-    def __init__(self, rpm: int | None, tpm: int | None, *, clock: Clock | None = None,
-                 sleep: Sleep | None = None) -> None:
+    def __init__(
+        self, rpm: int | None, tpm: int | None, *, clock: Clock | None = None, sleep: Sleep | None = None
+    ) -> None:
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self._sleep = sleep or asyncio.sleep
         self._rpm0, self._tpm0 = rpm, tpm
@@ -110,12 +111,16 @@ class RateLimiter:
     @property
     def limits(self) -> tuple[int | None, int | None]:
         self._start()
-        return (int(self.requests.capacity) if self.requests else None,
-                int(self.tokens.capacity) if self.tokens else None)
+        return (
+            int(self.requests.capacity) if self.requests else None,
+            int(self.tokens.capacity) if self.tokens else None,
+        )
 
     def __repr__(self) -> str:
-        return (f"RateLimiter(requests={self.requests!r}, tokens={self.tokens!r}, "
-                f"paused_until={self.paused_until:.2f}, pauses={self.pauses})")
+        return (
+            f"RateLimiter(requests={self.requests!r}, tokens={self.tokens!r}, "
+            f"paused_until={self.paused_until:.2f}, pauses={self.pauses})"
+        )
 
     async def acquire(self, tokens: int) -> Grant:
         """Wait until 1 request and `tokens` tokens are free, then take them."""
@@ -148,8 +153,10 @@ class RateLimiter:
         """Correct the buckets from a response's headers: learn limits, only ever lower levels."""
         self._start()
         now = self._clock()
-        pairs = (("requests", headers.limit_requests, headers.remaining_requests, headers.reset_requests),
-                 ("tokens", headers.limit_tokens, headers.remaining_tokens, headers.reset_tokens))
+        pairs = (
+            ("requests", headers.limit_requests, headers.remaining_requests, headers.reset_requests),
+            ("tokens", headers.limit_tokens, headers.remaining_tokens, headers.reset_tokens),
+        )
         for name, limit, remaining, reset in pairs:
             bucket: Bucket | None = getattr(self, name)
             if limit is not None and limit > 0:
@@ -203,4 +210,3 @@ class RateLimiter:
         if tpm:
             t = max(t, (tokens - tpm) / (tpm / 60))
         return max(t, 0.0)
-

@@ -131,7 +131,7 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
         reqs = renderer.render(batch)
         for r in reqs:
             counts.append(r.prompt_tokens)
-            reason = _too_long(job, r, context, tpm)
+            reason = too_long_reason(job, r, context, tpm)
             if reason:
                 issue_count += 1
                 issue_prompt += r.prompt_tokens
@@ -241,7 +241,7 @@ def _with(plan: Plan, **changes: Any) -> Plan:
     return Plan(**data)
 
 
-def _too_long(job: Job, r: Request, context: int | None, tpm: int | None) -> str | None:
+def too_long_reason(job: Job, r: Request, context: int | None, tpm: int | None) -> str | None:
     if job.request.kind == "embeddings" and r.prompt_tokens > EMBED_MAX_TOKENS_PER_INPUT:
         return f"input has {r.prompt_tokens} tokens; embedding models take at most {EMBED_MAX_TOKENS_PER_INPUT}"
     if context is not None and r.charged_tokens > context:

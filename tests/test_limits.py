@@ -129,8 +129,9 @@ def test_limits_are_learned_from_headers_both_ways() -> None:
     async def run() -> None:
         limiter, _ = make(10_000, 1_000_000)  # told 10x too much
         await limiter.acquire(10)
-        limiter.observe(RateLimitHeaders(limit_requests=1000, limit_tokens=100_000, remaining_tokens=99_000,
-                                         remaining_requests=999))
+        limiter.observe(
+            RateLimitHeaders(limit_requests=1000, limit_tokens=100_000, remaining_tokens=99_000, remaining_requests=999)
+        )
         assert limiter.limits == (1000, 100_000)
         assert limiter.tokens is not None and limiter.tokens.level == pytest.approx(99_000)
         none, _ = make(None, None)
@@ -202,8 +203,10 @@ def test_format_parse_roundtrip(seconds: float) -> None:
 
 
 def test_try_again_in_from_openai_message() -> None:
-    msg = ("Rate limit reached for gpt-4o-mini in organization org-x on tokens per min (TPM): Limit 30000, "
-           "Used 29000, Requested 1500. Please try again in 1.2s. Visit https://platform.openai.com/account/rate-limits")
+    msg = (
+        "Rate limit reached for gpt-4o-mini in organization org-x on tokens per min (TPM): Limit 30000, "
+        "Used 29000, Requested 1500. Please try again in 1.2s. Visit https://platform.openai.com/account/rate-limits"
+    )
     assert try_again_in(msg) == pytest.approx(1.2)
     assert try_again_in("Please try again in 6m0s.") == 360
     assert try_again_in("no hint") is None

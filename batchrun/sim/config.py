@@ -20,6 +20,8 @@ class SimConfig:
     insufficient_quota: bool = False
     """Answer every request with 429 insufficient_quota, as an account with no credit does."""
     quota_code: str = "insufficient_quota"
+    quota_after_requests: int | None = None
+    """Run out of quota after this many accepted requests (for mid-run quota tests)."""
 
     latency_ms: float = 0.0
     """Base latency of a chat or embeddings response."""

@@ -63,8 +63,10 @@ class Window:
         self.events: deque[tuple[float, int]] = deque()
         self.total = 0
         self.peak = 0
+        self.accepted = 0
 
     def add(self, now: float, amount: int) -> None:
+        self.accepted += 1
         self.events.append((now, amount))
         self.total += amount
         while self.events and self.events[0][0] <= now - self.span:
@@ -179,7 +181,10 @@ class Simulator:
         )
 
     async def read_json(self, request: web.Request) -> tuple[dict[str, Any] | None, bytes]:
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except ConnectionResetError:
+            raise asyncio.CancelledError from None  # the client went away mid-request: nothing to answer
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -191,6 +196,8 @@ class Simulator:
     def admit(self, model: str, charge: int) -> Reply | None:
         """Charge the buckets, or the 429 OpenAI would send."""
         cfg = self.config
+        if cfg.quota_after_requests is not None and self.stats.requests_window.accepted >= cfg.quota_after_requests:
+            self.config = cfg = cfg.updated({"insufficient_quota": True, "quota_after_requests": None})
         if cfg.insufficient_quota:
             self.stats.quota_rejected += 1
             return Reply(429, error_body(QUOTA_MESSAGE, "insufficient_quota", cfg.quota_code))

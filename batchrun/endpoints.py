@@ -1,0 +1,78 @@
+"""Which server a run talks to, and the SDK client for it (retries off: ours talk to the limiter).
+
+With no base_url and no API key in the environment, a run goes to the built-in
+simulator and says so: a rehearsal costs nothing and sends nothing anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import openai
+
+from .jobs import Job
+from .sim import SimConfig, SimServer
+
+SIM_BANNER = (
+    "No {env} in the environment and no [endpoint] base_url: running against batchrun's built-in "
+    "SIMULATOR at {url}. Replies are synthetic and nothing is billed. Set {env} to run for real."
+)
+
+
+@dataclass
+class Endpoint:
+    client: openai.AsyncOpenAI
+    base_url: str
+    model: str
+    """The model name sent in requests (the deployment name on Azure)."""
+    simulated: bool = False
+    sim: SimServer | None = None
+    banner: str = ""
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self.sim is not None:
+            self.sim.stop()
+
+
+def _timeout(job: Job) -> openai.Timeout:
+    return openai.Timeout(job.endpoint.timeout_s, connect=10.0)
+
+
+def open_endpoint(job: Job, *, sim_config: SimConfig | None = None) -> Endpoint:
+    """The client for the job's endpoint; the simulator when there is no key and no base_url."""
+    ep = job.endpoint
+    key = os.environ.get(ep.api_key_env)
+    model = job.request.model
+    if ep.azure_endpoint:
+        if not key:
+            from .errors import JobFileError
+
+            raise JobFileError(
+                job.source_path, "endpoint.api_key_env", f"environment variable {ep.api_key_env} is not set"
+            )
+        client: openai.AsyncOpenAI = openai.AsyncAzureOpenAI(
+            azure_endpoint=ep.azure_endpoint,
+            api_version=ep.azure_api_version,
+            api_key=key,
+            max_retries=0,
+            timeout=_timeout(job),
+        )
+        return Endpoint(client, ep.azure_endpoint, ep.azure_deployment or model)
+    if ep.base_url is None and not key:
+        config = sim_config or SimConfig(
+            rpm=job.limits.rpm,
+            tpm=job.limits.tpm,
+            latency_ms=250,
+            latency_per_token_ms=2,
+            jitter=0.3,
+            models=tuple(sorted({model, *SimConfig().models})),
+        )
+        sim = SimServer(config).start()
+        client = openai.AsyncOpenAI(base_url=sim.base_url, api_key="sk-simulator", max_retries=0, timeout=_timeout(job))
+        banner = SIM_BANNER.format(env=ep.api_key_env, url=sim.base_url)
+        return Endpoint(client, sim.base_url, model, simulated=True, sim=sim, banner=banner)
+    # local servers (vLLM, Ollama, llama.cpp) ignore the key but the SDK needs one
+    client = openai.AsyncOpenAI(base_url=ep.base_url, api_key=key or "no-key", max_retries=0, timeout=_timeout(job))
+    return Endpoint(client, str(client.base_url), model)

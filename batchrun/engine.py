@@ -1,0 +1,445 @@
+"""The online engine: every row sent as fast as the account's limits allow, and never faster.
+
+Three stages joined by bounded queues, all in one task group:
+
+    producer ──work──▶ workers (≤ max_in_flight) ──results──▶ writer
+    (read + render                (limiter, send,               (reorder, Parquet
+     in a thread)                  retries, parse)               row groups in a thread)
+
+A window semaphore caps how far the producer may run ahead of the oldest row
+not yet written, so memory is bounded by disorder, not by the input's size.
+A quota stop or an endpoint refusal stops dispatching; rows in flight finish,
+rows not sent are written with status `not_sent`, and the run reports why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from array import array
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+from .errors import BatchrunError, EndpointError, QuotaExhausted
+from .headers import read_headers
+from .limits import RateLimiter, RequestTooLarge
+from .plan import EMBED_MAX_INPUTS, EMBED_MAX_TOKENS_PER_REQUEST
+from .pricing import ModelPrice
+from .prompts import Request
+from .replies import ReplyParser
+from .retries import Action, Backoff, classify
+from .sinks import RowResult
+
+CHAT_ARGS = frozenset(
+    {
+        "model",
+        "messages",
+        "temperature",
+        "max_tokens",
+        "max_completion_tokens",
+        "seed",
+        "response_format",
+        "top_p",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "user",
+        "reasoning_effort",
+        "service_tier",
+    }
+)
+MAX_RATE_LIMIT_WAITS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """One API request: a chat row, or a group of embedding rows."""
+
+    seqs: tuple[int, ...]
+    requests: tuple[Request, ...]
+
+    @property
+    def charged(self) -> int:
+        return sum(r.charged_tokens for r in self.requests)
+
+
+@dataclass
+class RunStats:
+    started: float = field(default_factory=time.monotonic)
+    by_status: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    charged_tokens: int = 0
+    cost_usd: float = 0.0
+    requests_sent: int = 0
+    requests_ok: int = 0
+    rate_limited: int = 0
+    retries: int = 0
+    latencies_ms: array = field(default_factory=lambda: array("d"))
+    recent: deque = field(default_factory=deque)  # (time, tokens) of replies in the last 60 s
+    reorder_peak: int = 0
+
+    def add(self, r: RowResult) -> None:
+        self.by_status[r.status] = self.by_status.get(r.status, 0) + 1
+        self.spend(r.prompt_tokens, r.completion_tokens, r.cost_usd)
+
+    def spend(self, prompt: int | None, completion: int | None, cost: float | None) -> None:
+        self.prompt_tokens += prompt or 0
+        self.completion_tokens += completion or 0
+        self.cost_usd += cost or 0.0
+
+    def tokens_last_minute(self, now: float) -> int:
+        while self.recent and self.recent[0][0] < now - 60:
+            self.recent.popleft()
+        return sum(n for _, n in self.recent)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    max_in_flight: int = 256
+    max_attempts: int = 6
+    retry_bad_replies: int = 0
+    window: int = 20_000
+    backoff: Backoff = Backoff()
+    seed: int = 0
+
+
+class Gate:
+    """An adjustable concurrency limit (Little's law: in flight = rate × latency)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def __aenter__(self) -> None:
+        while self.active >= self.limit:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            finally:
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+        self.active += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.active -= 1
+        self._wake()
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = limit
+        self._wake()
+
+    def _wake(self) -> None:
+        free = self.limit - self.active
+        while free > 0 and self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                free -= 1
+
+
+class Engine:
+    """Runs one job's requests against one endpoint."""
+
+    def __init__(
+        self,
+        *,
+        client: openai.AsyncOpenAI,
+        model: str,
+        kind: str,
+        limiter: RateLimiter,
+        parser: ReplyParser,
+        price: ModelPrice | None,
+        options: EngineOptions,
+        on_result: Callable[[int, RowResult], Any],
+    ) -> None:
+        self.client = client
+        self.model = model
+        self.kind = kind
+        self.limiter = limiter
+        self.parser = parser
+        self.price = price
+        self.options = options
+        self.on_result = on_result
+        self.stats = RunStats()
+        self.stop_error: BatchrunError | None = None
+        self.stopped = asyncio.Event()
+        self.rng = random.Random(options.seed)
+        self.gate = Gate(options.max_in_flight)
+        self.latency_ewma: float | None = None
+
+    # -- public --------------------------------------------------------------------------------
+
+    def stop(self, error: BatchrunError) -> None:
+        """Stop dispatching: what is in flight finishes, the rest is written as not_sent."""
+        if self.stop_error is None:
+            self.stop_error = error
+        self.stopped.set()
+
+    async def run(self, items: AsyncIterator[WorkItem]) -> None:
+        queue: asyncio.Queue[WorkItem | None] = asyncio.Queue(maxsize=2 * self.options.max_in_flight)
+        workers = self.options.max_in_flight
+
+        async def feed() -> None:
+            async for item in items:
+                await queue.put(item)
+            for _ in range(workers):
+                await queue.put(None)
+
+        async def work() -> None:
+            while (item := await queue.get()) is not None:
+                if self.stopped.is_set():
+                    self._emit_all(item, "not_sent", self._stopped_reason(), 0)
+                    continue
+                async with self.gate:
+                    await self.process(item)
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(feed())
+            for _ in range(workers):
+                tg.create_task(work())
+
+    # -- one request ---------------------------------------------------------------------------
+
+    def _stopped_reason(self) -> str:
+        return f"not sent: the run stopped ({type(self.stop_error).__name__}); run the job again to finish"
+
+    def _emit_all(self, item: WorkItem, status: str, error: str | None, attempts: int) -> None:
+        for seq, req in zip(item.seqs, item.requests, strict=True):
+            self._emit(
+                seq,
+                RowResult(
+                    row=req.row,
+                    row_id=req.row_id,
+                    status=status,
+                    error=error,
+                    attempts=attempts,
+                    prompt_tokens=req.prompt_tokens if status == "too_long" else None,
+                ),
+            )
+
+    def _emit(self, seq: int, result: RowResult) -> None:
+        self.stats.add(result)
+        self.on_result(seq, result)
+
+    async def _send(self, item: WorkItem, max_tokens: int | None) -> Any:
+        if self.kind == "embeddings":
+            inputs = [r.body["input"] for r in item.requests]
+            return await self.client.embeddings.with_raw_response.create(
+                model=self.model, input=inputs, encoding_format="float"
+            )
+        body = dict(item.requests[0].body)
+        body["model"] = self.model
+        if max_tokens is not None:
+            key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+            body[key] = max_tokens
+        known = {k: v for k, v in body.items() if k in CHAT_ARGS}
+        extra = {k: v for k, v in body.items() if k not in CHAT_ARGS}
+        return await self.client.chat.completions.with_raw_response.create(**known, extra_body=extra or None)
+
+    async def process(self, item: WorkItem) -> None:
+        """Send one item until it succeeds, fails for good, or the run stops."""
+        attempts = 0  # every send
+        budget_used = 0  # sends that count against max_attempts (not rate-limit 429s)
+        rate_waits = 0
+        bad_replies = 0
+        max_tokens: int | None = None
+        last_error = ""
+        opts = self.options
+        while True:
+            if self.stopped.is_set():
+                self._emit_all(item, "not_sent", self._stopped_reason(), attempts)
+                return
+            extra_tokens = 0 if max_tokens is None else max_tokens - item.requests[0].max_output_tokens
+            try:
+                await self.limiter.acquire(item.charged + extra_tokens)
+            except RequestTooLarge as exc:
+                self._emit_all(item, "too_long", str(exc), attempts)
+                return
+            if self.stopped.is_set():
+                self._emit_all(item, "not_sent", self._stopped_reason(), attempts)
+                return
+            attempts += 1
+            budget_used += 1
+            self.stats.requests_sent += 1
+            self.stats.charged_tokens += item.charged + extra_tokens
+            t0 = time.monotonic()
+            try:
+                raw = await self._send(item, max_tokens)
+                reply = raw.parse()
+            except (openai.APIError, openai.APIConnectionError) as exc:
+                failure = classify(exc)
+                if failure.headers is not None:
+                    self.limiter.observe(failure.headers)
+                last_error = failure.message
+                if failure.action is Action.RATE_LIMITED:
+                    self.stats.rate_limited += 1
+                    self.limiter.pause(failure.wait if failure.wait is not None else 1.0, kind=failure.limit_kind)
+                    budget_used -= 1
+                    rate_waits += 1
+                    if rate_waits <= MAX_RATE_LIMIT_WAITS:
+                        continue
+                    self._emit_all(
+                        item, "failed", f"still rate limited after {rate_waits} waits: {last_error}", attempts
+                    )
+                    return
+                if failure.action is Action.RETRY and budget_used < opts.max_attempts:
+                    self.stats.retries += 1
+                    if failure.slow_down:
+                        self.limiter.slow_down()
+                    await asyncio.sleep(opts.backoff.delay(budget_used, self.rng, failure.wait))
+                    continue
+                if failure.action is Action.STOP_QUOTA:
+                    self.stop(
+                        QuotaExhausted(
+                            f"the account is out of quota ({failure.message}). Finished rows are kept; add credit or "
+                            "raise the spend limit, then run the job again to finish the rest."
+                        )
+                    )
+                    self._emit_all(item, "not_sent", self._stopped_reason(), attempts)
+                    return
+                if failure.action is Action.STOP_ENDPOINT:
+                    self.stop(
+                        EndpointError(
+                            f"the endpoint refused the request: {failure.message}. Every row would fail the same way; "
+                            "check the API key, the model name and your access to it."
+                        )
+                    )
+                    self._emit_all(item, "failed", failure.message, attempts)
+                    return
+                status = "too_long" if failure.action is Action.TOO_LONG else "failed"
+                self._emit_all(item, status, last_error, attempts)
+                return
+            latency = (time.monotonic() - t0) * 1000
+            self.limiter.observe(read_headers(raw.headers))
+            self._observe_latency(latency)
+            self.stats.requests_ok += 1
+            request_id = raw.headers.get("x-request-id")
+            if self.kind == "embeddings":
+                self._emit_embeddings(item, reply, attempts, latency, request_id)
+                return
+            result = self._chat_result(item, reply, attempts, latency, request_id)
+            if result.status in ("schema_invalid", "truncated") and bad_replies < opts.retry_bad_replies:
+                bad_replies += 1
+                self.stats.retries += 1
+                self.stats.spend(result.prompt_tokens, result.completion_tokens, result.cost_usd)
+                if result.status == "truncated":
+                    max_tokens = 2 * (max_tokens or item.requests[0].max_output_tokens)
+                continue
+            self._emit(item.seqs[0], result)
+            return
+
+    def _cost(self, prompt: int, completion: int, cached: int = 0) -> float | None:
+        return None if self.price is None else self.price.cost(prompt, completion, cached_tokens=cached)
+
+    def _chat_result(
+        self, item: WorkItem, reply: Any, attempts: int, latency: float, request_id: str | None
+    ) -> RowResult:
+        req = item.requests[0]
+        usage = reply.usage
+        prompt = usage.prompt_tokens if usage else None
+        completion = usage.completion_tokens if usage else None
+        details = getattr(usage, "prompt_tokens_details", None) if usage else None
+        cached = getattr(details, "cached_tokens", 0) or 0
+        if usage is not None:
+            self.stats.recent.append((time.monotonic(), usage.total_tokens))
+        parsed = self.parser.chat(reply)
+        return RowResult(
+            row=req.row,
+            row_id=req.row_id,
+            status=parsed.status,
+            error=parsed.error,
+            attempts=attempts,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_usd=self._cost(prompt or 0, completion or 0, cached) if usage else None,
+            latency_ms=round(latency, 2),
+            finish_reason=parsed.finish_reason,
+            model=reply.model,
+            request_id=request_id,
+            output=parsed.output,
+            raw_text=parsed.raw_text,
+        )
+
+    def _emit_embeddings(
+        self, item: WorkItem, reply: Any, attempts: int, latency: float, request_id: str | None
+    ) -> None:
+        vectors = {d.index: d.embedding for d in reply.data}
+        total = sum(r.prompt_tokens for r in item.requests) or 1
+        self.stats.recent.append((time.monotonic(), reply.usage.total_tokens))
+        for i, (seq, req) in enumerate(zip(item.seqs, item.requests, strict=True)):
+            # the API reports usage per request; each row gets its share by its own token count
+            share = reply.usage.prompt_tokens * req.prompt_tokens / total
+            vec = vectors.get(i)
+            self._emit(
+                seq,
+                RowResult(
+                    row=req.row,
+                    row_id=req.row_id,
+                    status="ok" if vec is not None else "failed",
+                    error=None if vec is not None else f"no embedding at index {i} in the reply",
+                    attempts=attempts,
+                    prompt_tokens=req.prompt_tokens,
+                    completion_tokens=0,
+                    cost_usd=self._cost(round(share), 0),
+                    latency_ms=round(latency, 2),
+                    model=reply.model,
+                    request_id=request_id,
+                    output=vec,
+                ),
+            )
+
+    # -- concurrency ---------------------------------------------------------------------------
+
+    def _observe_latency(self, latency_ms: float) -> None:
+        self.stats.latencies_ms.append(latency_ms)
+        s = latency_ms / 1000
+        self.latency_ewma = s if self.latency_ewma is None else 0.9 * self.latency_ewma + 0.1 * s
+        if len(self.stats.latencies_ms) % 16 == 0:
+            target = self.concurrency_target()
+            if target != self.gate.limit:
+                self.gate.set_limit(target)
+
+    def concurrency_target(self) -> int:
+        """Requests in flight needed to keep the binding limit busy (Little's law: rate × latency),
+        plus whatever the buckets can admit at once right now (they start full)."""
+        rpm, tpm = self.limiter.limits
+        if self.latency_ewma is None or (rpm is None and tpm is None):
+            return self.options.max_in_flight
+        charged = max(self.stats.charged_tokens / max(self.stats.requests_sent, 1), 1.0)
+        rates, burst = [], []
+        if rpm:
+            rates.append(rpm / 60)
+            burst.append(self.limiter.requests.level if self.limiter.requests else 0)
+        if tpm:
+            rates.append(tpm / 60 / charged)
+            burst.append(self.limiter.tokens.level / charged if self.limiter.tokens else 0)
+        need = math.ceil(min(rates) * self.latency_ewma * 1.5) + 2 + max(int(min(burst)), 0)
+        return max(1, min(need, self.options.max_in_flight))
+
+
+def embedding_items(requests: list[Request], seqs: list[int]) -> list[WorkItem]:
+    """Group embedding rows into requests of ≤ 2,048 inputs and ≤ 300,000 tokens, in order."""
+    items: list[WorkItem] = []
+    cur_r: list[Request] = []
+    cur_s: list[int] = []
+    tokens = 0
+    for req, seq in zip(requests, seqs, strict=True):
+        if cur_r and (len(cur_r) >= EMBED_MAX_INPUTS or tokens + req.prompt_tokens > EMBED_MAX_TOKENS_PER_REQUEST):
+            items.append(WorkItem(tuple(cur_s), tuple(cur_r)))
+            cur_r, cur_s, tokens = [], [], 0
+        cur_r.append(req)
+        cur_s.append(seq)
+        tokens += req.prompt_tokens
+    if cur_r:
+        items.append(WorkItem(tuple(cur_s), tuple(cur_r)))
+    return items

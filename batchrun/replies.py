@@ -1,0 +1,67 @@
+"""A reply becomes a row status: ok, refused, truncated, schema_invalid, filtered or failed — never a silent default."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    status: str
+    output: Any = None
+    raw_text: str | None = None
+    error: str | None = None
+    finish_reason: str | None = None
+
+
+class ReplyParser:
+    """Turns chat completions into statuses and outputs, validating structured replies."""
+
+    def __init__(self, schema: dict[str, Any] | None, max_tokens: int | None) -> None:
+        self.schema = schema
+        self.max_tokens = max_tokens
+        self.validator = jsonschema.Draft202012Validator(schema) if schema is not None else None
+
+    def chat(self, completion: Any) -> Parsed:
+        if not completion.choices:
+            return Parsed("failed", error="reply had no choices")
+        choice = completion.choices[0]
+        finish = choice.finish_reason
+        msg = choice.message
+        text = msg.content
+        refusal = getattr(msg, "refusal", None)
+        if refusal:
+            return Parsed("refused", raw_text=refusal, error=f"model refused: {refusal}", finish_reason=finish)
+        if finish == "content_filter":
+            return Parsed("filtered", raw_text=text, error="reply stopped by the content filter", finish_reason=finish)
+        if finish == "length":
+            return Parsed(
+                "truncated",
+                raw_text=text,
+                error=f"reply cut off at max_tokens ({self.max_tokens}); raise request.max_tokens",
+                finish_reason=finish,
+            )
+        if text is None or (self.validator is None and text == ""):
+            return Parsed("failed", raw_text=text, error="empty reply", finish_reason=finish)
+        if self.validator is None:
+            return Parsed("ok", output=text, finish_reason=finish)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return Parsed(
+                "schema_invalid", raw_text=text, error=f"reply is not valid JSON: {exc}", finish_reason=finish
+            )
+        error = jsonschema.exceptions.best_match(self.validator.iter_errors(data))
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+            return Parsed(
+                "schema_invalid",
+                raw_text=text,
+                error=f"reply breaks the schema at {where}: {error.message}",
+                finish_reason=finish,
+            )
+        return Parsed("ok", output=data, finish_reason=finish)

@@ -1,0 +1,110 @@
+"""Retries, in one place: what a failed call means and how long to wait before trying again.
+
+The SDK's own retries are off (`max_retries=0`): they cannot tell a quota stop
+from a rate limit and do not talk to the limiter. Every SDK / HTTP exception is
+translated here, and only here, into a `Failure` the engine acts on.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+
+from .headers import RateLimitHeaders, read_headers, try_again_in
+
+QUOTA_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "credit_balance_exhausted",
+        "organization_spend_limit_exceeded",
+        "project_spend_limit_exceeded",
+        "organization_usage_limit_exceeded",
+        "billing_hard_limit_reached",
+    }
+)
+RETRYABLE_STATUS = frozenset({408, 409, 500, 502, 503, 504})
+
+
+class Action(enum.Enum):
+    RATE_LIMITED = "rate_limited"  # pause everyone, retry; not an attempt of the row's budget
+    RETRY = "retry"  # back off and retry, counts against max_attempts
+    ROW_FAILED = "row_failed"  # this row cannot succeed: failed with the server's message
+    TOO_LONG = "too_long"  # larger than the TPM bucket: never retried
+    STOP_QUOTA = "stop_quota"  # the account is out of credit: stop the run
+    STOP_ENDPOINT = "stop_endpoint"  # auth / model access: every row would fail the same way
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    action: Action
+    message: str
+    status: int | None = None
+    wait: float | None = None
+    """Seconds the server asked us to wait, when it said."""
+    limit_kind: str | None = None
+    """"tokens" or "requests" for a rate limit."""
+    slow_down: bool = False
+    headers: RateLimitHeaders | None = None
+
+
+def _error_fields(exc: openai.APIStatusError) -> tuple[str, str, str]:
+    body: Any = exc.body
+    if isinstance(body, dict) and "error" in body and isinstance(body["error"], dict):
+        body = body["error"]
+    if isinstance(body, dict):
+        return str(body.get("message") or exc.message), str(body.get("type") or ""), str(body.get("code") or "")
+    return str(exc.message), "", ""
+
+
+def classify(exc: BaseException) -> Failure:
+    """What a failed call means for the row and the run."""
+    if isinstance(exc, openai.APITimeoutError):
+        return Failure(Action.RETRY, "request timed out")
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__
+        detail = f": {cause}" if cause else ""
+        return Failure(Action.RETRY, f"connection error{detail}")
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        message, type_, code = _error_fields(exc)
+        headers = read_headers(exc.response.headers)
+        if status == 429:
+            if type_ in QUOTA_CODES or code in QUOTA_CODES:
+                return Failure(Action.STOP_QUOTA, message, status, headers=headers)
+            if message.startswith("Request too large"):
+                return Failure(Action.TOO_LONG, message, status, headers=headers)
+            wait = headers.retry_after or try_again_in(message)
+            if wait is None:
+                wait = headers.reset_tokens if type_ == "tokens" else headers.reset_requests
+            kind = type_ if type_ in ("tokens", "requests") else None
+            return Failure(Action.RATE_LIMITED, message, status, wait=wait, limit_kind=kind, headers=headers)
+        if status in (401, 403):
+            return Failure(Action.STOP_ENDPOINT, f"{status} {message}", status, headers=headers)
+        if status == 404 and (code == "model_not_found" or "model" in message.lower()):
+            return Failure(Action.STOP_ENDPOINT, f"404 {message}", status, headers=headers)
+        if status in RETRYABLE_STATUS or status >= 500:
+            slow = status == 503 and "slow down" in message.lower()
+            return Failure(
+                Action.RETRY, f"{status} {message}", status, wait=headers.retry_after, slow_down=slow, headers=headers
+            )
+        return Failure(Action.ROW_FAILED, f"{status} {message}", status, headers=headers)
+    if isinstance(exc, openai.APIResponseValidationError):
+        return Failure(Action.RETRY, f"malformed response: {exc}")
+    raise exc
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter: uniform(0, min(cap, base · 2^attempt))."""
+
+    base: float = 0.5
+    cap: float = 30.0
+
+    def delay(self, attempt: int, rng: random.Random, server_wait: float | None = None) -> float:
+        ceiling = min(self.cap, self.base * (2 ** max(attempt - 1, 0)))
+        delay = rng.uniform(0, ceiling)
+        return max(delay, server_wait or 0.0)

@@ -1,0 +1,344 @@
+"""A whole online run: source → renderer → engine → Parquet, with progress and a summary.
+
+`run(job)` is what both `batchrun run` and the Python API call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from tqdm import tqdm
+
+from .endpoints import Endpoint, open_endpoint
+from .engine import Engine, EngineOptions, RunStats, WorkItem, embedding_items
+from .errors import BatchrunError, Interrupted, JobFileError
+from .jobs import Job, load_job
+from .limits import RateLimiter
+from .plan import price_table_for, too_long_reason
+from .prompts import Renderer
+from .replies import ReplyParser
+from .sinks import OutputLayout, ParquetSink, ReorderBuffer, RowResult, make_layout
+from .sources import ROW_COLUMN, Source, open_source
+
+
+@dataclass
+class RunResult:
+    """What a run did; `frame()` reads the output as a polars DataFrame."""
+
+    job: str
+    output_path: Path
+    rows: int
+    by_status: dict[str, int]
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    price_known: bool
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_max_ms: float | None
+    requests_sent: int
+    rate_limited: int
+    retries: int
+    wall_seconds: float
+    minimum_seconds: float
+    limits: tuple[int | None, int | None]
+    simulated: bool
+    stopped: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def frame(self) -> pl.DataFrame:
+        return pl.read_parquet(self.output_path)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def format_summary(r: RunResult) -> str:
+    """The end-of-run table `batchrun run` prints."""
+    order = ["ok", "refused", "truncated", "schema_invalid", "filtered", "too_long", "failed", "not_sent"]
+    statuses = "   ".join(f"{k} {r.by_status[k]:,}" for k in order if r.by_status.get(k))
+    cost = f"${r.cost_usd:,.4f}" if r.price_known else "unknown (no price for this model)"
+    rpm, tpm = r.limits
+    lat = (
+        "n/a"
+        if r.latency_p50_ms is None
+        else (f"p50 {r.latency_p50_ms:,.0f} ms   p95 {r.latency_p95_ms:,.0f} ms   max {r.latency_max_ms:,.0f} ms")
+    )
+    lines = [
+        f"{'SIMULATED run' if r.simulated else 'Run'} of {r.job!r} → {r.output_path}",
+        f"  rows         {r.rows:,}   {statuses}",
+        f"  tokens       prompt {r.prompt_tokens:,}   completion {r.completion_tokens:,}",
+        f"  cost         {cost}" + ("   (simulated: nothing billed)" if r.simulated else ""),
+        f"  latency      {lat}",
+        f"  requests     {r.requests_sent:,} sent   {r.rate_limited:,} rate-limited (429)   {r.retries:,} retries",
+        f"  wall time    {r.wall_seconds:,.1f} s   (the limits allow {r.minimum_seconds:,.1f} s at best; "
+        f"rpm {rpm or 'unlimited'}, tpm {tpm or 'unlimited'})",
+    ]
+    if r.stopped:
+        lines.append(f"  STOPPED      {r.stopped}")
+    lines += [f"  note         {n}" for n in r.notes]
+    return "\n".join(lines)
+
+
+class _Run:
+    """The state of one run, shared by its producer, engine and writer."""
+
+    def __init__(self, job: Job, source: Source, endpoint: Endpoint, *, progress: bool) -> None:
+        self.job = job
+        self.source = source
+        self.endpoint = endpoint
+        self.renderer = Renderer(job, source.columns)
+        table = price_table_for(job)
+        self.price = table.lookup(job.request.model)
+        self.context = self.price.context_window if self.price else None
+        cols = list(source.output_columns())
+        dtypes = [source.dtypes[source.columns.index(c)] for c in cols]
+        self.input_columns = cols
+        self.layout: OutputLayout = make_layout(
+            cols,
+            dtypes,
+            kind=job.request.kind,
+            schema=job.schema_strict,
+            model=job.request.model,
+            dimensions=job.request.dimensions,
+        )
+        self.limiter = RateLimiter(job.limits.rpm, job.limits.tpm)
+        per_item = 2048 if job.request.kind == "embeddings" else 1
+        self.options = EngineOptions(
+            max_in_flight=job.limits.max_in_flight,
+            max_attempts=job.limits.max_attempts,
+            window=max(20_000, 4 * job.limits.max_in_flight * per_item),
+        )
+        self.results: asyncio.Queue[tuple[int, RowResult] | None] = asyncio.Queue()
+        self.engine = Engine(
+            client=endpoint.client,
+            model=endpoint.model,
+            kind=job.request.kind,
+            limiter=self.limiter,
+            parser=ReplyParser(job.schema_strict, job.request.max_output_tokens),
+            price=self.price,
+            options=self.options,
+            on_result=lambda seq, res: self.results.put_nowait((seq, res)),
+        )
+        self.window = asyncio.Semaphore(self.options.window)
+        self.inputs: dict[int, dict[str, Any]] = {}
+        self.total = source.count()
+        self.bar = tqdm(
+            total=self.total,
+            unit="row",
+            disable=not progress,
+            dynamic_ncols=True,
+            desc="simulated" if endpoint.simulated else job.name,
+            file=sys.stderr,
+        )
+
+    def _emit_direct(self, seq: int, result: RowResult) -> None:
+        self.engine.stats.add(result)
+        self.results.put_nowait((seq, result))
+
+    async def items(self) -> AsyncIterator[WorkItem]:
+        """Rows rendered and counted in a worker thread, in input order, as work items."""
+        it = iter(self.source.batches(5000))
+        seq = 0
+        cols = self.input_columns
+        while (batch := await asyncio.to_thread(next, it, None)) is not None:
+            requests = await asyncio.to_thread(self.renderer.render, batch)
+            inputs = await asyncio.to_thread(lambda b=batch: b.select(cols).to_dicts())
+            todo, todo_seqs = [], []
+            for req, row_inputs in zip(requests, inputs, strict=True):
+                await self.window.acquire()
+                self.inputs[seq] = row_inputs
+                tpm = self.limiter.limits[1]
+                reason = too_long_reason(self.job, req, self.context, tpm)
+                if self.engine.stopped.is_set():
+                    self._emit_direct(
+                        seq,
+                        RowResult(
+                            row=req.row, row_id=req.row_id, status="not_sent", error=self.engine._stopped_reason()
+                        ),
+                    )
+                elif reason:
+                    self._emit_direct(
+                        seq,
+                        RowResult(
+                            row=req.row,
+                            row_id=req.row_id,
+                            status="too_long",
+                            error=reason,
+                            prompt_tokens=req.prompt_tokens,
+                        ),
+                    )
+                elif self.job.request.kind == "chat":
+                    yield WorkItem((seq,), (req,))
+                else:
+                    todo.append(req)
+                    todo_seqs.append(seq)
+                seq += 1
+            for item in embedding_items(todo, todo_seqs):
+                yield item
+
+    async def writer(self, sink: ParquetSink) -> None:
+        reorder = ReorderBuffer()
+        pending: list[dict[str, Any]] = []
+        last_postfix = 0.0
+        stats = self.engine.stats
+        while (got := await self.results.get()) is not None:
+            seq, result = got
+            for res_seq, res in reorder.add(seq, result):
+                pending.append(self.layout.record(self.inputs.pop(res_seq), res))
+                self.window.release()
+            if len(pending) >= sink.row_group_size:
+                await asyncio.to_thread(sink.write, pending)
+                self.bar.update(len(pending))
+                pending = []
+            now = time.monotonic()
+            if now - last_postfix > 0.5:
+                last_postfix = now
+                self._postfix(stats, now, len(pending))
+        await asyncio.to_thread(sink.write, pending)
+        self.bar.update(len(pending))
+        stats.reorder_peak = reorder.peak
+        self._postfix(stats, time.monotonic(), 0)
+
+    def _postfix(self, stats: RunStats, now: float, _pending: int) -> None:
+        failed = sum(n for k, n in stats.by_status.items() if k != "ok")
+        tpm_limit = self.limiter.limits[1]
+        tpm_now = stats.tokens_last_minute(now)
+        self.bar.set_postfix_str(
+            f"ok {stats.by_status.get('ok', 0):,} not-ok {failed:,} | "
+            f"{tpm_now:,} tok/min" + (f" of {tpm_limit:,}" if tpm_limit else "") + f" | ${stats.cost_usd:,.4f}",
+            refresh=False,
+        )
+
+    async def run(self) -> RunResult:
+        sink = await asyncio.to_thread(ParquetSink, self.job.output_path, self.layout, self.job.output.row_group_size)
+        interrupts = 0
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+
+        def on_sigint() -> None:
+            nonlocal interrupts
+            interrupts += 1
+            if interrupts == 1:
+                self.bar.write("batchrun: stopping — finishing requests in flight (Ctrl+C again to abort now)")
+                self.engine.stop(Interrupted("interrupted by Ctrl+C; finished rows are written"))
+            elif main is not None:
+                main.cancel()
+
+        installed = False
+        try:
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+            installed = True
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (e.g. run from a notebook worker): Ctrl+C raises as usual
+        started = time.monotonic()
+        ok = False
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.writer(sink))
+
+                async def drive() -> None:
+                    try:
+                        await self.engine.run(self.items())
+                    finally:
+                        self.results.put_nowait(None)
+
+                tg.create_task(drive())
+            ok = True
+        finally:
+            if installed:
+                loop.remove_signal_handler(signal.SIGINT)
+            self.bar.close()
+            if ok:
+                await asyncio.to_thread(sink.close)
+            else:
+                await asyncio.to_thread(sink.abort)
+        return self._result(time.monotonic() - started)
+
+    def _result(self, wall: float) -> RunResult:
+        stats = self.engine.stats
+        lat = sorted(stats.latencies_ms)
+        notes = []
+        if self.endpoint.simulated:
+            notes.append(
+                "simulated endpoint: replies are synthetic, nothing was billed; set the API key to run for real"
+            )
+        if self.limiter.slowdowns:
+            notes.append(f"the server asked to slow down {self.limiter.slowdowns} time(s); rates were lowered")
+        if self.limiter.limits != (self.job.limits.rpm, self.job.limits.tpm):
+            notes.append(
+                f"limits learned from the server: rpm {self.limiter.limits[0]}, tpm {self.limiter.limits[1]} "
+                f"(the job said rpm {self.job.limits.rpm}, tpm {self.job.limits.tpm})"
+            )
+        return RunResult(
+            job=self.job.name,
+            output_path=self.job.output_path,
+            rows=sum(stats.by_status.values()),
+            by_status=dict(stats.by_status),
+            prompt_tokens=stats.prompt_tokens,
+            completion_tokens=stats.completion_tokens,
+            cost_usd=stats.cost_usd,
+            price_known=self.price is not None,
+            latency_p50_ms=_percentile(lat, 50),
+            latency_p95_ms=_percentile(lat, 95),
+            latency_max_ms=lat[-1] if lat else None,
+            requests_sent=stats.requests_sent,
+            rate_limited=stats.rate_limited,
+            retries=stats.retries,
+            wall_seconds=wall,
+            minimum_seconds=self.limiter.minimum_seconds(stats.requests_sent, stats.charged_tokens),
+            limits=self.limiter.limits,
+            simulated=self.endpoint.simulated,
+            stopped=str(self.engine.stop_error) if self.engine.stop_error else None,
+            notes=notes,
+        )
+
+
+async def run_async(job: Job, *, progress: bool = False, endpoint: Endpoint | None = None) -> RunResult:
+    """Run a job online; raises the stop error (with `.result`) if the run had to stop."""
+    if job.mode == "batch":
+        raise JobFileError(
+            job.source_path,
+            "mode",
+            'batch mode (the OpenAI Batch API) is not available in this version yet; use mode = "online" or "auto"',
+        )
+    source = await asyncio.to_thread(open_source, job.input)
+    own_endpoint = endpoint is None
+    endpoint = endpoint or await asyncio.to_thread(open_endpoint, job)
+    try:
+        if endpoint.banner and progress:
+            print(endpoint.banner, file=sys.stderr)
+        state = _Run(job, source, endpoint, progress=progress)
+        result = await state.run()
+    finally:
+        if own_endpoint:
+            await endpoint.close()
+    if state.engine.stop_error is not None:
+        error: BatchrunError = state.engine.stop_error
+        error.result = result  # type: ignore[attr-defined]
+        raise error
+    return result
+
+
+def run(job: Job | str | Path, *, progress: bool = False) -> RunResult:
+    """Run a job (a Job or a job-file path) and return what it did; output is in result.output_path."""
+    if not isinstance(job, Job):
+        job = load_job(job)
+    return asyncio.run(run_async(job, progress=progress))
+
+
+__all__ = ["ROW_COLUMN", "RunResult", "format_summary", "run", "run_async"]

@@ -1,0 +1,262 @@
+"""Results to Parquet: a schema fixed before the first row, rows in input order, written incrementally.
+
+The Arrow schema comes from the input's columns, the job's JSON schema and the
+fixed metadata columns, so it never depends on which rows came back first (a
+first row group of failures has the same schema as one of successes). Results
+arrive out of order; a reorder buffer holds only those that arrived ahead of
+the oldest unfinished row, so memory is bounded by disorder, not job size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+Converter = Callable[[Any], Any]
+
+STATUSES = ("ok", "refused", "truncated", "schema_invalid", "filtered", "too_long", "failed", "not_sent")
+META_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("attempts", pa.int32()),
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("cost_usd", pa.float64()),
+    ("latency_ms", pa.float64()),
+    ("finish_reason", pa.string()),
+    ("model", pa.string()),
+    ("request_id", pa.string()),
+)
+EMBED_DEFAULT_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """What happened to one row."""
+
+    row: int
+    row_id: str
+    status: str
+    error: str | None = None
+    attempts: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
+    latency_ms: float | None = None
+    finish_reason: str | None = None
+    model: str | None = None
+    request_id: str | None = None
+    output: Any = None
+    """Parsed structured output (dict), reply text (str), or embedding (list of floats)."""
+    raw_text: str | None = None
+    """The reply text when it could not be used as output (refused, schema_invalid, truncated)."""
+
+
+def _as_json(value: Any) -> Any:
+    return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def arrow_field_type(
+    schema: dict[str, Any], root: dict[str, Any], seen: frozenset[str] = frozenset()
+) -> tuple[pa.DataType, Converter]:
+    """Arrow type for a strict JSON schema node, and how to shape a value to fit it.
+
+    Objects become structs, arrays lists, enums strings; unions of several
+    non-null types and recursive references are kept as JSON text.
+    """
+    ref = schema.get("$ref")
+    if ref:
+        if ref in seen:
+            return pa.string(), _as_json
+        node: Any = root
+        for part in ref.removeprefix("#/").split("/"):
+            node = node[part]
+        return arrow_field_type(node, root, seen | {ref})
+    variants = schema.get("anyOf")
+    if variants:
+        real = [v for v in variants if v.get("type") != "null"]
+        if len(real) == 1:
+            return arrow_field_type(real[0], root, seen)
+        return pa.string(), _as_json
+    if "enum" in schema:
+        values = schema["enum"]
+        if all(isinstance(v, str) or v is None for v in values):
+            return pa.string(), _identity
+        return pa.string(), _as_json
+    typ = schema.get("type")
+    if isinstance(typ, list):
+        real_types = [t for t in typ if t != "null"]
+        if len(real_types) != 1:
+            return pa.string(), _as_json
+        typ = real_types[0]
+    if typ == "object":
+        props = schema.get("properties") or {}
+        if not props:
+            return pa.string(), _as_json
+        fields, convs = [], {}
+        for name, sub in props.items():
+            t, conv = arrow_field_type(sub, root, seen)
+            fields.append(pa.field(name, t))
+            convs[name] = conv
+
+        def obj(value: Any) -> Any:
+            if not isinstance(value, dict):
+                return None
+            return {k: convs[k](value.get(k)) for k in convs}
+
+        return pa.struct(fields), obj
+    if typ == "array":
+        item_t, item_conv = arrow_field_type(schema.get("items") or {}, root, seen)
+
+        def arr(value: Any) -> Any:
+            return None if value is None else [item_conv(v) for v in value]
+
+        return pa.list_(item_t), arr
+    if typ == "string":
+        return pa.string(), _identity
+    if typ == "integer":
+        return pa.int64(), _identity
+    if typ == "number":
+        return pa.float64(), lambda v: None if v is None else float(v)
+    if typ == "boolean":
+        return pa.bool_(), _identity
+    return pa.string(), _as_json
+
+
+@dataclass
+class OutputLayout:
+    """The columns of the output file and how a row fills them."""
+
+    schema: pa.Schema
+    input_columns: list[tuple[str, str]]  # (source column, output name)
+    output_kind: str  # "struct" | "text" | "embedding"
+    output_fields: dict[str, Converter] = field(default_factory=dict)
+
+    def record(self, inputs: dict[str, Any], result: RowResult) -> dict[str, Any]:
+        rec: dict[str, Any] = {out: inputs.get(src) for src, out in self.input_columns}
+        if self.output_kind == "struct":
+            out = result.output if isinstance(result.output, dict) else {}
+            for name, conv in self.output_fields.items():
+                rec[name] = conv(out.get(name)) if out else None
+            rec["raw_response"] = result.raw_text
+        elif self.output_kind == "text":
+            rec["output"] = result.output if isinstance(result.output, str) else None
+        else:
+            rec["embedding"] = result.output
+        for name, _ in META_FIELDS:
+            rec[name] = getattr(result, name)
+        return rec
+
+
+def make_layout(
+    input_columns: Sequence[str],
+    input_dtypes: Sequence[pl.DataType],
+    *,
+    kind: str,
+    schema: dict[str, Any] | None,
+    model: str,
+    dimensions: int | None = None,
+) -> OutputLayout:
+    """Fix the output schema before any row is written."""
+    reserved = {name for name, _ in META_FIELDS}
+    out_fields: list[pa.Field] = []
+    converters: dict[str, Converter] = {}
+    if kind == "embeddings":
+        dims = dimensions or EMBED_DEFAULT_DIMS.get(model)
+        vec_t = pa.list_(pa.float32(), dims) if dims else pa.list_(pa.float32())
+        out_fields.append(pa.field("embedding", vec_t))
+        output_kind = "embedding"
+    elif schema is not None:
+        for name, sub in (schema.get("properties") or {}).items():
+            t, conv = arrow_field_type(sub, schema)
+            out_fields.append(pa.field(name, t))
+            converters[name] = conv
+        out_fields.append(pa.field("raw_response", pa.string()))
+        output_kind = "struct"
+    else:
+        out_fields.append(pa.field("output", pa.string()))
+        output_kind = "text"
+    reserved |= {f.name for f in out_fields}
+    bad_meta = reserved & set(converters) - {f.name for f in out_fields}
+    assert not bad_meta
+    clash = sorted(set(converters) & {name for name, _ in META_FIELDS})
+    if clash:
+        from .errors import SchemaError
+
+        raise SchemaError(f"output schema properties {clash} clash with batchrun's metadata columns; rename them")
+    in_schema = pl.DataFrame(schema=dict(zip(input_columns, input_dtypes, strict=True))).to_arrow().schema
+    mapping: list[tuple[str, str]] = []
+    in_fields: list[pa.Field] = []
+    for f in in_schema:
+        out = f.name if f.name not in reserved else f"input_{f.name}"
+        mapping.append((f.name, out))
+        in_fields.append(pa.field(out, f.type))
+    meta = [pa.field(n, t) for n, t in META_FIELDS]
+    return OutputLayout(pa.schema(in_fields + out_fields + meta), mapping, output_kind, converters)
+
+
+class ParquetSink:
+    """Writes row groups to `<path>.partial`, renamed to `path` when closed cleanly."""
+
+    def __init__(self, path: Path, layout: OutputLayout, row_group_size: int = 5000) -> None:
+        self.path = path
+        self.partial = path.with_name(path.name + ".partial")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.layout = layout
+        self.row_group_size = row_group_size
+        self.writer = pq.ParquetWriter(self.partial, layout.schema, compression="zstd")
+        self.rows_written = 0
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        if records:
+            table = pa.Table.from_pylist(records, schema=self.layout.schema)
+            self.writer.write_table(table, row_group_size=self.row_group_size)
+            self.rows_written += len(records)
+
+    def close(self) -> None:
+        self.writer.close()
+        os.replace(self.partial, self.path)
+
+    def abort(self) -> None:
+        self.writer.close()
+
+
+class ReorderBuffer:
+    """Releases results in input order (by sequence number), holding only the early arrivals."""
+
+    def __init__(self) -> None:
+        self.next_seq = 0
+        self.held: dict[int, Any] = {}
+        self.peak = 0
+
+    def add(self, seq: int, item: Any) -> list[tuple[int, Any]]:
+        self.held[seq] = item
+        self.peak = max(self.peak, len(self.held))
+        ready = []
+        while self.next_seq in self.held:
+            ready.append((self.next_seq, self.held.pop(self.next_seq)))
+            self.next_seq += 1
+        return ready
+
+
+def read_output(path: Path) -> pl.DataFrame:
+    return pl.read_parquet(path)
+
+
+def rows_by_status(results: Iterable[RowResult]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return counts
