@@ -107,7 +107,7 @@ class EngineOptions:
     max_attempts: int = 6
     retry_bad_replies: int = 0
     window: int = 20_000
-    backoff: Backoff = Backoff()
+    backoff: Backoff = field(default_factory=Backoff)
     seed: int = 0
 
 
