@@ -15,7 +15,7 @@ from .errors import (
 )
 from .jobs import Job, load_job
 from .plan import Plan, format_plan, make_plan
-from .runner import RunResult, format_summary, run
+from .runner import RunResult, format_summary, map, run
 
 __all__ = [
     "BatchrunError",
@@ -36,5 +36,6 @@ __all__ = [
     "format_summary",
     "load_job",
     "make_plan",
+    "map",
     "run",
 ]

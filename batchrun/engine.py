@@ -161,6 +161,7 @@ class Engine:
         price: ModelPrice | None,
         options: EngineOptions,
         on_result: Callable[[int, RowResult], Any],
+        embedding_dims: int | None = None,
     ) -> None:
         self.client = client
         self.model = model
@@ -170,6 +171,8 @@ class Engine:
         self.price = price
         self.options = options
         self.on_result = on_result
+        self.embedding_dims = embedding_dims
+        self.embedding_extra: dict[str, Any] = {}
         self.stats = RunStats()
         self.stop_error: BatchrunError | None = None
         self.stopped = asyncio.Event()
@@ -235,7 +238,7 @@ class Engine:
         if self.kind == "embeddings":
             inputs = [r.body["input"] for r in item.requests]
             return await self.client.embeddings.with_raw_response.create(
-                model=self.model, input=inputs, encoding_format="float"
+                model=self.model, input=inputs, encoding_format="float", **self.embedding_extra
             )
         body = dict(item.requests[0].body)
         body["model"] = self.model
@@ -380,13 +383,16 @@ class Engine:
             # the API reports usage per request; each row gets its share by its own token count
             share = reply.usage.prompt_tokens * req.prompt_tokens / total
             vec = vectors.get(i)
+            error = None if vec is not None else f"no embedding at index {i} in the reply"
+            if vec is not None and self.embedding_dims and len(vec) != self.embedding_dims:
+                error, vec = f"the reply's vector has {len(vec)} values; expected {self.embedding_dims}", None
             self._emit(
                 seq,
                 RowResult(
                     row=req.row,
                     row_id=req.row_id,
                     status="ok" if vec is not None else "failed",
-                    error=None if vec is not None else f"no embedding at index {i} in the reply",
+                    error=error,
                     attempts=attempts,
                     prompt_tokens=req.prompt_tokens,
                     completion_tokens=0,

@@ -26,7 +26,7 @@ from .limits import RateLimiter
 from .plan import price_table_for, too_long_reason
 from .prompts import Renderer
 from .replies import ReplyParser
-from .sinks import OutputLayout, ParquetSink, ReorderBuffer, RowResult, make_layout
+from .sinks import OutputLayout, ParquetSink, ReorderBuffer, RowResult, embedding_dims, make_layout
 from .sources import ROW_COLUMN, Source, open_source
 
 
@@ -133,7 +133,12 @@ class _Run:
             price=self.price,
             options=self.options,
             on_result=lambda seq, res: self.results.put_nowait((seq, res)),
+            embedding_dims=embedding_dims(job.request.model, job.request.dimensions)
+            if job.request.kind == "embeddings"
+            else None,
         )
+        if job.request.dimensions:
+            self.engine.embedding_extra["dimensions"] = job.request.dimensions
         self.window = asyncio.Semaphore(self.options.window)
         self.inputs: dict[int, dict[str, Any]] = {}
         self.total = source.count()
@@ -320,7 +325,7 @@ async def run_async(job: Job, *, progress: bool = False, endpoint: Endpoint | No
     own_endpoint = endpoint is None
     endpoint = endpoint or await asyncio.to_thread(open_endpoint, job)
     try:
-        if endpoint.banner and progress:
+        if endpoint.banner:
             print(endpoint.banner, file=sys.stderr)
         state = _Run(job, source, endpoint, progress=progress)
         result = await state.run()
@@ -342,3 +347,60 @@ def run(job: Job | str | Path, *, progress: bool = False) -> RunResult:
 
 
 __all__ = ["ROW_COLUMN", "RunResult", "format_summary", "run", "run_async"]
+
+
+def map(
+    df: pl.DataFrame,
+    *,
+    prompt: str,
+    model: str,
+    schema: dict[str, Any] | type | None = None,
+    system: str | None = None,
+    max_tokens: int | None = None,
+    kind: str = "chat",
+    temperature: float | None = None,
+    base_url: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    rpm: int | None = None,
+    tpm: int | None = None,
+    max_in_flight: int = 64,
+    progress: bool = False,
+) -> pl.DataFrame:
+    """Run `prompt` (Jinja2 over df's columns) for every row of df; returns df with output and status columns.
+
+    Same engine as `batchrun run`; `schema` is a JSON schema or a pydantic model class.
+    """
+    import tempfile
+
+    from .jobs import parse_job
+
+    if isinstance(schema, type):
+        from openai.lib._pydantic import to_strict_json_schema
+
+        schema = to_strict_json_schema(schema)  # type: ignore[arg-type]
+    with tempfile.TemporaryDirectory(prefix="batchrun-map-") as tmp:
+        tmpdir = Path(tmp)
+        df.write_parquet(tmpdir / "input.parquet")
+        request: dict[str, Any] = {"model": model, "kind": kind}
+        if kind == "chat":
+            request["max_tokens"] = max_tokens or 1024
+        if temperature is not None:
+            request["temperature"] = temperature
+        data: dict[str, Any] = {
+            "name": "map",
+            "input": {"path": "input.parquet"},
+            "prompt": {"template": prompt, **({"system": system} if system else {})},
+            "request": request,
+            "endpoint": {"api_key_env": api_key_env, **({"base_url": base_url} if base_url else {})},
+            "limits": {
+                "max_in_flight": max_in_flight,
+                **({"rpm": rpm} if rpm else {}),
+                **({"tpm": tpm} if tpm else {}),
+            },
+            "output": {"path": "output.parquet"},
+        }
+        if schema is not None:
+            data["output_schema"] = {"name": "output", "schema": schema}
+        job = parse_job(data, tmpdir / "map.toml")
+        result = asyncio.run(run_async(job, progress=progress))
+        return result.frame()

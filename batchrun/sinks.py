@@ -160,6 +160,11 @@ class OutputLayout:
         return rec
 
 
+def embedding_dims(model: str, dimensions: int | None) -> int | None:
+    """The vector size a model returns: the job's `dimensions`, else the model's known default."""
+    return dimensions or EMBED_DEFAULT_DIMS.get(model)
+
+
 def make_layout(
     input_columns: Sequence[str],
     input_dtypes: Sequence[pl.DataType],
@@ -174,7 +179,7 @@ def make_layout(
     out_fields: list[pa.Field] = []
     converters: dict[str, Converter] = {}
     if kind == "embeddings":
-        dims = dimensions or EMBED_DEFAULT_DIMS.get(model)
+        dims = embedding_dims(model, dimensions)
         vec_t = pa.list_(pa.float32(), dims) if dims else pa.list_(pa.float32())
         out_fields.append(pa.field("embedding", vec_t))
         output_kind = "embedding"

@@ -22,6 +22,7 @@ from .config import SimConfig
 
 MARKER = re.compile(r"\[\[sim:([a-z0-9]+)(?:\*(\d+))?\]\]")
 REFUSAL_TEXT = "I'm sorry, but I can't help with that request."
+DEFAULT_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
 EMBED_MAX_INPUTS = 2048
 EMBED_MAX_TOKENS_PER_INPUT = 8192
 EMBED_MAX_TOKENS_PER_REQUEST = 300_000
@@ -245,7 +246,7 @@ class Responder:
     def embeddings(self, cfg: SimConfig, body: dict[str, Any], counts: list[int]) -> Reply:
         inp = body["input"]
         inputs = [inp] if isinstance(inp, str) else inp
-        dims = body.get("dimensions") or cfg.embedding_dimensions
+        dims = body.get("dimensions") or DEFAULT_DIMS.get(body["model"], cfg.embedding_dimensions)
         as_b64 = body.get("encoding_format") == "base64"
         data = []
         for i, text in enumerate(inputs):
