@@ -1,0 +1,53 @@
+"""Token counting speed: batchrun's counter vs raw tiktoken batch encoding, same texts, same run.
+
+    python benchmarks/bench_tokens.py [--rows 1000000] [--repeat 3]
+
+Prints tokens/s for both and the ratio (target ≥ 0.9). Each side is timed `repeat` times,
+alternating, and the best of each is compared, since this machine is noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+from batchrun.tokens import TokenCounter, get_encoding
+
+WORDS = ("battery arrived broken great value works perfectly returned cheap sturdy recommend quality "
+         "price delivery colour fits comfortable loud quiet support manual easy setup").split()
+
+
+def make_texts(n: int, seed: int = 1) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40))) for _ in range(n)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    texts = make_texts(args.rows)
+    counter = TokenCounter("gpt-4o-mini")
+    enc = get_encoding("o200k_base")
+    best_raw = best_ours = float("inf")
+    total = 0
+    for _ in range(args.repeat):
+        t = time.perf_counter()
+        raw = enc.encode_ordinary_batch(texts)
+        best_raw = min(best_raw, time.perf_counter() - t)
+        total = sum(len(x) for x in raw)
+        del raw
+        t = time.perf_counter()
+        ours = counter.count_texts(texts)
+        best_ours = min(best_ours, time.perf_counter() - t)
+        assert sum(ours) == total
+    print(f"rows {args.rows:,}  tokens {total:,}")
+    print(f"raw tiktoken encode_ordinary_batch: {total / best_raw:,.0f} tokens/s ({best_raw:.2f} s)")
+    print(f"batchrun TokenCounter.count_texts : {total / best_ours:,.0f} tokens/s ({best_ours:.2f} s)")
+    print(f"ratio batchrun / raw: {best_raw / best_ours:.3f}")
+
+
+if __name__ == "__main__":
+    main()
