@@ -85,6 +85,7 @@ class RunStats:
     latencies_ms: array = field(default_factory=lambda: array("d"))
     recent: deque = field(default_factory=deque)  # (time, tokens) of replies in the last 60 s
     reorder_peak: int = 0
+    first_send: float | None = None
 
     def add(self, r: RowResult) -> None:
         self.by_status[r.status] = self.by_status.get(r.status, 0) + 1
@@ -274,6 +275,8 @@ class Engine:
             attempts += 1
             budget_used += 1
             self.stats.requests_sent += 1
+            if self.stats.first_send is None:
+                self.stats.first_send = time.monotonic()
             self.stats.charged_tokens += item.charged + extra_tokens
             t0 = time.monotonic()
             try:
@@ -429,7 +432,7 @@ class Engine:
         if tpm:
             rates.append(tpm / 60 / charged)
             burst.append(self.limiter.tokens.level / charged if self.limiter.tokens else 0)
-        need = math.ceil(min(rates) * self.latency_ewma * 1.5) + 2 + max(int(min(burst)), 0)
+        need = math.ceil(min(rates) * self.latency_ewma * 2) + 8 + max(int(min(burst)), 0)
         return max(1, min(need, self.options.max_in_flight))
 
 

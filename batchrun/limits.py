@@ -88,7 +88,13 @@ class RateLimiter:
     """Reserve-before-send RPM + TPM limiter shared by every worker of a run."""
 
     def __init__(
-        self, rpm: int | None, tpm: int | None, *, clock: Clock | None = None, sleep: Sleep | None = None
+        self,
+        rpm: int | None,
+        tpm: int | None,
+        *,
+        clock: Clock | None = None,
+        sleep: Sleep | None = None,
+        lag_allowance: float = 0.0,
     ) -> None:
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self._sleep = sleep or asyncio.sleep
@@ -100,6 +106,7 @@ class RateLimiter:
         self.paused_until = 0.0
         self.pauses = 0
         self.slowdowns = 0
+        self.lag_allowance = lag_allowance
 
     def _start(self) -> None:
         if not self._started:
@@ -173,7 +180,11 @@ class RateLimiter:
                 remaining = max(int(bucket.capacity - reset * bucket.rate), 0)
             if remaining is not None:
                 bucket.refill(now)
-                bucket.level = min(bucket.level, float(remaining))
+                # The header was written a little before we read it, so the server has refilled since;
+                # `lag_allowance` seconds of that refill may be assumed (default 0: never credit more
+                # than the server has said). Measured on the utilization benchmark: 1 s of allowance
+                # gained ~0.3 s in 53 s but let 429s through when the server's bucket lagged ours.
+                bucket.level = min(bucket.level, remaining + bucket.rate * self.lag_allowance)
 
     def pause(self, seconds: float, *, kind: str | None = None) -> None:
         """After a rate-limit 429: hold every waiter for `seconds`, then resume at the refill rate."""

@@ -251,6 +251,7 @@ class _Run:
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread (e.g. run from a notebook worker): Ctrl+C raises as usual
         started = time.monotonic()
+        self.started = started
         ok = False
         try:
             async with asyncio.TaskGroup() as tg:

@@ -14,8 +14,31 @@ import time
 
 from batchrun.tokens import TokenCounter, get_encoding
 
-WORDS = ("battery arrived broken great value works perfectly returned cheap sturdy recommend quality "
-         "price delivery colour fits comfortable loud quiet support manual easy setup").split()
+WORDS = [
+    "battery",
+    "arrived",
+    "broken",
+    "great",
+    "value",
+    "works",
+    "perfectly",
+    "returned",
+    "cheap",
+    "sturdy",
+    "recommend",
+    "quality",
+    "price",
+    "delivery",
+    "colour",
+    "fits",
+    "comfortable",
+    "loud",
+    "quiet",
+    "support",
+    "manual",
+    "easy",
+    "setup",
+]
 
 
 def make_texts(n: int, seed: int = 1) -> list[str]:

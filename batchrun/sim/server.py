@@ -121,6 +121,10 @@ class Simulator:
     def __init__(self, config: SimConfig | None = None) -> None:
         self.config = config or SimConfig()
         self.responder = Responder()
+        # load every model's vocabulary now: loading it on the first request would stall the server
+        # for ~1 s while its buckets sit full, a delay the real API does not have
+        for model in self.config.models:
+            self.responder.counter(model)
         self.batches = BatchStore(self)
         self.reset()
 
