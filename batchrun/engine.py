@@ -15,6 +15,7 @@ rows not sent are written with status `not_sent`, and the run reports why.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import random
 import time
@@ -36,25 +37,11 @@ from .replies import ReplyParser
 from .retries import Action, Backoff, classify
 from .sinks import RowResult
 
-CHAT_ARGS = frozenset(
-    {
-        "model",
-        "messages",
-        "temperature",
-        "max_tokens",
-        "max_completion_tokens",
-        "seed",
-        "response_format",
-        "top_p",
-        "stop",
-        "presence_penalty",
-        "frequency_penalty",
-        "logit_bias",
-        "user",
-        "reasoning_effort",
-        "service_tier",
-    }
-)
+try:  # the HTTP library under the openai SDK: httpx2 in current releases, httpx before
+    from httpx2 import Response as HTTP_RESPONSE
+except ImportError:  # pragma: no cover
+    from httpx import Response as HTTP_RESPONSE  # type: ignore[assignment,no-redef]
+
 MAX_RATE_LIMIT_WAITS = 50
 
 
@@ -178,8 +165,12 @@ class Engine:
         self.stop_error: BatchrunError | None = None
         self.stopped = asyncio.Event()
         self.rng = random.Random(options.seed)
-        self.gate = Gate(options.max_in_flight)
+        # slow start: a fast server needs few requests in flight, a slow one is found within a
+        # few round trips as the limit doubles towards the Little's-law target
+        self.gate = Gate(min(options.max_in_flight, 16))
         self.latency_ewma: float | None = None
+        self.latency_min: float | None = None
+        self.completions: deque[float] = deque()
 
     # -- public --------------------------------------------------------------------------------
 
@@ -235,20 +226,36 @@ class Engine:
         self.stats.add(result)
         self.on_result(seq, result)
 
-    async def _send(self, item: WorkItem, max_tokens: int | None) -> Any:
+    async def _send(self, item: WorkItem, max_tokens: int | None) -> tuple[Any, dict[str, Any]]:
+        """POST through the SDK's own client (auth, base URL, Azure routing, error mapping) and take
+        the raw HTTP response: headers for the limiter, JSON parsed once into plain dicts. The
+        typed `create()` costs ~1 ms of CPU per request in parameter transforms and model
+        construction (measured in benchmarks/bench_ceiling.py), which caps a run near 450 req/s."""
         if self.kind == "embeddings":
-            inputs = [r.body["input"] for r in item.requests]
-            return await self.client.embeddings.with_raw_response.create(
-                model=self.model, input=inputs, encoding_format="float", **self.embedding_extra
-            )
-        body = dict(item.requests[0].body)
-        body["model"] = self.model
-        if max_tokens is not None:
-            key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-            body[key] = max_tokens
-        known = {k: v for k, v in body.items() if k in CHAT_ARGS}
-        extra = {k: v for k, v in body.items() if k not in CHAT_ARGS}
-        return await self.client.chat.completions.with_raw_response.create(**known, extra_body=extra or None)
+            body: dict[str, Any] = {
+                "model": self.model,
+                "input": [r.body["input"] for r in item.requests],
+                "encoding_format": "float",
+                **self.embedding_extra,
+            }
+            path = "/embeddings"
+        else:
+            body = dict(item.requests[0].body)
+            body["model"] = self.model
+            if max_tokens is not None:
+                key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+                body[key] = max_tokens
+            path = "/chat/completions"
+        response = await self.client.post(path, body=body, cast_to=HTTP_RESPONSE)
+        try:
+            data = json.loads(response.content)
+        except ValueError as exc:
+            raise openai.APIResponseValidationError(
+                response=response, body=None, message=f"reply is not JSON: {exc}"
+            ) from exc
+        if not isinstance(data, dict):
+            raise openai.APIResponseValidationError(response=response, body=data, message="reply is not an object")
+        return response, data
 
     async def process(self, item: WorkItem) -> None:
         """Send one item until it succeeds, fails for good, or the run stops."""
@@ -280,8 +287,7 @@ class Engine:
             self.stats.charged_tokens += item.charged + extra_tokens
             t0 = time.monotonic()
             try:
-                raw = await self._send(item, max_tokens)
-                reply = raw.parse()
+                raw, reply = await self._send(item, max_tokens)
             except (openai.APIError, openai.APIConnectionError) as exc:
                 failure = classify(exc)
                 if failure.headers is not None:
@@ -348,16 +354,15 @@ class Engine:
         return None if self.price is None else self.price.cost(prompt, completion, cached_tokens=cached)
 
     def _chat_result(
-        self, item: WorkItem, reply: Any, attempts: int, latency: float, request_id: str | None
+        self, item: WorkItem, reply: dict[str, Any], attempts: int, latency: float, request_id: str | None
     ) -> RowResult:
         req = item.requests[0]
-        usage = reply.usage
-        prompt = usage.prompt_tokens if usage else None
-        completion = usage.completion_tokens if usage else None
-        details = getattr(usage, "prompt_tokens_details", None) if usage else None
-        cached = getattr(details, "cached_tokens", 0) or 0
+        usage = reply.get("usage") or None
+        prompt = usage.get("prompt_tokens") if usage else None
+        completion = usage.get("completion_tokens") if usage else None
+        cached = ((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0) if usage else 0
         if usage is not None:
-            self.stats.recent.append((time.monotonic(), usage.total_tokens))
+            self.stats.recent.append((time.monotonic(), usage.get("total_tokens") or 0))
         parsed = self.parser.chat(reply)
         return RowResult(
             row=req.row,
@@ -370,21 +375,22 @@ class Engine:
             cost_usd=self._cost(prompt or 0, completion or 0, cached) if usage else None,
             latency_ms=round(latency, 2),
             finish_reason=parsed.finish_reason,
-            model=reply.model,
+            model=reply.get("model"),
             request_id=request_id,
             output=parsed.output,
             raw_text=parsed.raw_text,
         )
 
     def _emit_embeddings(
-        self, item: WorkItem, reply: Any, attempts: int, latency: float, request_id: str | None
+        self, item: WorkItem, reply: dict[str, Any], attempts: int, latency: float, request_id: str | None
     ) -> None:
-        vectors = {d.index: d.embedding for d in reply.data}
+        vectors = {d.get("index"): d.get("embedding") for d in reply.get("data") or []}
         total = sum(r.prompt_tokens for r in item.requests) or 1
-        self.stats.recent.append((time.monotonic(), reply.usage.total_tokens))
+        usage = reply.get("usage") or {}
+        self.stats.recent.append((time.monotonic(), usage.get("total_tokens") or 0))
         for i, (seq, req) in enumerate(zip(item.seqs, item.requests, strict=True)):
             # the API reports usage per request; each row gets its share by its own token count
-            share = reply.usage.prompt_tokens * req.prompt_tokens / total
+            share = (usage.get("prompt_tokens") or 0) * req.prompt_tokens / total
             vec = vectors.get(i)
             error = None if vec is not None else f"no embedding at index {i} in the reply"
             if vec is not None and self.embedding_dims and len(vec) != self.embedding_dims:
@@ -401,7 +407,7 @@ class Engine:
                     completion_tokens=0,
                     cost_usd=self._cost(round(share), 0),
                     latency_ms=round(latency, 2),
-                    model=reply.model,
+                    model=reply.get("model"),
                     request_id=request_id,
                     output=vec,
                 ),
@@ -411,19 +417,36 @@ class Engine:
 
     def _observe_latency(self, latency_ms: float) -> None:
         self.stats.latencies_ms.append(latency_ms)
+        now = time.monotonic()
         s = latency_ms / 1000
         self.latency_ewma = s if self.latency_ewma is None else 0.9 * self.latency_ewma + 0.1 * s
+        self.latency_min = s if self.latency_min is None else min(self.latency_min, s)
+        self.completions.append(now)
+        while self.completions and self.completions[0] < now - 2.0:
+            self.completions.popleft()
         if len(self.stats.latencies_ms) % 16 == 0:
-            target = self.concurrency_target()
+            target = min(self.concurrency_target(), 2 * self.gate.limit)
             if target != self.gate.limit:
                 self.gate.set_limit(target)
 
     def concurrency_target(self) -> int:
-        """Requests in flight needed to keep the binding limit busy (Little's law: rate × latency),
-        plus whatever the buckets can admit at once right now (they start full)."""
+        """Requests in flight needed to keep the binding limit busy (Little's law: rate × latency).
+
+        With known limits: the limit's request rate × observed latency, plus whatever the buckets
+        can admit at once (they start full). Without: the observed throughput × the least latency
+        seen (the server's own time, before any queueing in our client), which stops a fast server
+        from being sent hundreds of needless parallel requests that only cost client CPU.
+        Doubled for headroom, capped by max_in_flight.
+        """
+        assert self.latency_ewma is not None and self.latency_min is not None
         rpm, tpm = self.limiter.limits
-        if self.latency_ewma is None or (rpm is None and tpm is None):
-            return self.options.max_in_flight
+        if rpm is None and tpm is None:
+            span = self.completions[-1] - self.completions[0] if len(self.completions) > 1 else 0.0
+            if span < 0.5:
+                return self.options.max_in_flight
+            throughput = (len(self.completions) - 1) / span
+            need = math.ceil(throughput * max(self.latency_min, 0.001) * 2) + 16
+            return max(1, min(need, self.options.max_in_flight))
         charged = max(self.stats.charged_tokens / max(self.stats.requests_sent, 1), 1.0)
         rates, burst = [], []
         if rpm:

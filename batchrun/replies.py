@@ -26,14 +26,16 @@ class ReplyParser:
         self.max_tokens = max_tokens
         self.validator = jsonschema.Draft202012Validator(schema) if schema is not None else None
 
-    def chat(self, completion: Any) -> Parsed:
-        if not completion.choices:
+    def chat(self, completion: dict[str, Any]) -> Parsed:
+        """Status and output of a chat completion (the reply's JSON as a dict)."""
+        choices = completion.get("choices") or []
+        if not choices:
             return Parsed("failed", error="reply had no choices")
-        choice = completion.choices[0]
-        finish = choice.finish_reason
-        msg = choice.message
-        text = msg.content
-        refusal = getattr(msg, "refusal", None)
+        choice = choices[0]
+        finish = choice.get("finish_reason")
+        msg = choice.get("message") or {}
+        text = msg.get("content")
+        refusal = msg.get("refusal")
         if refusal:
             return Parsed("refused", raw_text=refusal, error=f"model refused: {refusal}", finish_reason=finish)
         if finish == "content_filter":
