@@ -193,7 +193,7 @@ class Engine:
         async def work() -> None:
             while (item := await queue.get()) is not None:
                 if self.stopped.is_set():
-                    self._emit_all(item, "not_sent", self._stopped_reason(), 0)
+                    self._emit_all(item, "not_sent", self.stopped_reason(), 0)
                     continue
                 async with self.gate:
                     await self.process(item)
@@ -205,7 +205,7 @@ class Engine:
 
     # -- one request ---------------------------------------------------------------------------
 
-    def _stopped_reason(self) -> str:
+    def stopped_reason(self) -> str:
         return f"not sent: the run stopped ({type(self.stop_error).__name__}); run the job again to finish"
 
     def _emit_all(self, item: WorkItem, status: str, error: str | None, attempts: int) -> None:
@@ -268,7 +268,7 @@ class Engine:
         opts = self.options
         while True:
             if self.stopped.is_set():
-                self._emit_all(item, "not_sent", self._stopped_reason(), attempts)
+                self._emit_all(item, "not_sent", self.stopped_reason(), attempts)
                 return
             extra_tokens = 0 if max_tokens is None else max_tokens - item.requests[0].max_output_tokens
             try:
@@ -277,7 +277,7 @@ class Engine:
                 self._emit_all(item, "too_long", str(exc), attempts)
                 return
             if self.stopped.is_set():
-                self._emit_all(item, "not_sent", self._stopped_reason(), attempts)
+                self._emit_all(item, "not_sent", self.stopped_reason(), attempts)
                 return
             attempts += 1
             budget_used += 1
@@ -317,7 +317,7 @@ class Engine:
                             "raise the spend limit, then run the job again to finish the rest."
                         )
                     )
-                    self._emit_all(item, "not_sent", self._stopped_reason(), attempts)
+                    self._emit_all(item, "not_sent", self.stopped_reason(), attempts)
                     return
                 if failure.action is Action.STOP_ENDPOINT:
                     self.stop(

@@ -173,7 +173,7 @@ class _Run:
                     self._emit_direct(
                         seq,
                         RowResult(
-                            row=req.row, row_id=req.row_id, status="not_sent", error=self.engine._stopped_reason()
+                            row=req.row, row_id=req.row_id, status="not_sent", error=self.engine.stopped_reason()
                         ),
                     )
                 elif reason:
@@ -279,6 +279,8 @@ class _Run:
         stats = self.engine.stats
         lat = sorted(stats.latencies_ms)
         notes = []
+        if self.job.mode == "auto":
+            notes.append('mode "auto" ran online: batch mode is not available in this version yet')
         if self.endpoint.simulated:
             notes.append(
                 "simulated endpoint: replies are synthetic, nothing was billed; set the API key to run for real"

@@ -9,41 +9,11 @@ alternating, and the best of each is compared, since this machine is noisy.
 from __future__ import annotations
 
 import argparse
-import random
 import time
 
+from _common import texts
+
 from batchrun.tokens import TokenCounter, get_encoding
-
-WORDS = [
-    "battery",
-    "arrived",
-    "broken",
-    "great",
-    "value",
-    "works",
-    "perfectly",
-    "returned",
-    "cheap",
-    "sturdy",
-    "recommend",
-    "quality",
-    "price",
-    "delivery",
-    "colour",
-    "fits",
-    "comfortable",
-    "loud",
-    "quiet",
-    "support",
-    "manual",
-    "easy",
-    "setup",
-]
-
-
-def make_texts(n: int, seed: int = 1) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40))) for _ in range(n)]
 
 
 def main() -> None:
@@ -51,19 +21,19 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    texts = make_texts(args.rows)
+    rows = texts(args.rows, words=(8, 40))
     counter = TokenCounter("gpt-4o-mini")
     enc = get_encoding("o200k_base")
     best_raw = best_ours = float("inf")
     total = 0
     for _ in range(args.repeat):
         t = time.perf_counter()
-        raw = enc.encode_ordinary_batch(texts)
+        raw = enc.encode_ordinary_batch(rows)
         best_raw = min(best_raw, time.perf_counter() - t)
         total = sum(len(x) for x in raw)
         del raw
         t = time.perf_counter()
-        ours = counter.count_texts(texts)
+        ours = counter.count_texts(rows)
         best_ours = min(best_ours, time.perf_counter() - t)
         assert sum(ours) == total
     print(f"rows {args.rows:,}  tokens {total:,}")

@@ -16,16 +16,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..plan import EMBED_MAX_INPUTS, EMBED_MAX_TOKENS_PER_INPUT, EMBED_MAX_TOKENS_PER_REQUEST
+from ..sinks import EMBED_DEFAULT_DIMS as DEFAULT_DIMS
 from ..tokens import TokenCounter
 from . import content
 from .config import SimConfig
 
 MARKER = re.compile(r"\[\[sim:([a-z0-9]+)(?:\*(\d+))?\]\]")
 REFUSAL_TEXT = "I'm sorry, but I can't help with that request."
-DEFAULT_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
-EMBED_MAX_INPUTS = 2048
-EMBED_MAX_TOKENS_PER_INPUT = 8192
-EMBED_MAX_TOKENS_PER_REQUEST = 300_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,10 @@ QUOTA_MESSAGE = (
 
 
 class Bucket:
-    """A server-side token bucket: capacity = the per-minute limit, refilled continuously."""
+    """A server-side token bucket: capacity = the per-minute limit, refilled continuously.
+
+    Deliberately not batchrun.limits.Bucket: the simulator is the test double for the client's
+    limiter, so it keeps its own, independent arithmetic."""
 
     def __init__(self, per_minute: int, now: float) -> None:
         self.capacity = float(per_minute)

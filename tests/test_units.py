@@ -1,0 +1,181 @@
+"""Small pieces: error classification, Arrow types from JSON schemas, the reorder buffer, the gate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+import openai
+import pyarrow as pa
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+try:
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover
+    import httpx  # type: ignore[no-redef]
+
+from batchrun.engine import Gate
+from batchrun.replies import ReplyParser
+from batchrun.retries import Action, Backoff, classify
+from batchrun.sinks import ReorderBuffer, arrow_field_type
+
+REQ = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
+
+
+def status_error(status: int, body: dict, headers: dict[str, str] | None = None) -> openai.APIStatusError:
+    response = httpx.Response(status, request=REQ, headers=headers or {}, content=json.dumps(body).encode())
+    client = openai.OpenAI(api_key="x", base_url="http://127.0.0.1/v1")
+    return client._make_status_error_from_response(response)
+
+
+def err(message: str, type_: str, code: str | None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+@pytest.mark.parametrize("code", ["insufficient_quota", "credit_balance_exhausted", "project_spend_limit_exceeded"])
+def test_quota_codes_stop_the_run(code: str) -> None:
+    f = classify(status_error(429, err("You exceeded your current quota", "insufficient_quota", code)))
+    assert f.action is Action.STOP_QUOTA
+
+
+def test_rate_limit_wait_from_message_header_or_reset() -> None:
+    msg = "Rate limit reached ... on tokens per min (TPM): Limit 100, Used 90, Requested 20. Please try again in 1.5s."
+    f = classify(status_error(429, err(msg, "tokens", "rate_limit_exceeded")))
+    assert f.action is Action.RATE_LIMITED and f.wait == pytest.approx(1.5) and f.limit_kind == "tokens"
+    f = classify(status_error(429, err(msg, "tokens", "rate_limit_exceeded"), {"retry-after": "4"}))
+    assert f.wait == 4
+    f = classify(
+        status_error(429, err("slow", "requests", "rate_limit_exceeded"), {"x-ratelimit-reset-requests": "250ms"})
+    )
+    assert f.wait == pytest.approx(0.25) and f.limit_kind == "requests"
+
+
+def test_request_too_large_is_never_retried() -> None:
+    msg = "Request too large for gpt-4o on tokens per min (TPM): Limit 30000, Requested 31538."
+    assert classify(status_error(429, err(msg, "tokens", "rate_limit_exceeded"))).action is Action.TOO_LONG
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "action"),
+    [
+        (500, err("boom", "server_error", None), Action.RETRY),
+        (503, err("The engine is currently overloaded", "server_error", None), Action.RETRY),
+        (408, err("timeout", "server_error", None), Action.RETRY),
+        (409, err("conflict", "server_error", None), Action.RETRY),
+        (401, err("Incorrect API key provided", "invalid_request_error", "invalid_api_key"), Action.STOP_ENDPOINT),
+        (403, err("no access", "invalid_request_error", None), Action.STOP_ENDPOINT),
+        (404, err("The model `x` does not exist", "invalid_request_error", "model_not_found"), Action.STOP_ENDPOINT),
+        (400, err("bad param", "invalid_request_error", None), Action.ROW_FAILED),
+        (422, err("unprocessable", "invalid_request_error", None), Action.ROW_FAILED),
+    ],
+)
+def test_status_classification(status: int, body: dict, action: Action) -> None:
+    assert classify(status_error(status, body)).action is action
+
+
+def test_slow_down_and_connection_errors() -> None:
+    f = classify(status_error(503, err("Slow Down", "server_error", None)))
+    assert f.action is Action.RETRY and f.slow_down
+    assert classify(openai.APIConnectionError(request=REQ)).action is Action.RETRY
+    assert classify(openai.APITimeoutError(request=REQ)).action is Action.RETRY
+
+
+@given(st.integers(1, 30), st.integers(0, 2**32))
+def test_backoff_is_bounded_full_jitter(attempt: int, seed: int) -> None:
+    b = Backoff(base=0.5, cap=8.0)
+    d = b.delay(attempt, random.Random(seed))
+    assert 0 <= d <= min(8.0, 0.5 * 2 ** (attempt - 1))
+    assert b.delay(attempt, random.Random(seed), server_wait=20) == 20
+
+
+def test_arrow_types_from_strict_schema() -> None:
+    schema = {
+        "type": "object",
+        "$defs": {
+            "Node": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}},
+                },
+            }
+        },
+        "properties": {
+            "label": {"type": "string", "enum": ["a", "b"]},
+            "n": {"type": "integer"},
+            "x": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+            "mixed": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "tree": {"$ref": "#/$defs/Node"},
+            "flag": {"type": ["boolean", "null"]},
+        },
+    }
+    types = {k: arrow_field_type(v, schema) for k, v in schema["properties"].items()}
+    assert types["label"][0] == pa.string() and types["n"][0] == pa.int64()
+    assert types["x"][0] == pa.float64() and types["x"][1](3) == 3.0
+    assert types["mixed"][0] == pa.string() and types["mixed"][1](5) == "5"
+    assert types["tags"][0] == pa.list_(pa.string()) and types["flag"][0] == pa.bool_()
+    tree_t, conv = types["tree"]
+    assert tree_t == pa.struct([pa.field("name", pa.string()), pa.field("children", pa.list_(pa.string()))])
+    value = conv({"name": "root", "children": [{"name": "leaf", "children": []}]})
+    assert value == {"name": "root", "children": ['{"name": "leaf", "children": []}']}
+
+
+@given(st.permutations(list(range(50))))
+def test_reorder_buffer_releases_in_order(order: list[int]) -> None:
+    buf = ReorderBuffer()
+    out: list[int] = []
+    for seq in order:
+        out += [s for s, _ in buf.add(seq, seq)]
+    assert out == list(range(50)) and not buf.held
+
+
+def test_gate_caps_concurrency_and_can_be_raised() -> None:
+    async def run() -> int:
+        gate = Gate(2)
+        active = peak = 0
+
+        async def job() -> None:
+            nonlocal active, peak
+            async with gate:
+                active += 1
+                peak = max(peak, active)
+                await asyncio.sleep(0.01)
+                active -= 1
+
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(10):
+                tg.create_task(job())
+            await asyncio.sleep(0.015)
+            gate.set_limit(5)
+        return peak
+
+    assert asyncio.run(run()) == 5
+
+
+@pytest.mark.parametrize(
+    ("choice", "status"),
+    [
+        ({"finish_reason": "stop", "message": {"content": '{"a": "x"}'}}, "ok"),
+        ({"finish_reason": "stop", "message": {"content": '{"a": 1}'}}, "schema_invalid"),
+        ({"finish_reason": "stop", "message": {"content": "{"}}, "schema_invalid"),
+        ({"finish_reason": "stop", "message": {"content": None, "refusal": "no"}}, "refused"),
+        ({"finish_reason": "length", "message": {"content": '{"a": "x'}}, "truncated"),
+        ({"finish_reason": "content_filter", "message": {"content": ""}}, "filtered"),
+        ({"finish_reason": "stop", "message": {"content": None}}, "failed"),
+    ],
+)
+def test_reply_statuses(choice: dict, status: str) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}},
+        "required": ["a"],
+        "additionalProperties": False,
+    }
+    parsed = ReplyParser(schema, 10).chat({"choices": [choice]})
+    assert parsed.status == status
+    if status != "ok":
+        assert parsed.error
