@@ -255,3 +255,41 @@ def test_quota_stop_exit_code_through_cli(make_sim: SimFactory, write_job: Calla
     )
     assert proc.returncode == 3
     assert "out of quota" in proc.stderr and "not_sent 2" in proc.stdout
+
+
+def test_azure_endpoint_routes_to_the_deployment(sim: SimServer, write_job: Callable[..., Path],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "azure-secret")
+    toml = f"""
+[input]
+path = "input.csv"
+id_column = "id"
+[prompt]
+template = "{{{{ text }}}}"
+[request]
+model = "gpt-4o-mini"
+max_tokens = 300
+[endpoint]
+azure_endpoint = "{sim.url}"
+azure_api_version = "2024-10-21"
+azure_deployment = "gpt-4o-mini"
+api_key_env = "AZURE_OPENAI_API_KEY"
+"""
+    job = load_job(write_job(toml, csv="id,text\na,hello\nb,world\n"))
+    result = run(job)
+    assert result.by_status == {"ok": 2}
+    assert sim.stats()["by_endpoint"]["azure"] == 2
+
+
+def test_api_key_never_appears_in_output_or_messages(make_sim: SimFactory, write_job: Callable[..., Path]) -> None:
+    secret = "sk-proj-THISISASECRETKEYTHATMUSTNEVERLEAK0123456789"
+    sim = make_sim()
+    job = job_for(write_job, sim, ["fine", "[[sim:400]]", "[[sim:500]]"], attempts=2)
+    env = {**os.environ, "BATCHRUN_TEST_KEY": secret}
+    proc = subprocess.run([sys.executable, "-m", "batchrun", "run", str(job.source_path)], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert secret not in proc.stdout and secret not in proc.stderr
+    for path in job.output_path.parent.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path

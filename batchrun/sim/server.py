@@ -157,6 +157,9 @@ class Simulator:
             [
                 web.post("/v1/chat/completions", self.handle_chat),
                 web.post("/v1/embeddings", self.handle_embeddings),
+            # Azure OpenAI's routes: deployment in the path, api-version in the query
+            web.post("/openai/deployments/{deployment}/chat/completions", self.handle_azure),
+            web.post("/openai/deployments/{deployment}/embeddings", self.handle_azure),
                 web.get("/v1/models", self.handle_models),
                 web.get("/sim/stats", self.handle_stats),
                 web.post("/sim/config", self.handle_config),
@@ -381,6 +384,14 @@ class Simulator:
         fault = self.pick_fault(forced)
         reply = self.responder.embeddings(self.config, body, counts)
         return await self.deliver(request, reply, fault, digest)
+
+    async def handle_azure(self, request: web.Request) -> web.StreamResponse:
+        if "api-version" not in request.query:
+            return web.json_response({"error": {"code": "404", "message": "Resource not found"}}, status=404)
+        self.stats.by_endpoint["azure"] += 1
+        if request.path.endswith("/embeddings"):
+            return await self.handle_embeddings(request)
+        return await self.handle_chat(request)
 
     async def handle_models(self, request: web.Request) -> web.Response:
         data = [
