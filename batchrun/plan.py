@@ -310,7 +310,12 @@ def format_plan(plan: Plan) -> str:
         f"  time online at your limits (rpm {plan.rpm or '?'}, tpm {plan.tpm or '?'})",
         f"    requests/min bound {_minutes(plan.minutes_at_rpm)}   tokens/min bound {_minutes(plan.minutes_at_tpm)}"
         f"   → {_minutes(plan.minutes_online)}"
-        + (f", {plan.binding_limit.upper()} binds" if plan.binding_limit else ""),
+        + (f", {plan.binding_limit.upper()} binds" if plan.binding_limit else "")
+        + (
+            " — the whole job fits in the first minute's allowance (the buckets start full)"
+            if plan.minutes_online == 0
+            else ""
+        ),
         f"    tokens charged against TPM: {plan.charged_tokens_total:,} (prompt + max output per request)",
     ]
     if plan.too_long_count:

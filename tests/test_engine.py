@@ -257,8 +257,9 @@ def test_quota_stop_exit_code_through_cli(make_sim: SimFactory, write_job: Calla
     assert "out of quota" in proc.stderr and "not_sent 2" in proc.stdout
 
 
-def test_azure_endpoint_routes_to_the_deployment(sim: SimServer, write_job: Callable[..., Path],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_azure_endpoint_routes_to_the_deployment(
+    sim: SimServer, write_job: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", "azure-secret")
     toml = f"""
 [input]
@@ -286,10 +287,42 @@ def test_api_key_never_appears_in_output_or_messages(make_sim: SimFactory, write
     sim = make_sim()
     job = job_for(write_job, sim, ["fine", "[[sim:400]]", "[[sim:500]]"], attempts=2)
     env = {**os.environ, "BATCHRUN_TEST_KEY": secret}
-    proc = subprocess.run([sys.executable, "-m", "batchrun", "run", str(job.source_path)], capture_output=True,
-                          text=True, env=env, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "batchrun", "run", str(job.source_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert secret not in proc.stdout and secret not in proc.stderr
     for path in job.output_path.parent.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_ctrl_c_finishes_in_flight_and_writes_everything(make_sim: SimFactory, write_job: Callable[..., Path]) -> None:
+    import signal
+    import time
+
+    sim = make_sim(latency_ms=200)
+    job = job_for(write_job, sim, [f"text {i}" for i in range(300)], limits="max_in_flight = 4")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchrun", "run", str(job.source_path), "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while sim.stats()["ok"] < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Ctrl+C" in err and "STOPPED" in out and "not_sent" in out
+    df = pl.read_parquet(job.output_path)
+    assert df.height == 300 and df["id"].to_list() == [f"r{i:04d}" for i in range(300)]
+    counts = dict(df["status"].value_counts().iter_rows())
+    assert counts.get("ok", 0) >= 8 and counts["not_sent"] >= 200
+    assert set(counts) <= {"ok", "not_sent"}
+    assert counts["ok"] == sim.stats()["ok"]  # every reply the server sent was written

@@ -157,9 +157,9 @@ class Simulator:
             [
                 web.post("/v1/chat/completions", self.handle_chat),
                 web.post("/v1/embeddings", self.handle_embeddings),
-            # Azure OpenAI's routes: deployment in the path, api-version in the query
-            web.post("/openai/deployments/{deployment}/chat/completions", self.handle_azure),
-            web.post("/openai/deployments/{deployment}/embeddings", self.handle_azure),
+                # Azure OpenAI's routes: deployment in the path, api-version in the query
+                web.post("/openai/deployments/{deployment}/chat/completions", self.handle_azure),
+                web.post("/openai/deployments/{deployment}/embeddings", self.handle_azure),
                 web.get("/v1/models", self.handle_models),
                 web.get("/sim/stats", self.handle_stats),
                 web.post("/sim/config", self.handle_config),
