@@ -30,7 +30,6 @@ import openai
 from .errors import BatchrunError, EndpointError, QuotaExhausted
 from .headers import read_headers
 from .limits import RateLimiter, RequestTooLarge
-from .plan import EMBED_MAX_INPUTS, EMBED_MAX_TOKENS_PER_REQUEST
 from .pricing import ModelPrice
 from .prompts import Request
 from .replies import ReplyParser
@@ -457,21 +456,3 @@ class Engine:
             burst.append(self.limiter.tokens.level / charged if self.limiter.tokens else 0)
         need = math.ceil(min(rates) * self.latency_ewma * 2) + 8 + max(int(min(burst)), 0)
         return max(1, min(need, self.options.max_in_flight))
-
-
-def embedding_items(requests: list[Request], seqs: list[int]) -> list[WorkItem]:
-    """Group embedding rows into requests of ≤ 2,048 inputs and ≤ 300,000 tokens, in order."""
-    items: list[WorkItem] = []
-    cur_r: list[Request] = []
-    cur_s: list[int] = []
-    tokens = 0
-    for req, seq in zip(requests, seqs, strict=True):
-        if cur_r and (len(cur_r) >= EMBED_MAX_INPUTS or tokens + req.prompt_tokens > EMBED_MAX_TOKENS_PER_REQUEST):
-            items.append(WorkItem(tuple(cur_s), tuple(cur_r)))
-            cur_r, cur_s, tokens = [], [], 0
-        cur_r.append(req)
-        cur_s.append(seq)
-        tokens += req.prompt_tokens
-    if cur_r:
-        items.append(WorkItem(tuple(cur_s), tuple(cur_r)))
-    return items

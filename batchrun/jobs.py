@@ -94,6 +94,9 @@ class RequestSpec(_Spec):
     dimensions: int | None = Field(default=None, gt=0)
     expected_output_tokens: int | None = Field(default=None, ge=0)
     """What a typical reply uses, for the plan's expected cost (worst case uses max_tokens)."""
+    retry_bad_replies: int = Field(default=0, ge=0, le=5)
+    """Re-send a row whose reply was schema_invalid or truncated up to this many times
+    (a truncated reply is retried with max tokens doubled). Each retry is paid for."""
     params: dict[str, Any] = Field(default_factory=dict)
     """Passed through to the request body as is (top_p, stop, reasoning_effort, ...)."""
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .jobs import Job
 from .pricing import PriceTable, default_table, load_table
@@ -16,6 +17,7 @@ EMBED_MAX_INPUTS = 2048
 EMBED_MAX_TOKENS_PER_REQUEST = 300_000
 EMBED_MAX_TOKENS_PER_INPUT = 8192
 LISTED_ISSUES = 20
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,17 +98,19 @@ def _p95(values: array) -> int:
     return int(ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)])
 
 
-def embedding_groups(requests: list[Request]) -> list[list[Request]]:
-    """Greedy, order-keeping grouping of embedding inputs into API requests."""
-    groups: list[list[Request]] = []
-    current: list[Request] = []
-    tokens = 0
-    for r in requests:
-        if current and (len(current) >= EMBED_MAX_INPUTS or tokens + r.prompt_tokens > EMBED_MAX_TOKENS_PER_REQUEST):
+def embedding_groups(items: Sequence[T], tokens: Callable[[T], int]) -> list[list[T]]:
+    """Greedy, order-keeping grouping of embedding inputs into API requests
+    (≤ 2,048 inputs and ≤ 300,000 tokens each). Used by both the plan and the engine."""
+    groups: list[list[T]] = []
+    current: list[T] = []
+    total = 0
+    for item in items:
+        n = tokens(item)
+        if current and (len(current) >= EMBED_MAX_INPUTS or total + n > EMBED_MAX_TOKENS_PER_REQUEST):
             groups.append(current)
-            current, tokens = [], 0
-        current.append(r)
-        tokens += r.prompt_tokens
+            current, total = [], 0
+        current.append(item)
+        total += n
     if current:
         groups.append(current)
     return groups
@@ -144,7 +148,7 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
             else:
                 pending_embed.append(r)
         if pending_embed:
-            groups = embedding_groups(pending_embed)
+            groups = embedding_groups(pending_embed, lambda r: r.prompt_tokens)
             # keep the last, possibly unfilled group for the next batch so grouping matches the engine
             last = groups.pop()
             requests += len(groups)

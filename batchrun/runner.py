@@ -19,12 +19,12 @@ import polars as pl
 from tqdm import tqdm
 
 from .endpoints import Endpoint, open_endpoint
-from .engine import Engine, EngineOptions, RunStats, WorkItem, embedding_items
+from .engine import Engine, EngineOptions, RunStats, WorkItem
 from .errors import BatchrunError, Interrupted, JobFileError
 from .jobs import Job, load_job
 from .limits import RateLimiter
-from .plan import price_table_for, too_long_reason
-from .prompts import Renderer
+from .plan import embedding_groups, price_table_for, too_long_reason
+from .prompts import Renderer, Request
 from .replies import ReplyParser
 from .sinks import OutputLayout, ParquetSink, ReorderBuffer, RowResult, embedding_dims, make_layout
 from .sources import ROW_COLUMN, Source, open_source
@@ -94,6 +94,10 @@ def format_summary(r: RunResult) -> str:
     return "\n".join(lines)
 
 
+def _work_item(group: list[tuple[int, Request]]) -> WorkItem:
+    return WorkItem(tuple(seq for seq, _ in group), tuple(req for _, req in group))
+
+
 class _Run:
     """The state of one run, shared by its producer, engine and writer."""
 
@@ -121,6 +125,7 @@ class _Run:
         self.options = EngineOptions(
             max_in_flight=job.limits.max_in_flight,
             max_attempts=job.limits.max_attempts,
+            retry_bad_replies=job.request.retry_bad_replies,
             window=max(20_000, 4 * job.limits.max_in_flight * per_item),
         )
         self.results: asyncio.Queue[tuple[int, RowResult] | None] = asyncio.Queue()
@@ -160,10 +165,12 @@ class _Run:
         it = iter(self.source.batches(5000))
         seq = 0
         cols = self.input_columns
+        # embedding rows wait here until they fill a request; the last, partial group is carried
+        # into the next batch so requests are grouped exactly as `plan` counted them
+        todo: list[tuple[int, Request]] = []
         while (batch := await asyncio.to_thread(next, it, None)) is not None:
             requests = await asyncio.to_thread(self.renderer.render, batch)
             inputs = await asyncio.to_thread(lambda b=batch: b.select(cols).to_dicts())
-            todo, todo_seqs = [], []
             for req, row_inputs in zip(requests, inputs, strict=True):
                 await self.window.acquire()
                 self.inputs[seq] = row_inputs
@@ -190,11 +197,14 @@ class _Run:
                 elif self.job.request.kind == "chat":
                     yield WorkItem((seq,), (req,))
                 else:
-                    todo.append(req)
-                    todo_seqs.append(seq)
+                    todo.append((seq, req))
                 seq += 1
-            for item in embedding_items(todo, todo_seqs):
-                yield item
+            groups = embedding_groups(todo, lambda pair: pair[1].prompt_tokens)
+            todo = groups.pop() if groups else []
+            for group in groups:
+                yield _work_item(group)
+        if todo:
+            yield _work_item(todo)
 
     async def writer(self, sink: ParquetSink) -> None:
         reorder = ReorderBuffer()

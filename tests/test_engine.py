@@ -326,3 +326,12 @@ def test_ctrl_c_finishes_in_flight_and_writes_everything(make_sim: SimFactory, w
     assert counts.get("ok", 0) >= 8 and counts["not_sent"] >= 200
     assert set(counts) <= {"ok", "not_sent"}
     assert counts["ok"] == sim.stats()["ok"]  # every reply the server sent was written
+
+
+def test_bad_replies_can_be_retried(make_sim: SimFactory, write_job: Callable[..., Path]) -> None:
+    sim = make_sim()
+    job = job_for(write_job, sim, ["a [[sim:badjson*1]]", "b [[sim:long]]", "c [[sim:badjson]]"])
+    job = job.model_copy(update={"request": job.request.model_copy(update={"retry_bad_replies": 1})})
+    df = run(job).frame()
+    assert df["status"].to_list() == ["ok", "truncated", "schema_invalid"]
+    assert df["attempts"].to_list() == [2, 2, 2]
