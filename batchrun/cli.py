@@ -36,14 +36,46 @@ def _run(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         job = job.model_copy(update={"output": job.output.model_copy(update={"path": Path(args.output).resolve()})})
+    cache = "off" if args.no_cache else "refresh" if args.refresh else "use"
     try:
-        result = run(job, progress=not args.quiet)
+        result = run(job, progress=not args.quiet, cache=cache)
     except BatchrunError as exc:
         partial = getattr(exc, "result", None)
         if partial is not None:
             print(format_summary(partial))
         raise
     print(format_summary(result))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .jobs import load_job
+    from .ledger import Ledger, ledger_path
+
+    job = load_job(args.job)
+    path = job.output.ledger or ledger_path(job.output_path)
+    if not path.exists():
+        print(f"{job.name}: no runs yet (no ledger at {path})")
+        return 0
+    ledger = Ledger(path)
+    try:
+        st = ledger.stats()
+    finally:
+        ledger.close()
+    statuses = "   ".join(f"{k} {n:,}" for k, n in sorted(st.by_status.items()))
+    print(f"{job.name}: ledger {path}")
+    print(f"  answers kept   {st.results:,}   {statuses}")
+    print(f"  spent          ${st.cost_usd:,.4f} in {st.runs} run(s)")
+    if st.last_run and st.last_run.get("summary"):
+        last = st.last_run["summary"]
+        done = "finished" if st.last_run.get("finished_at") else "did not finish (killed?)"
+        rows = "   ".join(f"{k} {n:,}" for k, n in (last.get("by_status") or {}).items())
+        print(f"  last run       {done}: {st.last_run.get('rows') or 0:,} rows   {rows}")
+        if last.get("stopped"):
+            print(f"  stopped        {last['stopped']}")
+    elif st.last_run:
+        print("  last run       did not finish (killed?): run the job again to resume")
+    print(f"  output         {job.output_path} ({'present' if job.output_path.exists() else 'not written yet'})")
     return 0
 
 
@@ -86,7 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("job", help="path to a job file (jobs/*.toml)")
     r.add_argument("-o", "--output", help="output Parquet path (default: the job's [output] path)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--refresh", action="store_true", help="send every row again, replacing the ledger's answers")
+    r.add_argument("--no-cache", action="store_true", help="neither read nor write the ledger (no resume)")
     r.set_defaults(func=_run)
+
+    rs = sub.add_parser("resume", help="continue a stopped or killed run (the same as run)")
+    rs.add_argument("job")
+    rs.add_argument("-o", "--output")
+    rs.add_argument("-q", "--quiet", action="store_true")
+    rs.set_defaults(func=_run, refresh=False, no_cache=False)
+
+    st = sub.add_parser("status", help="what the ledger holds for a job; sends nothing")
+    st.add_argument("job")
+    st.set_defaults(func=_status)
 
     s = sub.add_parser("sim", help="run the OpenAI-compatible simulator on 127.0.0.1")
     s.add_argument("--port", type=int, default=8089)

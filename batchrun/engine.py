@@ -27,7 +27,7 @@ from typing import Any
 
 import openai
 
-from .errors import BatchrunError, EndpointError, QuotaExhausted
+from .errors import BatchrunError, BudgetExceeded, EndpointError, QuotaExhausted
 from .headers import read_headers
 from .limits import RateLimiter, RequestTooLarge
 from .pricing import ModelPrice
@@ -72,10 +72,16 @@ class RunStats:
     recent: deque = field(default_factory=deque)  # (time, tokens) of replies in the last 60 s
     reorder_peak: int = 0
     first_send: float | None = None
+    cached_rows: int = 0
+    cached_usd: float = 0.0
 
     def add(self, r: RowResult) -> None:
         self.by_status[r.status] = self.by_status.get(r.status, 0) + 1
-        self.spend(r.prompt_tokens, r.completion_tokens, r.cost_usd)
+        if r.from_cache:
+            self.cached_rows += 1
+            self.cached_usd += r.cost_usd or 0.0
+        else:
+            self.spend(r.prompt_tokens, r.completion_tokens, r.cost_usd)
 
     def spend(self, prompt: int | None, completion: int | None, cost: float | None) -> None:
         self.prompt_tokens += prompt or 0
@@ -96,6 +102,35 @@ class EngineOptions:
     window: int = 20_000
     backoff: Backoff = field(default_factory=Backoff)
     seed: int = 0
+
+
+class Budget:
+    """A spend cap enforced by reservation: each send reserves its worst-case cost (prompt + max
+    output tokens at the model's price) and settles with the real cost when the reply comes."""
+
+    def __init__(self, max_usd: float, spent_before: float = 0.0) -> None:
+        self.max_usd = max_usd
+        self.spent_before = spent_before
+        self.spent = 0.0
+        self.reserved = 0.0
+
+    def reserve(self, worst: float) -> bool:
+        if self.spent_before + self.spent + self.reserved + worst > self.max_usd + 1e-12:
+            return False
+        self.reserved += worst
+        return True
+
+    def settle(self, worst: float, actual: float) -> None:
+        self.reserved -= worst
+        self.spent += actual
+
+    def message(self) -> str:
+        total = self.spent_before + self.spent + self.reserved
+        return (
+            f"budget.max_usd = ${self.max_usd:,.4f} reached: ${total:,.4f} spent or in flight "
+            f"(${self.spent_before:,.4f} in earlier runs). Finished rows are kept; raise budget.max_usd "
+            "and run the job again to continue."
+        )
 
 
 class Gate:
@@ -149,6 +184,8 @@ class Engine:
         options: EngineOptions,
         on_result: Callable[[int, RowResult], Any],
         embedding_dims: int | None = None,
+        budget: Budget | None = None,
+        audit: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.client = client
         self.model = model
@@ -159,6 +196,8 @@ class Engine:
         self.options = options
         self.on_result = on_result
         self.embedding_dims = embedding_dims
+        self.budget = budget
+        self.audit = audit
         self.embedding_extra: dict[str, Any] = {}
         self.stats = RunStats()
         self.stop_error: BatchrunError | None = None
@@ -207,7 +246,9 @@ class Engine:
     def stopped_reason(self) -> str:
         return f"not sent: the run stopped ({type(self.stop_error).__name__}); run the job again to finish"
 
-    def _emit_all(self, item: WorkItem, status: str, error: str | None, attempts: int) -> None:
+    def _emit_all(
+        self, item: WorkItem, status: str, error: str | None, attempts: int, *, retryable: bool = False
+    ) -> None:
         for seq, req in zip(item.seqs, item.requests, strict=True):
             self._emit(
                 seq,
@@ -218,6 +259,7 @@ class Engine:
                     error=error,
                     attempts=attempts,
                     prompt_tokens=req.prompt_tokens if status == "too_long" else None,
+                    retryable=retryable,
                 ),
             )
 
@@ -278,6 +320,11 @@ class Engine:
             if self.stopped.is_set():
                 self._emit_all(item, "not_sent", self.stopped_reason(), attempts)
                 return
+            worst = self._worst_cost(item, extra_tokens)
+            if self.budget is not None and not self.budget.reserve(worst):
+                self.stop(BudgetExceeded(self.budget.message()))
+                self._emit_all(item, "not_sent", self.stopped_reason(), attempts)
+                return
             attempts += 1
             budget_used += 1
             self.stats.requests_sent += 1
@@ -288,7 +335,10 @@ class Engine:
             try:
                 raw, reply = await self._send(item, max_tokens)
             except (openai.APIError, openai.APIConnectionError) as exc:
+                if self.budget is not None:
+                    self.budget.settle(worst, 0.0)  # a request that got no reply is not billed
                 failure = classify(exc)
+                self._audit(item, max_tokens, getattr(exc, "response", None), None, failure.message)
                 if failure.headers is not None:
                     self.limiter.observe(failure.headers)
                 last_error = failure.message
@@ -300,7 +350,11 @@ class Engine:
                     if rate_waits <= MAX_RATE_LIMIT_WAITS:
                         continue
                     self._emit_all(
-                        item, "failed", f"still rate limited after {rate_waits} waits: {last_error}", attempts
+                        item,
+                        "failed",
+                        f"still rate limited after {rate_waits} waits: {last_error}",
+                        attempts,
+                        retryable=True,
                     )
                     return
                 if failure.action is Action.RETRY and budget_used < opts.max_attempts:
@@ -328,9 +382,12 @@ class Engine:
                     self._emit_all(item, "failed", failure.message, attempts)
                     return
                 status = "too_long" if failure.action is Action.TOO_LONG else "failed"
-                self._emit_all(item, status, last_error, attempts)
+                self._emit_all(item, status, last_error, attempts, retryable=failure.action is Action.RETRY)
                 return
             latency = (time.monotonic() - t0) * 1000
+            self._audit(item, max_tokens, raw, reply, None)
+            if self.budget is not None:
+                self.budget.settle(worst, self._reply_cost(reply, item))
             self.limiter.observe(read_headers(raw.headers))
             self._observe_latency(latency)
             self.stats.requests_ok += 1
@@ -348,6 +405,51 @@ class Engine:
                 continue
             self._emit(item.seqs[0], result)
             return
+
+    def _worst_cost(self, item: WorkItem, extra_tokens: int) -> float:
+        if self.price is None:
+            return 0.0
+        prompt = sum(r.prompt_tokens for r in item.requests)
+        out = sum(r.max_output_tokens for r in item.requests) + extra_tokens
+        return self.price.cost(prompt, out)
+
+    def _reply_cost(self, reply: dict[str, Any], item: WorkItem) -> float:
+        usage = reply.get("usage") or {}
+        if self.price is None:
+            return 0.0
+        if not usage:
+            return self._worst_cost(item, 0)  # no usage reported: assume the worst, never less
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        return self.price.cost(
+            usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, cached_tokens=cached
+        )
+
+    def _audit(
+        self, item: WorkItem, max_tokens: int | None, response: Any, reply: dict[str, Any] | None, error: str | None
+    ) -> None:
+        if self.audit is None:
+            return
+        headers = {}
+        if response is not None:
+            headers = {
+                k: v
+                for k, v in response.headers.items()
+                if k.lower().startswith(("x-ratelimit-", "x-request-id", "retry-after", "openai-"))
+            }
+        self.audit(
+            {
+                "time": time.time(),
+                "row_ids": [r.row_id for r in item.requests],
+                "request": item.requests[0].body
+                if self.kind == "chat"
+                else {"input": [r.body["input"] for r in item.requests]},
+                "max_tokens_override": max_tokens,
+                "status_code": getattr(response, "status_code", None),
+                "response_headers": headers,
+                "response": reply,
+                "error": error,
+            }
+        )
 
     def _cost(self, prompt: int, completion: int, cached: int = 0) -> float | None:
         return None if self.price is None else self.price.cost(prompt, completion, cached_tokens=cached)

@@ -168,6 +168,10 @@ class BudgetSpec(_Spec):
 class OutputSpec(_Spec):
     path: Path | None = None
     row_group_size: int = Field(default=5000, gt=0)
+    ledger: Path | None = None
+    """The run ledger (and cache); default `<output>.ledger.sqlite`. Jobs may share one."""
+    audit: Path | None = None
+    """Append every request and response to this JSONL file (headers redacted; never the key)."""
 
 
 class PricingSpec(_Spec):
@@ -291,7 +295,13 @@ def parse_job(data: Mapping[str, Any], source: Path) -> Job:
             "name": name,
             "input": inp,
             "prompt": prompt,
-            "output": job.output.model_copy(update={"path": out_path}),
+            "output": job.output.model_copy(
+                update={
+                    "path": out_path,
+                    "ledger": _resolve(base, job.output.ledger),
+                    "audit": _resolve(base, job.output.audit),
+                }
+            ),
             "pricing": job.pricing.model_copy(update={"table": table}),
             "source_path": source.resolve(),
             "schema_strict": strict,

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import signal
 import statistics
 import sys
@@ -19,9 +21,10 @@ import polars as pl
 from tqdm import tqdm
 
 from .endpoints import Endpoint, open_endpoint
-from .engine import Engine, EngineOptions, RunStats, WorkItem
+from .engine import Budget, Engine, EngineOptions, RunStats, WorkItem
 from .errors import BatchrunError, Interrupted, JobFileError
 from .jobs import Job, load_job
+from .ledger import FINAL_STATUSES, Ledger, fingerprint, ledger_path
 from .limits import RateLimiter
 from .plan import embedding_groups, price_table_for, too_long_reason
 from .prompts import Renderer, Request
@@ -52,6 +55,9 @@ class RunResult:
     minimum_seconds: float
     limits: tuple[int | None, int | None]
     simulated: bool
+    cached_rows: int = 0
+    cached_usd: float = 0.0
+    ledger_path: Path | None = None
     stopped: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -85,6 +91,8 @@ def format_summary(r: RunResult) -> str:
         f"  cost         {cost}" + ("   (simulated: nothing billed)" if r.simulated else ""),
         f"  latency      {lat}",
         f"  requests     {r.requests_sent:,} sent   {r.rate_limited:,} rate-limited (429)   {r.retries:,} retries",
+        f"  cache        {r.cached_rows:,} rows answered without a request (ledger, or an identical row) — "
+        f"${r.cached_usd:,.4f} not spent again",
         f"  wall time    {r.wall_seconds:,.1f} s   (the limits allow {r.minimum_seconds:,.1f} s at best; "
         f"rpm {rpm or 'unlimited'}, tpm {tpm or 'unlimited'})",
     ]
@@ -94,6 +102,14 @@ def format_summary(r: RunResult) -> str:
     return "\n".join(lines)
 
 
+def _append_jsonl(path: Path | None, records: list[dict[str, Any]]) -> None:
+    assert path is not None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
 def _work_item(group: list[tuple[int, Request]]) -> WorkItem:
     return WorkItem(tuple(seq for seq, _ in group), tuple(req for _, req in group))
 
@@ -101,7 +117,7 @@ def _work_item(group: list[tuple[int, Request]]) -> WorkItem:
 class _Run:
     """The state of one run, shared by its producer, engine and writer."""
 
-    def __init__(self, job: Job, source: Source, endpoint: Endpoint, *, progress: bool) -> None:
+    def __init__(self, job: Job, source: Source, endpoint: Endpoint, *, progress: bool, cache: str = "use") -> None:
         self.job = job
         self.source = source
         self.endpoint = endpoint
@@ -121,6 +137,20 @@ class _Run:
             dimensions=job.request.dimensions,
         )
         self.limiter = RateLimiter(job.limits.rpm, job.limits.tpm)
+        self.cache_read = cache == "use"
+        self.ledger = Ledger(job.output.ledger or ledger_path(job.output_path)) if cache != "off" else None
+        budget = None
+        if job.budget.max_usd is not None:
+            if self.price is None:
+                raise JobFileError(
+                    job.source_path,
+                    "budget.max_usd",
+                    f"no price is known for {job.request.model!r}, so a budget cannot be enforced; "
+                    "add its price under [pricing.models] or remove the budget",
+                )
+            budget = Budget(job.budget.max_usd, self.ledger.spent() if self.ledger else 0.0)
+        self.audit_lines: list[dict[str, Any]] = []
+        self.audit_path = job.output.audit
         per_item = 2048 if job.request.kind == "embeddings" else 1
         self.options = EngineOptions(
             max_in_flight=job.limits.max_in_flight,
@@ -137,11 +167,19 @@ class _Run:
             parser=ReplyParser(job.schema_strict, job.request.max_output_tokens),
             price=self.price,
             options=self.options,
-            on_result=lambda seq, res: self.results.put_nowait((seq, res)),
+            on_result=self._on_result,
             embedding_dims=embedding_dims(job.request.model, job.request.dimensions)
             if job.request.kind == "embeddings"
             else None,
+            budget=budget,
+            audit=self.audit_lines.append if self.audit_path else None,
         )
+        # the simulator's port changes every run; its answers are keyed as one endpoint
+        self.endpoint_key = "batchrun-simulator" if endpoint.simulated else endpoint.base_url
+        self.fps: dict[int, str] = {}  # seq → fingerprint, for requests sent in this run
+        self.in_flight: set[str] = set()
+        self.followers: dict[str, list[tuple[int, Request]]] = {}
+        self.recent: dict[str, RowResult] = {}  # recorded results not yet committed to the ledger
         if job.request.dimensions:
             self.engine.embedding_extra["dimensions"] = job.request.dimensions
         self.window = asyncio.Semaphore(self.options.window)
@@ -156,6 +194,31 @@ class _Run:
             file=sys.stderr,
         )
 
+    def _fingerprint(self, req: Request) -> str:
+        body = dict(req.body)
+        body["model"] = self.endpoint.model
+        if self.job.request.kind == "embeddings" and self.job.request.dimensions:
+            body["dimensions"] = self.job.request.dimensions
+        return fingerprint(self.endpoint_key, self.job.request.kind, body)
+
+    def _on_result(self, seq: int, result: RowResult) -> None:
+        """A sent request's result: into the ledger, then out to this row and any identical rows."""
+        self.results.put_nowait((seq, result))
+        fp = self.fps.pop(seq, None)
+        if fp is None:
+            return
+        self.in_flight.discard(fp)
+        if self.ledger is not None and result.status in FINAL_STATUSES and not result.retryable:
+            self.ledger.record(fp, result)
+            self.recent[fp] = result
+        for f_seq, f_req in self.followers.pop(fp, []):
+            self._emit_direct(
+                f_seq,
+                dataclasses.replace(
+                    result, row=f_req.row, row_id=f_req.row_id, from_cache=result.status in FINAL_STATUSES
+                ),
+            )
+
     def _emit_direct(self, seq: int, result: RowResult) -> None:
         self.engine.stats.add(result)
         self.results.put_nowait((seq, result))
@@ -168,12 +231,27 @@ class _Run:
         # embedding rows wait here until they fill a request; the last, partial group is carried
         # into the next batch so requests are grouped exactly as `plan` counted them
         todo: list[tuple[int, Request]] = []
+        fps: list[str] = []
+        cached: dict[str, RowResult] = {}
         while (batch := await asyncio.to_thread(next, it, None)) is not None:
             requests = await asyncio.to_thread(self.renderer.render, batch)
             inputs = await asyncio.to_thread(lambda b=batch: b.select(cols).to_dicts())
-            for req, row_inputs in zip(requests, inputs, strict=True):
+            fps = [self._fingerprint(r) for r in requests]
+            cached: dict[str, RowResult] = {}
+            if self.ledger is not None and self.cache_read:
+                cached = await asyncio.to_thread(self.ledger.lookup, fps)
+            for req, row_inputs, fp in zip(requests, inputs, fps, strict=True):
                 await self.window.acquire()
                 self.inputs[seq] = row_inputs
+                hit = cached.get(fp) or (self.recent.get(fp) if self.cache_read else None)
+                if hit is not None:
+                    self._emit_direct(seq, dataclasses.replace(hit, row=req.row, row_id=req.row_id, from_cache=True))
+                    seq += 1
+                    continue
+                if fp in self.in_flight:  # an identical request is already on its way: share its answer
+                    self.followers.setdefault(fp, []).append((seq, req))
+                    seq += 1
+                    continue
                 tpm = self.limiter.limits[1]
                 reason = too_long_reason(self.job, req, self.context, tpm)
                 if self.engine.stopped.is_set():
@@ -195,8 +273,12 @@ class _Run:
                         ),
                     )
                 elif self.job.request.kind == "chat":
+                    self.fps[seq] = fp
+                    self.in_flight.add(fp)
                     yield WorkItem((seq,), (req,))
                 else:
+                    self.fps[seq] = fp
+                    self.in_flight.add(fp)
                     todo.append((seq, req))
                 seq += 1
             groups = embedding_groups(todo, lambda pair: pair[1].prompt_tokens)
@@ -216,6 +298,7 @@ class _Run:
             for res_seq, res in reorder.add(seq, result):
                 pending.append(self.layout.record(self.inputs.pop(res_seq), res))
                 self.window.release()
+            await self._commit(force=False)
             if len(pending) >= sink.row_group_size:
                 await asyncio.to_thread(sink.write, pending)
                 self.bar.update(len(pending))
@@ -224,10 +307,23 @@ class _Run:
             if now - last_postfix > 0.5:
                 last_postfix = now
                 self._postfix(stats, now, len(pending))
+        await self._commit(force=True)
         await asyncio.to_thread(sink.write, pending)
         self.bar.update(len(pending))
         stats.reorder_peak = reorder.peak
         self._postfix(stats, time.monotonic(), 0)
+
+    async def _commit(self, *, force: bool) -> None:
+        """Commit recorded results to the ledger (batched: see ledger.COMMIT_ROWS / COMMIT_SECONDS)
+        and append audit records; both in a thread, off the event loop."""
+        if self.ledger is not None and (force or self.ledger.due()):
+            batch = self.ledger.take()
+            await asyncio.to_thread(self.ledger.write, batch)
+            for row in batch:
+                self.recent.pop(row[0], None)
+        if self.audit_lines and (force or len(self.audit_lines) >= 200):
+            lines, self.audit_lines[:] = list(self.audit_lines), []
+            await asyncio.to_thread(_append_jsonl, self.audit_path, lines)
 
     def _postfix(self, stats: RunStats, now: float, _pending: int) -> None:
         failed = sum(n for k, n in stats.by_status.items() if k != "ok")
@@ -262,6 +358,8 @@ class _Run:
             pass  # not the main thread (e.g. run from a notebook worker): Ctrl+C raises as usual
         started = time.monotonic()
         self.started = started
+        if self.ledger is not None:
+            await asyncio.to_thread(self.ledger.start_run)
         ok = False
         try:
             async with asyncio.TaskGroup() as tg:
@@ -279,11 +377,19 @@ class _Run:
             if installed:
                 loop.remove_signal_handler(signal.SIGINT)
             self.bar.close()
+            if self.ledger is not None:
+                # whatever happened, what was paid for is committed before we leave
+                await asyncio.to_thread(self.ledger.flush)
             if ok:
                 await asyncio.to_thread(sink.close)
             else:
                 await asyncio.to_thread(sink.abort)
-        return self._result(time.monotonic() - started)
+        result = self._result(time.monotonic() - started)
+        if self.ledger is not None:
+            summary = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("output_path", "ledger_path")}
+            await asyncio.to_thread(self.ledger.finish_run, result.rows, summary)
+            await asyncio.to_thread(self.ledger.close)
+        return result
 
     def _result(self, wall: float) -> RunResult:
         stats = self.engine.stats
@@ -321,12 +427,17 @@ class _Run:
             minimum_seconds=self.limiter.minimum_seconds(stats.requests_sent, stats.charged_tokens),
             limits=self.limiter.limits,
             simulated=self.endpoint.simulated,
+            cached_rows=stats.cached_rows,
+            cached_usd=stats.cached_usd,
+            ledger_path=self.ledger.path if self.ledger else None,
             stopped=str(self.engine.stop_error) if self.engine.stop_error else None,
             notes=notes,
         )
 
 
-async def run_async(job: Job, *, progress: bool = False, endpoint: Endpoint | None = None) -> RunResult:
+async def run_async(
+    job: Job, *, progress: bool = False, endpoint: Endpoint | None = None, cache: str = "use"
+) -> RunResult:
     """Run a job online; raises the stop error (with `.result`) if the run had to stop."""
     if job.mode == "batch":
         raise JobFileError(
@@ -340,7 +451,7 @@ async def run_async(job: Job, *, progress: bool = False, endpoint: Endpoint | No
     try:
         if endpoint.banner:
             print(endpoint.banner, file=sys.stderr)
-        state = _Run(job, source, endpoint, progress=progress)
+        state = _Run(job, source, endpoint, progress=progress, cache=cache)
         result = await state.run()
     finally:
         if own_endpoint:
@@ -352,11 +463,17 @@ async def run_async(job: Job, *, progress: bool = False, endpoint: Endpoint | No
     return result
 
 
-def run(job: Job | str | Path, *, progress: bool = False) -> RunResult:
-    """Run a job (a Job or a job-file path) and return what it did; output is in result.output_path."""
+def run(job: Job | str | Path, *, progress: bool = False, cache: str = "use") -> RunResult:
+    """Run a job (a Job or a job-file path) and return what it did; output is in result.output_path.
+
+    cache: "use" (resume: rows with a final answer in the ledger are not sent again), "refresh"
+    (send every row again and replace the ledger's answers) or "off" (no ledger at all).
+    """
+    if cache not in ("use", "refresh", "off"):
+        raise ValueError(f"cache must be 'use', 'refresh' or 'off', not {cache!r}")
     if not isinstance(job, Job):
         job = load_job(job)
-    return asyncio.run(run_async(job, progress=progress))
+    return asyncio.run(run_async(job, progress=progress, cache=cache))
 
 
 __all__ = ["ROW_COLUMN", "RunResult", "format_summary", "run", "run_async"]

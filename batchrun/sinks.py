@@ -34,6 +34,7 @@ META_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("finish_reason", pa.string()),
     ("model", pa.string()),
     ("request_id", pa.string()),
+    ("from_cache", pa.bool_()),
 )
 EMBED_DEFAULT_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
 
@@ -58,6 +59,10 @@ class RowResult:
     """Parsed structured output (dict), reply text (str), or embedding (list of floats)."""
     raw_text: str | None = None
     """The reply text when it could not be used as output (refused, schema_invalid, truncated)."""
+    from_cache: bool = False
+    """Answered from the ledger (an earlier run, or an identical request in this run): not paid again."""
+    retryable: bool = False
+    """A failure that another run may fix (5xx, timeouts): not kept as the row's final answer."""
 
 
 def _as_json(value: Any) -> Any:

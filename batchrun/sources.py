@@ -140,6 +140,10 @@ def open_source(spec: InputSpec) -> Source:
         schema = _scan(spec).collect_schema()
         lf = _frame(spec)
         stats = _id_stats(spec, lf, schema)
+        if spec.resolved_format in ("csv", "tsv", "jsonl"):
+            # polars parses only the columns a query touches; parse them all once now, so a ragged
+            # line or a bad value fails here and not halfway through a paid run
+            _scan(spec).select(pl.all().null_count()).collect(engine="streaming")
     except InputError:
         raise
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:

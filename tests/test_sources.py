@@ -133,3 +133,9 @@ def test_csv_type_inference_uses_the_whole_file(tmp_path: Path) -> None:
 
 
 WriteJob = Callable[..., Path]
+
+
+def test_ragged_csv_line_fails_before_the_run(tmp_path: Path) -> None:
+    p = write(tmp_path, "a.csv", "id,text\n1,fine\n2,one, too many\n")
+    with pytest.raises(InputError, match=r"a.csv: cannot read as csv"):
+        open_source(spec(p, id_column="id"))
