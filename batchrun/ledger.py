@@ -29,6 +29,7 @@ from .sinks import RowResult
 COMMIT_ROWS = 200
 COMMIT_SECONDS = 0.25
 SCHEMA_VERSION = "1"
+SIMULATOR = "batchrun-simulator"
 # statuses that are the final answer for a request; others (not_sent, retryable failures) are re-sent
 FINAL_STATUSES = frozenset({"ok", "refused", "filtered", "truncated", "schema_invalid", "failed"})
 
@@ -49,6 +50,7 @@ CREATE TABLE IF NOT EXISTS results (
     output TEXT,
     raw_text TEXT,
     row_id TEXT,
+    endpoint TEXT,
     created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS runs (
@@ -137,9 +139,11 @@ class Ledger:
                 )
 
     def spent(self) -> float:
-        """Dollars recorded for every result in the ledger (all runs)."""
+        """Dollars recorded for every result in the ledger (all runs), the simulator's excluded."""
         with self.lock:
-            (total,) = self.db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM results").fetchone()
+            (total,) = self.db.execute(
+                "SELECT COALESCE(SUM(cost_usd), 0) FROM results WHERE endpoint IS NOT ?", (SIMULATOR,)
+            ).fetchone()
         return float(total)
 
     def stats(self) -> LedgerStats:
@@ -162,7 +166,7 @@ class Ledger:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def record(self, fp: str, result: RowResult) -> None:
+    def record(self, fp: str, result: RowResult, endpoint: str) -> None:
         """Queue a final result; committed with the next flush (see COMMIT_ROWS / COMMIT_SECONDS)."""
         if result.status not in FINAL_STATUSES or result.retryable or result.from_cache:
             return
@@ -183,6 +187,7 @@ class Ledger:
                 output,
                 result.raw_text,
                 result.row_id,
+                endpoint,
                 time.time(),
             )
         )
@@ -204,7 +209,7 @@ class Ledger:
             return
         with self.lock, self.db:
             self.db.execute("BEGIN")
-            self.db.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", batch)
+            self.db.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", batch)
 
     def flush(self) -> None:
         self.write(self.take())

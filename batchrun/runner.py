@@ -24,7 +24,7 @@ from .endpoints import Endpoint, open_endpoint
 from .engine import Budget, Engine, EngineOptions, RunStats, WorkItem
 from .errors import BatchrunError, Interrupted, JobFileError
 from .jobs import Job, load_job
-from .ledger import FINAL_STATUSES, Ledger, fingerprint, ledger_path
+from .ledger import FINAL_STATUSES, SIMULATOR, Ledger, fingerprint, ledger_path
 from .limits import RateLimiter
 from .plan import embedding_groups, price_table_for, too_long_reason
 from .prompts import Renderer, Request
@@ -175,7 +175,7 @@ class _Run:
             audit=self.audit_lines.append if self.audit_path else None,
         )
         # the simulator's port changes every run; its answers are keyed as one endpoint
-        self.endpoint_key = "batchrun-simulator" if endpoint.simulated else endpoint.base_url
+        self.endpoint_key = SIMULATOR if endpoint.simulated else endpoint.base_url
         self.fps: dict[int, str] = {}  # seq → fingerprint, for requests sent in this run
         self.in_flight: set[str] = set()
         self.followers: dict[str, list[tuple[int, Request]]] = {}
@@ -209,7 +209,7 @@ class _Run:
             return
         self.in_flight.discard(fp)
         if self.ledger is not None and result.status in FINAL_STATUSES and not result.retryable:
-            self.ledger.record(fp, result)
+            self.ledger.record(fp, result, self.endpoint_key)
             self.recent[fp] = result
         for f_seq, f_req in self.followers.pop(fp, []):
             self._emit_direct(
