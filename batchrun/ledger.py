@@ -63,12 +63,27 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
-def fingerprint(endpoint: str, kind: str, body: dict[str, Any]) -> str:
-    """Hash of what is actually sent, and where: the cache key of a request."""
-    canonical = json.dumps(
-        {"endpoint": endpoint, "kind": kind, "body": body}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
-    return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).hexdigest()
+class Fingerprinter:
+    """The cache key of a request: a hash of what is actually sent, and where.
+
+    A job's requests differ only in the rendered row text; everything else (endpoint, model,
+    parameters, system and few-shot messages, schema) is hashed once, canonically, and each
+    row's fingerprint is the hash of that digest and the row's text.
+    """
+
+    def __init__(self, endpoint: str, kind: str, constant: dict[str, Any]) -> None:
+        canonical = json.dumps(
+            {"endpoint": endpoint, "kind": kind, "request": constant},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        self.prefix = hashlib.blake2b(canonical.encode("utf-8"), digest_size=32).digest()
+
+    def of(self, text: str) -> str:
+        h = hashlib.blake2b(self.prefix, digest_size=16)
+        h.update(text.encode("utf-8"))
+        return h.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ import polars as pl
 
 from .errors import TemplateError
 from .jobs import Job
+from .ledger import Fingerprinter
 from .sources import ID_COLUMN, ROW_COLUMN
 from .tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, TokenCounter
 
@@ -96,12 +97,25 @@ class Renderer:
         except jinja2.TemplateError as exc:
             raise TemplateError(f"{self.job.source_path}: [prompt.template] row id {row_id!r}: {exc}") from exc
 
-    def render(self, batch: pl.DataFrame) -> list[Request]:
-        """Requests for a batch of rows (as produced by Source.batches)."""
+    def texts(self, batch: pl.DataFrame) -> tuple[list[int], list[str], list[str]]:
+        """(file positions, row ids, rendered user texts) of a batch of rows (from Source.batches)."""
         rows = batch.select(self.columns).to_dicts()
         ids = batch[ID_COLUMN].to_list()
         positions = batch[ROW_COLUMN].to_list()
-        texts = [self.render_text(r, i) for r, i in zip(rows, ids, strict=True)]
+        return positions, ids, [self.render_text(r, i) for r, i in zip(rows, ids, strict=True)]
+
+    def fingerprinter(self, endpoint: str, model: str) -> Fingerprinter:
+        """Fingerprints of this job's requests as sent to `endpoint` with `model` (see ledger)."""
+        if self.kind == "embeddings":
+            constant: dict[str, Any] = {"model": model}
+            if self.job.request.dimensions:
+                constant["dimensions"] = self.job.request.dimensions
+        else:
+            constant = {**self.params, "model": model, "messages": self.fixed_messages}
+        return Fingerprinter(endpoint, self.kind, constant)
+
+    def requests(self, positions: Sequence[int], ids: Sequence[str], texts: Sequence[str]) -> list[Request]:
+        """Requests for rendered rows, their prompt tokens counted in one batch."""
         counts = self.counter.count_texts(texts)
         out: list[Request] = []
         if self.kind == "embeddings":
@@ -124,3 +138,7 @@ class Renderer:
                 )
             )
         return out
+
+    def render(self, batch: pl.DataFrame) -> list[Request]:
+        """Requests for a batch of rows (as produced by Source.batches)."""
+        return self.requests(*self.texts(batch))

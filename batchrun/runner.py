@@ -24,7 +24,7 @@ from .endpoints import Endpoint, open_endpoint
 from .engine import Budget, Engine, EngineOptions, RunStats, WorkItem
 from .errors import BatchrunError, Interrupted, JobFileError
 from .jobs import Job, load_job
-from .ledger import FINAL_STATUSES, SIMULATOR, Ledger, fingerprint, ledger_path
+from .ledger import FINAL_STATUSES, SIMULATOR, Ledger, ledger_path
 from .limits import RateLimiter
 from .plan import embedding_groups, price_table_for, too_long_reason
 from .prompts import Renderer, Request
@@ -175,7 +175,8 @@ class _Run:
             audit=self.audit_lines.append if self.audit_path else None,
         )
         # the simulator's port changes every run; its answers are keyed as one endpoint
-        self.endpoint_key = SIMULATOR if endpoint.simulated else endpoint.base_url
+        self.endpoint_key = SIMULATOR if endpoint.simulated else endpoint.base_url.rstrip("/")
+        self.fingerprinter = self.renderer.fingerprinter(self.endpoint_key, endpoint.model)
         self.fps: dict[int, str] = {}  # seq → fingerprint, for requests sent in this run
         self.in_flight: set[str] = set()
         self.followers: dict[str, list[tuple[int, Request]]] = {}
@@ -193,13 +194,6 @@ class _Run:
             desc="simulated" if endpoint.simulated else job.name,
             file=sys.stderr,
         )
-
-    def _fingerprint(self, req: Request) -> str:
-        body = dict(req.body)
-        body["model"] = self.endpoint.model
-        if self.job.request.kind == "embeddings" and self.job.request.dimensions:
-            body["dimensions"] = self.job.request.dimensions
-        return fingerprint(self.endpoint_key, self.job.request.kind, body)
 
     def _on_result(self, seq: int, result: RowResult) -> None:
         """A sent request's result: into the ledger, then out to this row and any identical rows."""
@@ -231,23 +225,31 @@ class _Run:
         # embedding rows wait here until they fill a request; the last, partial group is carried
         # into the next batch so requests are grouped exactly as `plan` counted them
         todo: list[tuple[int, Request]] = []
-        fps: list[str] = []
-        cached: dict[str, RowResult] = {}
         while (batch := await asyncio.to_thread(next, it, None)) is not None:
-            requests = await asyncio.to_thread(self.renderer.render, batch)
+            positions, ids, texts = await asyncio.to_thread(self.renderer.texts, batch)
             inputs = await asyncio.to_thread(lambda b=batch: b.select(cols).to_dicts())
-            fps = [self._fingerprint(r) for r in requests]
+            fps = await asyncio.to_thread(lambda t=texts: [self.fingerprinter.of(x) for x in t])
             cached: dict[str, RowResult] = {}
             if self.ledger is not None and self.cache_read:
                 cached = await asyncio.to_thread(self.ledger.lookup, fps)
-            for req, row_inputs, fp in zip(requests, inputs, fps, strict=True):
+            # tokens are counted only for rows that may be sent: a resumed run skips the rest
+            misses = [i for i, fp in enumerate(fps) if fp not in cached]
+            fresh = await asyncio.to_thread(
+                self.renderer.requests,
+                [positions[i] for i in misses],
+                [ids[i] for i in misses],
+                [texts[i] for i in misses],
+            )
+            by_index = dict(zip(misses, fresh, strict=True))
+            for i, (row_inputs, fp) in enumerate(zip(inputs, fps, strict=True)):
                 await self.window.acquire()
                 self.inputs[seq] = row_inputs
                 hit = cached.get(fp) or (self.recent.get(fp) if self.cache_read else None)
                 if hit is not None:
-                    self._emit_direct(seq, dataclasses.replace(hit, row=req.row, row_id=req.row_id, from_cache=True))
+                    self._emit_direct(seq, dataclasses.replace(hit, row=positions[i], row_id=ids[i], from_cache=True))
                     seq += 1
                     continue
+                req = by_index[i]
                 if fp in self.in_flight:  # an identical request is already on its way: share its answer
                     self.followers.setdefault(fp, []).append((seq, req))
                     seq += 1
