@@ -151,6 +151,7 @@ class Ledger:
                     request_id=rid,
                     output=json.loads(output) if output is not None else None,
                     raw_text=raw,
+                    from_cache=True,
                 )
 
     def spent(self) -> float:

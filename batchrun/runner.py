@@ -244,9 +244,11 @@ class _Run:
             for i, (row_inputs, fp) in enumerate(zip(inputs, fps, strict=True)):
                 await self.window.acquire()
                 self.inputs[seq] = row_inputs
-                hit = cached.get(fp) or (self.recent.get(fp) if self.cache_read else None)
-                if hit is not None:
-                    self._emit_direct(seq, dataclasses.replace(hit, row=positions[i], row_id=ids[i], from_cache=True))
+                hit = cached.get(fp)
+                if hit is None and self.cache_read and fp in self.recent:
+                    hit = dataclasses.replace(self.recent[fp], from_cache=True)
+                if hit is not None:  # answered before: the row's own columns come from its input
+                    self._emit_direct(seq, hit)
                     seq += 1
                     continue
                 req = by_index[i]
