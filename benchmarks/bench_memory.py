@@ -23,11 +23,11 @@ from _common import SimProcess, make_job, texts
 
 
 def child(rows: int, base_url: str, tmp: Path) -> None:
+    from batchrun.jobs import load_job
     from batchrun.runner import run_async
 
-    data = texts(rows, words=(8, 20))
-    job = make_job(tmp, base_url, data, max_tokens=20, schema=True, name=f"mem{rows}")
-    del data
+    # the input was written by the parent: this process holds only what the run itself needs
+    job = load_job(tmp / f"mem{rows}.toml")
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
     result = asyncio.run(run_async(job))
@@ -44,6 +44,28 @@ def child(rows: int, base_url: str, tmp: Path) -> None:
     )
 
 
+def _write_job_file(job: object, path: Path, base_url: str) -> None:
+    name = path.stem
+    path.write_text(f"""
+name = "{name}"
+[input]
+path = "{name}.parquet"
+[prompt]
+template = "{{{{ text }}}}"
+[request]
+model = "gpt-4o-mini"
+max_tokens = 20
+[output_schema]
+name = "label"
+schema = {{ type = "object", properties = {{ label = {{ type = "string", enum = ["a", "b", "c"] }} }} }}
+[endpoint]
+base_url = "{base_url}"
+api_key_env = "BATCHRUN_BENCH_KEY"
+[output]
+path = "{name}.out.parquet"
+""")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--small", type=int, default=100_000)
@@ -58,6 +80,9 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as d, SimProcess(text_tokens=[3, 6]) as sim:
         for rows in (args.small, args.large):
+            job = make_job(Path(d), sim.base_url, texts(rows, words=(8, 20)), max_tokens=20, schema=True,
+                           name=f"mem{rows}")
+            _write_job_file(job, Path(d) / f"mem{rows}.toml", sim.base_url)
             sim.reset()
             out = subprocess.run(
                 [sys.executable, __file__, "--child", str(rows), "--base-url", sim.base_url, "--tmp", d],
