@@ -65,3 +65,39 @@ a1,hello world
 a2,good product
 a3,bad product
 """
+
+
+LABEL_SCHEMA = '{type="object", properties={label={type="string", enum=["a","b"]}}}'
+
+STRUCTURED_JOB = """
+[input]
+path = "input.csv"
+id_column = "id"
+
+[prompt]
+system = "Label it."
+template = "{{{{ text }}}}"
+
+[request]
+model = "gpt-4o-mini"
+max_tokens = {max_tokens}
+
+[output_schema]
+name = "label"
+schema = {schema}
+
+[limits]
+{limits}
+
+[endpoint]
+base_url = "{base_url}"
+api_key_env = "BATCHRUN_TEST_KEY"
+{extra}
+"""
+
+
+def structured_job(
+    base_url: str, *, max_tokens: int = 100, schema: str = LABEL_SCHEMA, limits: str = "", extra: str = ""
+) -> str:
+    """A structured-output job file against `base_url`, reading input.csv (id, text)."""
+    return STRUCTURED_JOB.format(base_url=base_url, max_tokens=max_tokens, schema=schema, limits=limits, extra=extra)
