@@ -6,7 +6,6 @@ so both sides agree on one format.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -115,7 +114,3 @@ def read_headers(headers: Mapping[str, str]) -> RateLimitHeaders:
         reset_tokens=dur("x-ratelimit-reset-tokens"),
         retry_after=retry_after,
     )
-
-
-def ceil_seconds(seconds: float) -> int:
-    return max(1, math.ceil(seconds))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,6 @@ import pyarrow.parquet as pq
 
 Converter = Callable[[Any], Any]
 
-STATUSES = ("ok", "refused", "truncated", "schema_invalid", "filtered", "too_long", "failed", "not_sent")
 META_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("status", pa.string()),
     ("error", pa.string()),
@@ -259,14 +258,3 @@ class ReorderBuffer:
             ready.append((self.next_seq, self.held.pop(self.next_seq)))
             self.next_seq += 1
         return ready
-
-
-def read_output(path: Path) -> pl.DataFrame:
-    return pl.read_parquet(path)
-
-
-def rows_by_status(results: Iterable[RowResult]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in results:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    return counts

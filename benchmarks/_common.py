@@ -136,9 +136,3 @@ def make_job(
             "schema": {"type": "object", "properties": {"label": {"type": "string", "enum": ["a", "b", "c"]}}},
         }
     return parse_job(data, tmp / f"{name}.toml")
-
-
-def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
