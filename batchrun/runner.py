@@ -185,7 +185,7 @@ class _Run:
             self.engine.embedding_extra["dimensions"] = job.request.dimensions
         self.window = asyncio.Semaphore(self.options.window)
         self.inputs: dict[int, dict[str, Any]] = {}
-        self.total = source.count()
+        self.total = source.rows  # counted when the input was checked: no second scan
         self.bar = tqdm(
             total=self.total,
             unit="row",

@@ -61,6 +61,8 @@ class Source:
     spec: InputSpec
     columns: tuple[str, ...]
     dtypes: tuple[pl.DataType, ...]
+    rows: int
+    """Rows after filter and limit, counted once when the source was opened and checked."""
 
     @property
     def path(self) -> Path:
@@ -69,9 +71,6 @@ class Source:
     def lazy(self) -> pl.LazyFrame:
         """All rows with ROW_COLUMN and ID_COLUMN, filter and limit applied."""
         return _frame(self.spec)
-
-    def count(self) -> int:
-        return int(self.lazy().select(pl.len()).collect(engine="streaming").item())
 
     def batches(self, size: int = 10_000) -> Iterator[pl.DataFrame]:
         """The rows in file order, `size` at a time, without loading the whole file."""
@@ -151,7 +150,7 @@ def open_source(spec: InputSpec) -> Source:
     if stats["rows"] == 0:
         what = "after input.filter/limit" if spec.filter or spec.limit else "below its header"
         raise InputError(f"{path}: no rows {what}; nothing to do")
-    return Source(spec=spec, columns=tuple(schema.names()), dtypes=tuple(schema.dtypes()))
+    return Source(spec=spec, columns=tuple(schema.names()), dtypes=tuple(schema.dtypes()), rows=stats["rows"])
 
 
 def _id_stats(spec: InputSpec, lf: pl.LazyFrame, schema: pl.Schema) -> dict[str, int]:

@@ -80,8 +80,9 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as d, SimProcess(text_tokens=[3, 6]) as sim:
         for rows in (args.small, args.large):
-            job = make_job(Path(d), sim.base_url, texts(rows, words=(8, 20)), max_tokens=20, schema=True,
-                           name=f"mem{rows}")
+            job = make_job(
+                Path(d), sim.base_url, texts(rows, words=(8, 20)), max_tokens=20, schema=True, name=f"mem{rows}"
+            )
             _write_job_file(job, Path(d) / f"mem{rows}.toml", sim.base_url)
             sim.reset()
             out = subprocess.run(

@@ -101,3 +101,23 @@ def structured_job(
 ) -> str:
     """A structured-output job file against `base_url`, reading input.csv (id, text)."""
     return STRUCTURED_JOB.format(base_url=base_url, max_tokens=max_tokens, schema=schema, limits=limits, extra=extra)
+
+
+def start_cli_run(job_path: Path, *, env: dict[str, str] | None = None, capture: bool = False):
+    """`batchrun run JOB -q` in a subprocess (for kill / Ctrl+C tests)."""
+    import subprocess
+    import sys
+
+    pipe = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchrun", "run", str(job_path), "-q"], stdout=pipe, stderr=pipe, text=True, env=env
+    )
+
+
+def wait_for_ok(sim: SimServer, n: int, *, timeout: float = 60, proc=None) -> None:
+    """Wait until the simulator has answered `n` requests with 200 (or the process ended)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while sim.stats()["ok"] < n and time.monotonic() < deadline and (proc is None or proc.poll() is None):
+        time.sleep(0.01)

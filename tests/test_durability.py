@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from batchrun.ledger import COMMIT_SECONDS, Ledger, ledger_path
 from batchrun.runner import RunResult, run_async
 from batchrun.sim import SimServer
 
-from .conftest import structured_job
+from .conftest import start_cli_run, structured_job, wait_for_ok
 
 SimFactory = Callable[..., SimServer]
 
@@ -49,15 +48,8 @@ def test_kill_9_at_random_points_then_resume(make_sim: SimFactory, write_job: Ca
     env = {**os.environ, "BATCHRUN_TEST_KEY": "sk-test"}
     kills = 0
     for stop_at in (60, 220, 400):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "batchrun", "run", str(job.source_path), "-q"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-        deadline = time.monotonic() + 60
-        while sim.stats()["ok"] < stop_at and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.01)
+        proc = start_cli_run(job.source_path, env=env)
+        wait_for_ok(sim, stop_at, proc=proc)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1

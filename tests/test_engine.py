@@ -19,7 +19,7 @@ from batchrun.jobs import Job, load_job
 from batchrun.runner import run_async
 from batchrun.sim import SimServer
 
-from .conftest import REPO, structured_job
+from .conftest import REPO, start_cli_run, structured_job, wait_for_ok
 
 SimFactory = Callable[..., SimServer]
 
@@ -291,19 +291,11 @@ def test_api_key_never_appears_in_output_or_messages(make_sim: SimFactory, write
 
 def test_ctrl_c_finishes_in_flight_and_writes_everything(make_sim: SimFactory, write_job: Callable[..., Path]) -> None:
     import signal
-    import time
 
     sim = make_sim(latency_ms=200)
     job = job_for(write_job, sim, [f"text {i}" for i in range(300)], limits="max_in_flight = 4")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "batchrun", "run", str(job.source_path), "-q"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 30
-    while sim.stats()["ok"] < 8 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = start_cli_run(job.source_path, capture=True)
+    wait_for_ok(sim, 8, timeout=30, proc=proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err

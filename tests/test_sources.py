@@ -81,7 +81,7 @@ def test_row_numbers_are_ids_and_survive_filter_and_limit(tmp_path: Path) -> Non
     assert rows["text"].to_list() == ["b", "d"]
     assert rows[ROW_COLUMN].to_list() == [1, 3]
     assert rows[ID_COLUMN].to_list() == ["1", "3"]
-    assert src.count() == 2
+    assert src.rows == 2
 
 
 def test_filter_that_matches_nothing(tmp_path: Path) -> None:
@@ -129,7 +129,7 @@ def test_csv_type_inference_uses_the_whole_file(tmp_path: Path) -> None:
     lines = ["id,text"] + [f"{i},t" for i in range(500)] + ["A12,t"]
     p = write(tmp_path, "a.csv", "\n".join(lines) + "\n")
     src = open_source(spec(p, id_column="id"))
-    assert src.count() == 501
+    assert src.rows == 501
 
 
 WriteJob = Callable[..., Path]
