@@ -119,6 +119,7 @@ class BatchStore:
         fid = "file-" + secrets.token_hex(12)
         path = self.dir / fid
         if data is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         rec = FileRec(fid, filename, purpose, len(data or b""), int(time.time()), path)
         self.files[fid] = rec
@@ -132,6 +133,7 @@ class BatchStore:
         reader = await request.multipart()
         purpose, filename, size = None, None, 0
         fid = "file-" + secrets.token_hex(12)
+        self.dir.mkdir(parents=True, exist_ok=True)  # a temp cleaner may have removed it
         path = self.dir / fid
         too_large = False
         while (part := await reader.next()) is not None:

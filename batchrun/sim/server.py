@@ -16,6 +16,7 @@ import random
 import secrets
 import threading
 import time
+import traceback
 from collections import Counter, deque
 from dataclasses import asdict
 from typing import Any
@@ -118,6 +119,20 @@ class Stats:
         }
 
 
+@web.middleware
+async def _report_bugs(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A simulator bug answers 500 with its traceback in the error message, so a failing test
+    shows the cause instead of a bare "Error code: 500"."""
+    try:
+        return await handler(request)
+    except (web.HTTPException, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        trace = traceback.format_exc(limit=8)
+        body = error_body(f"simulator bug: {type(exc).__name__}: {exc}\n{trace}", "server_error", None, None)
+        return web.json_response(body, status=500)
+
+
 class Simulator:
     """The server's state and handlers; `app()` builds the aiohttp application."""
 
@@ -152,7 +167,9 @@ class Simulator:
     # -- HTTP plumbing -------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_file_bytes + 1024 * 1024)
+        app = web.Application(
+            client_max_size=self.config.max_file_bytes + 1024 * 1024, middlewares=[_report_bugs]
+        )
         app.add_routes(
             [
                 web.post("/v1/chat/completions", self.handle_chat),
