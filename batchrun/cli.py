@@ -38,13 +38,36 @@ def _run(args: argparse.Namespace) -> int:
         job = job.model_copy(update={"output": job.output.model_copy(update={"path": Path(args.output).resolve()})})
     cache = "off" if args.no_cache else "refresh" if args.refresh else "use"
     try:
-        result = run(job, progress=not args.quiet, cache=cache)
+        result = run(job, progress=not args.quiet, cache=cache, wait=args.wait)
     except BatchrunError as exc:
         partial = getattr(exc, "result", None)
         if partial is not None:
             print(format_summary(partial))
         raise
     print(format_summary(result))
+    return 0
+
+
+def _collect(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .batch_run import run_batch_async
+    from .jobs import load_job
+    from .runner import format_summary
+
+    job = load_job(args.job)
+    result = asyncio.run(run_batch_async(job, progress=not args.quiet, wait=args.wait, start=False))
+    print(format_summary(result))
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .batch_run import cancel_batches
+    from .jobs import load_job
+
+    print(asyncio.run(cancel_batches(load_job(args.job))))
     return 0
 
 
@@ -76,6 +99,10 @@ def _status(args: argparse.Namespace) -> int:
     elif st.last_run:
         print("  last run       did not finish (killed?): run the job again to resume")
     print(f"  output         {job.output_path} ({'present' if job.output_path.exists() else 'not written yet'})")
+    from .batch_run import describe_batches
+
+    for line in describe_batches(path):
+        print(line)
     return 0
 
 
@@ -120,15 +147,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.add_argument("--refresh", action="store_true", help="send every row again, replacing the ledger's answers")
     r.add_argument("--no-cache", action="store_true", help="neither read nor write the ledger (no resume)")
+    r.add_argument(
+        "--wait", action="store_true", help="batch mode: poll until every batch is collected and the output written"
+    )
     r.set_defaults(func=_run)
 
     rs = sub.add_parser("resume", help="continue a stopped or killed run (the same as run)")
     rs.add_argument("job")
     rs.add_argument("-o", "--output")
     rs.add_argument("-q", "--quiet", action="store_true")
+    rs.add_argument("--wait", action="store_true")
     rs.set_defaults(func=_run, refresh=False, no_cache=False)
 
-    st = sub.add_parser("status", help="what the ledger holds for a job; sends nothing")
+    co = sub.add_parser(
+        "collect", help="batch mode: collect finished batches, resubmit what needs it; submits no new job"
+    )
+    co.add_argument("job")
+    co.add_argument("-q", "--quiet", action="store_true")
+    co.add_argument("--wait", action="store_true", help="poll until the output is written")
+    co.set_defaults(func=_collect)
+
+    ca = sub.add_parser("cancel", help="batch mode: cancel the job's pending batches and keep what they finished")
+    ca.add_argument("job")
+    ca.set_defaults(func=_cancel)
+
+    st = sub.add_parser("status", help="what the ledger holds for a job, and its batches; sends nothing")
     st.add_argument("job")
     st.set_defaults(func=_status)
 

@@ -174,6 +174,28 @@ class OutputSpec(_Spec):
     """Append every request and response to this JSONL file (headers redacted; never the key)."""
 
 
+class BatchSpec(_Spec):
+    """[batch]: how the Batch API is used when mode is "batch" (or "auto" picks it)."""
+
+    tier: int = Field(default=1, ge=1, le=5)
+    """The account's usage tier: sets the default enqueued-token limit (data/batch_limits.toml)."""
+    enqueued_token_limit: int | None = Field(default=None, gt=0)
+    """Input tokens this model may have queued in pending batches; overrides the tier's default."""
+    max_lines: int = Field(default=50_000, gt=0, le=100_000)
+    """Requests per shard file (OpenAI 50,000; Azure 100,000)."""
+    max_bytes: int = Field(default=200 * 1000 * 1000, gt=0, le=200 * 1024 * 1024)
+    """Bytes per shard file as written (the API's limit is 200 MB)."""
+    poll_seconds: float = Field(default=30.0, gt=0)
+    """Least time between two polls of the same batch; polling backs off from here to poll_max_seconds."""
+    poll_max_seconds: float = Field(default=300.0, gt=0)
+    online_fallback: bool = False
+    """When the deadline is near, cancel what is still queued and send the rest online (full price)."""
+    delete_files: bool = True
+    """Delete uploaded shards and downloaded result files from the server once collected."""
+    keep_shards: bool = False
+    """Keep the shard JSONL files on disk (beside the output, in <output>.shards/) for inspection."""
+
+
 class PricingSpec(_Spec):
     table: Path | None = None
     models: dict[str, dict[str, float]] = Field(default_factory=dict)
@@ -193,6 +215,7 @@ class Job(_Spec):
     limits: LimitsSpec = LimitsSpec()
     budget: BudgetSpec = BudgetSpec()
     output: OutputSpec = OutputSpec()
+    batch: BatchSpec = BatchSpec()
     pricing: PricingSpec = PricingSpec()
     # filled in by load_job, not written in TOML
     source_path: Path | None = Field(default=None, exclude=True)

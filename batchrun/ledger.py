@@ -53,6 +53,44 @@ CREATE TABLE IF NOT EXISTS results (
     endpoint TEXT,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS batch_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    round INTEGER NOT NULL DEFAULT 0,
+    sharding INTEGER NOT NULL DEFAULT 0,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    note TEXT
+);
+CREATE TABLE IF NOT EXISTS shards (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL,
+    round INTEGER NOT NULL,
+    number INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    lines INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    state TEXT NOT NULL,
+    file_id TEXT,
+    batch_id TEXT,
+    batch_status TEXT,
+    completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    submits INTEGER NOT NULL DEFAULT 0,
+    note TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batch_items (
+    fingerprint TEXT PRIMARY KEY,
+    shard_id INTEGER NOT NULL,
+    row_id TEXT,
+    attempts INTEGER NOT NULL,
+    last_error TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS batch_items_shard ON batch_items (shard_id);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     started_at REAL NOT NULL,
@@ -84,6 +122,53 @@ class Fingerprinter:
         h = hashlib.blake2b(self.prefix, digest_size=16)
         h.update(text.encode("utf-8"))
         return h.hexdigest()
+
+
+SHARD_FIELDS = (
+    "id", "run_id", "round", "number", "path", "lines", "bytes", "tokens", "sha256", "state", "file_id",
+    "batch_id", "batch_status", "completed", "failed", "submits", "note", "updated_at",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRecord:
+    """A shard as the ledger knows it. `state` moves written → uploading → uploaded → creating →
+    submitted → collected; each step is committed before and after its API call."""
+
+    id: int
+    run_id: int
+    round: int
+    number: int
+    path: str
+    lines: int
+    bytes: int
+    tokens: int
+    sha256: str
+    state: str
+    file_id: str | None
+    batch_id: str | None
+    batch_status: str | None
+    completed: int
+    failed: int
+    submits: int
+    note: str | None
+    updated_at: float
+
+    @property
+    def filename(self) -> str:
+        return Path(self.path).name
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRunRecord:
+    id: int
+    job_key: str
+    state: str
+    round: int
+    sharding: bool
+    started_at: float
+    finished_at: float | None
+    note: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,24 +203,34 @@ class Ledger:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def lookup(self, fingerprints: Sequence[str]) -> dict[str, RowResult]:
-        """Final results already paid for, by fingerprint (row and row_id left for the caller)."""
+    def lookup(
+        self, fingerprints: Sequence[str], origin: dict[str, tuple[str | None, float]] | None = None
+    ) -> dict[str, RowResult]:
+        """Final results already paid for, by fingerprint (row and row_id left for the caller).
+        With `origin`, also fills fingerprint → (row id it was first answered for, time recorded)."""
         found: dict[str, RowResult] = {}
         with self.lock:
-            self._lookup(fingerprints, found)
+            self._lookup(fingerprints, found, origin)
         return found
 
-    def _lookup(self, fingerprints: Sequence[str], found: dict[str, RowResult]) -> None:
+    def _lookup(
+        self,
+        fingerprints: Sequence[str],
+        found: dict[str, RowResult],
+        origin: dict[str, tuple[str | None, float]] | None = None,
+    ) -> None:
         for start in range(0, len(fingerprints), 900):  # SQLite's bound-parameter limit
             chunk = list(fingerprints[start : start + 900])
             marks = ",".join("?" * len(chunk))
             for row in self.db.execute(
                 "SELECT fingerprint, status, error, attempts, prompt_tokens, completion_tokens, cost_usd, "
-                f"latency_ms, finish_reason, model, request_id, output, raw_text FROM results "
+                f"latency_ms, finish_reason, model, request_id, output, raw_text, row_id, created_at FROM results "
                 f"WHERE fingerprint IN ({marks})",
                 chunk,
             ):
-                fp, status, error, attempts, pt, ct, cost, lat, finish, model, rid, output, raw = row
+                fp, status, error, attempts, pt, ct, cost, lat, finish, model, rid, output, raw, row_id, at = row
+                if origin is not None:
+                    origin[fp] = (row_id, at)
                 found[fp] = RowResult(
                     row=-1,
                     row_id="",
@@ -246,6 +341,144 @@ class Ledger:
                 "UPDATE runs SET finished_at = ?, rows = ?, summary = ? WHERE id = ?",
                 (time.time(), rows, json.dumps(summary), self.run_id),
             )
+
+
+class BatchBook:
+    """The Batch API's part of the ledger: batch runs, their shards, and which request is in which shard.
+
+    Shares the ledger's connection; every method is one short transaction, so a crash leaves
+    each shard in the last state that was committed.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.db = ledger.db
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def active_run(self, job_key: str) -> BatchRunRecord | None:
+        row = self.db.execute(
+            "SELECT id, job_key, state, round, sharding, started_at, finished_at, note FROM batch_runs "
+            "WHERE job_key = ? AND state = 'active' ORDER BY id DESC LIMIT 1",
+            (job_key,),
+        ).fetchone()
+        return None if row is None else BatchRunRecord(*row[:4], bool(row[4]), *row[5:])
+
+    def last_run(self, job_key: str) -> BatchRunRecord | None:
+        row = self.db.execute(
+            "SELECT id, job_key, state, round, sharding, started_at, finished_at, note FROM batch_runs "
+            "WHERE job_key = ? ORDER BY id DESC LIMIT 1",
+            (job_key,),
+        ).fetchone()
+        return None if row is None else BatchRunRecord(*row[:4], bool(row[4]), *row[5:])
+
+    def start_run(self, job_key: str) -> BatchRunRecord:
+        with self.ledger.lock, self.db:
+            self.db.execute(
+                "INSERT INTO batch_runs (job_key, state, started_at) VALUES (?, 'active', ?)", (job_key, time.time())
+            )
+        run = self.active_run(job_key)
+        assert run is not None
+        return run
+
+    def update_run(self, run_id: int, **fields: Any) -> None:
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.ledger.lock, self.db:
+            self.db.execute(f"UPDATE batch_runs SET {sets} WHERE id = ?", (*fields.values(), run_id))
+
+    def finish_run(self, run_id: int, state: str, note: str | None = None) -> None:
+        """Close a batch run; its item map is dropped (the results stay in the ledger)."""
+        with self.ledger.lock, self.db:
+            self.db.execute("BEGIN")
+            self.db.execute(
+                "UPDATE batch_runs SET state = ?, finished_at = ?, note = ? WHERE id = ?",
+                (state, time.time(), note, run_id),
+            )
+            self.db.execute(
+                "DELETE FROM batch_items WHERE shard_id IN (SELECT id FROM shards WHERE run_id = ?)", (run_id,)
+            )
+
+    # -- shards --------------------------------------------------------------------------------
+
+    def shards(self, run_id: int) -> list[ShardRecord]:
+        cols = ", ".join(SHARD_FIELDS)
+        rows = self.db.execute(f"SELECT {cols} FROM shards WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
+        return [ShardRecord(*r) for r in rows]
+
+    def shard(self, shard_id: int) -> ShardRecord:
+        cols = ", ".join(SHARD_FIELDS)
+        return ShardRecord(*self.db.execute(f"SELECT {cols} FROM shards WHERE id = ?", (shard_id,)).fetchone())
+
+    def add_shard(self, run_id: int, round_no: int, shard: Any, items: Sequence[tuple[str, str, int]]) -> ShardRecord:
+        """Record a written shard and its lines, (custom_id, row_id, attempts so far), in one transaction."""
+        with self.ledger.lock, self.db:
+            self.db.execute("BEGIN")
+            cur = self.db.execute(
+                "INSERT INTO shards (run_id, round, number, path, lines, bytes, tokens, sha256, state, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'written', ?)",
+                (run_id, round_no, shard.number, str(shard.path), shard.lines, shard.bytes, shard.tokens,
+                 shard.sha256, time.time()),
+            )  # fmt: skip
+            sid = cur.lastrowid
+            self.db.executemany(
+                "INSERT OR REPLACE INTO batch_items (fingerprint, shard_id, row_id, attempts, last_error) "
+                "VALUES (?, ?, ?, ?, NULL)",
+                [(fp, sid, row_id, attempts + 1) for fp, row_id, attempts in items],
+            )
+        assert sid is not None
+        return self.shard(sid)
+
+    def update_shard(self, shard_id: int, **fields: Any) -> ShardRecord:
+        fields["updated_at"] = time.time()
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.ledger.lock, self.db:
+            self.db.execute(f"UPDATE shards SET {sets} WHERE id = ?", (*fields.values(), shard_id))
+        return self.shard(shard_id)
+
+    def drop_unfinished_sharding(self, run_id: int) -> list[ShardRecord]:
+        """Shards of an interrupted sharding pass that were never uploaded: forgotten, to be written again."""
+        cols = ", ".join(SHARD_FIELDS)
+        rows = [
+            ShardRecord(*r)
+            for r in self.db.execute(
+                f"SELECT {cols} FROM shards WHERE run_id = ? AND state = 'written' AND round = "
+                "(SELECT round FROM batch_runs WHERE id = ?)",
+                (run_id, run_id),
+            )
+        ]
+        with self.ledger.lock, self.db:
+            self.db.execute("BEGIN")
+            for r in rows:
+                self.db.execute("DELETE FROM batch_items WHERE shard_id = ?", (r.id,))
+                self.db.execute("DELETE FROM shards WHERE id = ?", (r.id,))
+        return rows
+
+    # -- items ---------------------------------------------------------------------------------
+
+    def items(self, fingerprints: Sequence[str]) -> dict[str, tuple[int, int, str | None, str]]:
+        """fingerprint → (shard id, attempts, last error, shard state) for requests already sharded."""
+        found: dict[str, tuple[int, int, str | None, str]] = {}
+        with self.ledger.lock:
+            for start in range(0, len(fingerprints), 900):
+                chunk = list(fingerprints[start : start + 900])
+                marks = ",".join("?" * len(chunk))
+                for fp, sid, attempts, err, state in self.db.execute(
+                    "SELECT i.fingerprint, i.shard_id, i.attempts, i.last_error, s.state FROM batch_items i "
+                    f"JOIN shards s ON s.id = i.shard_id WHERE i.fingerprint IN ({marks})",
+                    chunk,
+                ):
+                    found[fp] = (sid, attempts, err, state)
+        return found
+
+    def shard_items(self, shard_id: int) -> dict[str, str | None]:
+        """custom_id → row id for every line of a shard."""
+        return dict(self.db.execute("SELECT fingerprint, row_id FROM batch_items WHERE shard_id = ?", (shard_id,)))
+
+    def note_failures(self, failures: Sequence[tuple[str, str]]) -> None:
+        """Remember why lines came back without a final answer: (custom_id, error)."""
+        with self.ledger.lock, self.db:
+            self.db.executemany("UPDATE batch_items SET last_error = ? WHERE fingerprint = ?",
+                                [(err, fp) for fp, err in failures])  # fmt: skip
 
 
 def ledger_path(output: Path) -> Path:

@@ -18,6 +18,15 @@ class Parsed:
     finish_reason: str | None = None
 
 
+def usage_tokens(reply: dict[str, Any]) -> tuple[int | None, int | None, int]:
+    """(prompt, completion, cached prompt) tokens a reply reports; None where it reports nothing."""
+    usage = reply.get("usage") or None
+    if not usage:
+        return None, None, 0
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    return usage.get("prompt_tokens"), usage.get("completion_tokens"), cached
+
+
 class ReplyParser:
     """Turns chat completions into statuses and outputs, validating structured replies."""
 

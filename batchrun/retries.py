@@ -97,6 +97,20 @@ def classify(exc: BaseException) -> Failure:
     raise exc
 
 
+def line_failure(status_code: int | None, body: Any, error: Any) -> Failure:
+    """What a Batch API result line that is not a 200 means: send again in a later batch (RETRY), or
+    the row's final answer (ROW_FAILED). Expired and cancelled lines carry `error` and no response;
+    per-request HTTP failures carry a 4xx/5xx `status_code` with the error in the body."""
+    if status_code is None:
+        code = (error or {}).get("code") or "no_response"
+        return Failure(Action.RETRY, f"{code}: {(error or {}).get('message') or 'no response for this line'}")
+    err = body.get("error") if isinstance(body, dict) else None
+    message = str((err or {}).get("message") or body)[:500] if err or body else "no body"
+    if status_code == 429 or status_code in RETRYABLE_STATUS or status_code >= 500:
+        return Failure(Action.RETRY, f"{status_code} {message}", status_code)
+    return Failure(Action.ROW_FAILED, f"{status_code} {message}", status_code)
+
+
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """Exponential backoff with full jitter: uniform(0, min(cap, base · 2^attempt))."""

@@ -60,9 +60,23 @@ class RunResult:
     ledger_path: Path | None = None
     stopped: str | None = None
     notes: list[str] = field(default_factory=list)
+    mode: str = "online"
+    waiting: str | None = None
+    """Batch mode: why the output is not written yet (batches still running)."""
+    batch_ids: list[str] = field(default_factory=list)
 
     def frame(self) -> pl.DataFrame:
         return pl.read_parquet(self.output_path)
+
+    @classmethod
+    def empty(cls, job: Job, *, waiting: str, simulated: bool, notes: list[str], **kw: Any) -> RunResult:
+        """A batch invocation that wrote no output yet."""
+        return cls(
+            job=job.name, output_path=job.output_path, rows=0, by_status={}, prompt_tokens=0, completion_tokens=0,
+            cost_usd=0.0, price_known=True, latency_p50_ms=None, latency_p95_ms=None, latency_max_ms=None,
+            requests_sent=0, rate_limited=0, retries=0, wall_seconds=0.0, minimum_seconds=0.0, limits=(None, None),
+            simulated=simulated, notes=notes, mode="batch", waiting=waiting, **kw,
+        )  # fmt: skip
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -75,6 +89,11 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def format_summary(r: RunResult) -> str:
     """The end-of-run table `batchrun run` prints."""
+    if r.waiting is not None:
+        head = f"{'SIMULATED batch' if r.simulated else 'Batch'} job {r.job!r}: output not written yet"
+        return "\n".join([head, f"  batches      {r.waiting}", *(f"  note         {n}" for n in r.notes)])
+    if r.mode != "online":
+        return _format_batch(r)
     order = ["ok", "refused", "truncated", "schema_invalid", "filtered", "too_long", "failed", "not_sent"]
     statuses = "   ".join(f"{k} {r.by_status[k]:,}" for k in order if r.by_status.get(k))
     cost = f"${r.cost_usd:,.4f}" if r.price_known else "unknown (no price for this model)"
@@ -98,6 +117,23 @@ def format_summary(r: RunResult) -> str:
     ]
     if r.stopped:
         lines.append(f"  STOPPED      {r.stopped}")
+    lines += [f"  note         {n}" for n in r.notes]
+    return "\n".join(lines)
+
+
+def _format_batch(r: RunResult) -> str:
+    order = ["ok", "refused", "truncated", "schema_invalid", "filtered", "too_long", "failed", "not_sent"]
+    statuses = "   ".join(f"{k} {r.by_status[k]:,}" for k in order if r.by_status.get(k))
+    cost = f"${r.cost_usd:,.4f} at the Batch API price" if r.price_known else "unknown (no price for this model)"
+    lines = [
+        f"{'SIMULATED batch run' if r.simulated else 'Batch run'} of {r.job!r} → {r.output_path}",
+        f"  rows         {r.rows:,}   {statuses}",
+        f"  tokens       prompt {r.prompt_tokens:,}   completion {r.completion_tokens:,}",
+        f"  cost         {cost}" + ("   (simulated: nothing billed)" if r.simulated else ""),
+        f"  requests     {r.requests_sent:,} in {len(r.batch_ids)} batch(es)   {r.retries:,} sent again",
+        f"  cache        {r.cached_rows:,} rows answered from the ledger — ${r.cached_usd:,.4f} not spent again",
+        f"  wall time    {r.wall_seconds:,.1f} s (this invocation)",
+    ]
     lines += [f"  note         {n}" for n in r.notes]
     return "\n".join(lines)
 
@@ -399,8 +435,6 @@ class _Run:
         stats = self.engine.stats
         lat = sorted(stats.latencies_ms)
         notes = []
-        if self.job.mode == "auto":
-            notes.append('mode "auto" ran online: batch mode is not available in this version yet')
         if self.endpoint.simulated:
             notes.append(
                 "simulated endpoint: replies are synthetic, nothing was billed; set the API key to run for real"
@@ -439,16 +473,46 @@ class _Run:
         )
 
 
+def choose_mode(job: Job) -> tuple[str, str]:
+    """The mode a job runs in, and why: its own, or for "auto" the plan's recommendation
+    (a batch run already under way is always continued)."""
+    if job.mode != "auto":
+        return job.mode, f'mode = "{job.mode}"'
+    path = job.output.ledger or ledger_path(job.output_path)
+    if path.exists():
+        from .batch_run import BatchJob
+
+        if BatchJob.has_active_run(job, path):
+            return "batch", "a batch run of this job is under way"
+    from .plan import make_plan
+
+    plan = make_plan(job)
+    return plan.recommended_mode, plan.recommendation
+
+
 async def run_async(
-    job: Job, *, progress: bool = False, endpoint: Endpoint | None = None, cache: str = "use"
+    job: Job,
+    *,
+    progress: bool = False,
+    endpoint: Endpoint | None = None,
+    cache: str = "use",
+    wait: bool = False,
 ) -> RunResult:
-    """Run a job online; raises the stop error (with `.result`) if the run had to stop."""
-    if job.mode == "batch":
-        raise JobFileError(
-            job.source_path,
-            "mode",
-            'batch mode (the OpenAI Batch API) is not available in this version yet; use mode = "online" or "auto"',
-        )
+    """Run a job (online, or through the Batch API for mode "batch" / a chosen "auto");
+    raises the stop error (with `.result`) if the run had to stop."""
+    if job.mode != "online":
+        from .batch_run import run_batch_async
+
+        mode, why = await asyncio.to_thread(choose_mode, job)
+        if mode == "batch":
+            result = await run_batch_async(job, progress=progress, endpoint=endpoint, cache=cache, wait=wait)
+            if job.mode == "auto":
+                result.notes.insert(0, f'mode "auto" chose the Batch API: {why}')
+            return result
+        job = job.model_copy(update={"mode": "online"})
+        auto_note = f'mode "auto" chose online: {why}'
+    else:
+        auto_note = None
     source = await asyncio.to_thread(open_source, job.input)
     own_endpoint = endpoint is None
     endpoint = endpoint or await asyncio.to_thread(open_endpoint, job)
@@ -457,6 +521,8 @@ async def run_async(
             print(endpoint.banner, file=sys.stderr)
         state = _Run(job, source, endpoint, progress=progress, cache=cache)
         result = await state.run()
+        if auto_note:
+            result.notes.insert(0, auto_note)
     finally:
         if own_endpoint:
             await endpoint.close()
@@ -467,8 +533,11 @@ async def run_async(
     return result
 
 
-def run(job: Job | str | Path, *, progress: bool = False, cache: str = "use") -> RunResult:
+def run(job: Job | str | Path, *, progress: bool = False, cache: str = "use", wait: bool = False) -> RunResult:
     """Run a job (a Job or a job-file path) and return what it did; output is in result.output_path.
+
+    Batch mode: one step (submit what is ready, collect what finished) unless `wait`, which
+    polls until the output is written; `result.waiting` says what is still running.
 
     cache: "use" (resume: rows with a final answer in the ledger are not sent again), "refresh"
     (send every row again and replace the ledger's answers) or "off" (no ledger at all).
@@ -477,7 +546,7 @@ def run(job: Job | str | Path, *, progress: bool = False, cache: str = "use") ->
         raise ValueError(f"cache must be 'use', 'refresh' or 'off', not {cache!r}")
     if not isinstance(job, Job):
         job = load_job(job)
-    return asyncio.run(run_async(job, progress=progress, cache=cache))
+    return asyncio.run(run_async(job, progress=progress, cache=cache, wait=wait))
 
 
 __all__ = ["ROW_COLUMN", "RunResult", "format_summary", "run", "run_async"]

@@ -167,9 +167,7 @@ class Simulator:
     # -- HTTP plumbing -------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=self.config.max_file_bytes + 1024 * 1024, middlewares=[_report_bugs]
-        )
+        app = web.Application(client_max_size=self.config.max_file_bytes + 1024 * 1024, middlewares=[_report_bugs])
         app.add_routes(
             [
                 web.post("/v1/chat/completions", self.handle_chat),

@@ -1,0 +1,270 @@
+"""The Files and Batch API as batchrun uses them: one small client, retries through `retries`,
+and one normalised view of a batch whoever serves it.
+
+Azure OpenAI reports the same objects a little differently (capitalised statuses,
+ISO-8601 timestamps, `request_counts` null while validating); `BatchInfo.from_api`
+turns both into one shape. Batches are read as raw JSON for that reason, not
+through the SDK's typed models.
+
+Uploads and batch creation are not idempotent on the server. When such a call
+fails ambiguously (timeout, dropped connection, 5xx: the server may have acted),
+the client first looks for what it may have created — the file by its unique
+name, the batch by its metadata tag — and only sends again if it finds nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import openai
+
+from .errors import EndpointError, QuotaExhausted
+from .retries import Action, Backoff, classify
+
+try:  # the HTTP library under the openai SDK: httpx2 in current releases, httpx before
+    from httpx2 import Response as HTTP_RESPONSE
+except ImportError:  # pragma: no cover
+    from httpx import Response as HTTP_RESPONSE  # type: ignore[assignment,no-redef]
+
+T = TypeVar("T")
+API_BACKOFF = Backoff(base=1.0, cap=60.0)
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+PENDING = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
+
+
+def _snake(status: str) -> str:
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", "_", status.strip()).lower()
+
+
+def _epoch(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchInfo:
+    """A batch as OpenAI or Azure reports it, normalised."""
+
+    id: str
+    status: str
+    input_file_id: str | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    created_at: float | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    errors: tuple[dict[str, Any], ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> BatchInfo:
+        counts = data.get("request_counts") or {}
+        errors = data.get("errors")
+        if isinstance(errors, dict):
+            errors = errors.get("data")
+        return cls(
+            id=str(data["id"]),
+            status=_snake(str(data.get("status") or "")),
+            input_file_id=data.get("input_file_id"),
+            output_file_id=data.get("output_file_id") or None,
+            error_file_id=data.get("error_file_id") or None,
+            created_at=_epoch(data.get("created_at")),
+            total=int(counts.get("total") or 0),
+            completed=int(counts.get("completed") or 0),
+            failed=int(counts.get("failed") or 0),
+            errors=tuple(e for e in (errors or []) if isinstance(e, dict)),
+            metadata={str(k): str(v) for k, v in (data.get("metadata") or {}).items()},
+        )
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def token_limit_exceeded(self) -> bool:
+        return self.status == "failed" and any(e.get("code") == "token_limit_exceeded" for e in self.errors)
+
+
+class BatchClient:
+    """Files + Batch API calls with batchrun's retries (the SDK's are off)."""
+
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        *,
+        max_attempts: int = 8,
+        backoff: Backoff = API_BACKOFF,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.client = client
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.sleep = sleep
+        self.rng = random.Random()
+        self.calls = 0
+
+    async def _call(
+        self,
+        what: str,
+        op: Callable[[], Awaitable[T]],
+        recover: Callable[[], Awaitable[T | None]] | None = None,
+    ) -> T:
+        """Run `op`, retrying what is worth retrying; after an ambiguous failure, `recover` looks
+        for what the failed call may have created before `op` is sent again."""
+        for attempt in range(1, self.max_attempts + 1):
+            self.calls += 1
+            try:
+                return await op()
+            except (openai.APIError, openai.APIConnectionError) as exc:
+                failure = classify(exc)
+            if failure.action is Action.STOP_QUOTA:
+                raise QuotaExhausted(
+                    f"{what}: the account is out of quota ({failure.message}). What was collected is kept; "
+                    "add credit, then run the job again."
+                )
+            if failure.action in (Action.RETRY, Action.RATE_LIMITED) and attempt < self.max_attempts:
+                await self.sleep(self.backoff.delay(attempt, self.rng, failure.wait))
+                if recover is not None and failure.action is Action.RETRY:
+                    found = await recover()
+                    if found is not None:
+                        return found
+                continue
+            raise EndpointError(f"{what} failed: {failure.message}")
+        raise AssertionError("unreachable")
+
+    async def _json(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+        options = {"params": params} if params else {}
+        if method == "GET":
+            response = await self.client.get(path, cast_to=HTTP_RESPONSE, options=options)
+        else:
+            response = await self.client.post(path, body=body, cast_to=HTTP_RESPONSE, options=options)
+        return json.loads(response.content)
+
+    # -- capability ----------------------------------------------------------------------------
+
+    async def probe(self) -> None:
+        """Fail early, before anything is uploaded, when the server has no Batch API."""
+        try:
+            await self._json("GET", "/batches", params={"limit": 1})
+        except openai.NotFoundError as exc:
+            raise EndpointError(
+                f"this server has no Batch API (GET {self.client.base_url}batches answered 404). "
+                'Use mode = "online" for servers such as vLLM, Ollama or llama.cpp.'
+            ) from exc
+        except openai.APIStatusError as exc:
+            if exc.status_code == 405:
+                raise EndpointError(
+                    'this server has no Batch API (GET batches answered 405); use mode = "online".'
+                ) from exc
+            failure = classify(exc)
+            if failure.action in (Action.STOP_ENDPOINT, Action.STOP_QUOTA, Action.ROW_FAILED):
+                raise EndpointError(f"the Batch API refused us: {failure.message}") from exc
+
+    # -- files ---------------------------------------------------------------------------------
+
+    async def find_file(self, filename: str, size: int) -> str | None:
+        """The id of an uploaded batch file with this name and size, if there is one."""
+
+        async def op() -> str | None:
+            async for f in self.client.files.list(purpose="batch"):
+                if f.filename == filename and f.bytes == size:
+                    return f.id
+            return None
+
+        return await self._call(f"listing files to find {filename}", op)
+
+    async def upload(self, path: Path, size: int) -> str:
+        """Upload a shard (its file name is unique to the job, round and shard) and return the file id."""
+
+        async def op() -> str:
+            return (await self.client.files.create(file=path, purpose="batch")).id
+
+        return await self._call(f"uploading {path.name}", op, lambda: self.find_file(path.name, size))
+
+    async def download(self, file_id: str, dest: Path) -> int:
+        """Stream a file's content to disk; returns its size."""
+
+        async def op() -> int:
+            size = 0
+            async with self.client.files.with_streaming_response.content(file_id) as response:
+                with dest.open("wb") as f:
+                    async for chunk in response.iter_bytes(1 << 20):
+                        await asyncio.to_thread(f.write, chunk)
+                        size += len(chunk)
+            return size
+
+        return await self._call(f"downloading {file_id}", op)
+
+    async def delete_file(self, file_id: str) -> None:
+        async def op() -> None:
+            # already gone (expired, or deleted by an earlier run) is fine
+            with contextlib.suppress(openai.NotFoundError):
+                await self.client.files.delete(file_id)
+
+        await self._call(f"deleting {file_id}", op)
+
+    # -- batches -------------------------------------------------------------------------------
+
+    async def find_batch(self, tags: dict[str, str], since: float | None = None) -> BatchInfo | None:
+        """The newest batch whose metadata carries all of `tags`, looking back to `since` (epoch s)."""
+
+        async def op() -> BatchInfo | None:
+            after: str | None = None
+            while True:
+                params: dict[str, Any] = {"limit": 100}
+                if after:
+                    params["after"] = after
+                page = await self._json("GET", "/batches", params=params)
+                items = [BatchInfo.from_api(d) for d in page.get("data") or []]
+                for info in items:
+                    if all(info.metadata.get(k) == v for k, v in tags.items()):
+                        return info
+                if not page.get("has_more") or not items:
+                    return None
+                oldest = items[-1].created_at
+                if since is not None and oldest is not None and oldest < since - 3600:
+                    return None
+                after = items[-1].id
+
+        return await self._call("listing batches", op)
+
+    async def create(self, file_id: str, endpoint: str, tags: dict[str, str], since: float | None = None) -> BatchInfo:
+        """Create a batch tagged with `tags`; after an ambiguous failure, find it by its tags first."""
+
+        async def op() -> BatchInfo:
+            body = {"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h", "metadata": tags}
+            return BatchInfo.from_api(await self._json("POST", "/batches", body=body))
+
+        async def recover() -> BatchInfo | None:
+            found = await self.find_batch(tags, since)
+            return found if found is not None and found.input_file_id in (None, file_id) else None
+
+        return await self._call("creating a batch", op, recover)
+
+    async def retrieve(self, batch_id: str) -> BatchInfo:
+        async def op() -> BatchInfo:
+            return BatchInfo.from_api(await self._json("GET", f"/batches/{batch_id}"))
+
+        return await self._call(f"reading batch {batch_id}", op)
+
+    async def cancel(self, batch_id: str) -> BatchInfo:
+        async def op() -> BatchInfo:
+            return BatchInfo.from_api(await self._json("POST", f"/batches/{batch_id}/cancel"))
+
+        return await self._call(f"cancelling batch {batch_id}", op)

@@ -1,0 +1,807 @@
+"""A job through the OpenAI Batch API: shard, upload, submit, poll, collect, resubmit, write.
+
+Every invocation (`batchrun run`, the next cron tick, `batchrun collect`) does one
+"tick" or, with `--wait`, ticks until the job is done:
+
+    recover   steps a crash left half-done are found on the server, never redone blindly
+    poll      each submitted batch is read; finished ones are collected into the ledger
+    submit    written shards are uploaded and submitted while the enqueued-token queue has room
+    reshard   when nothing is outstanding, requests still without a final answer (expired,
+              cancelled, failed lines worth retrying) go into the next round of shards
+    write     when no request is left, the Parquet output is written from the ledger, in input order
+
+The ledger is the only state: shards and their steps (`BatchBook`), and results by
+fingerprint — the same results table, statuses and columns as an online run, so an
+online run and a batch run of one job write the same file. A request's custom_id
+is its fingerprint: identical rows are sent once, and a line maps back to its
+answer whatever order the output file is in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from . import failpoints
+from .batch_api import PENDING, BatchClient, BatchInfo
+from .endpoints import Endpoint
+from .errors import BudgetExceeded, EndpointError, JobFileError
+from .jobs import Job
+from .ledger import SIMULATOR, BatchBook, BatchRunRecord, Ledger, ShardRecord, ledger_path
+from .plan import price_table_for, too_long_reason
+from .prompts import Renderer
+from .replies import ReplyParser, usage_tokens
+from .retries import Action, line_failure
+from .shards import CHAT_URL, EMBEDDINGS_URL, Shard, ShardLimits, ShardLine, ShardWriter
+from .sinks import OutputLayout, ParquetSink, RowResult, make_layout
+from .sources import Source
+
+OUTSTANDING = frozenset({"written", "uploading", "uploaded", "creating", "submitted"})
+
+
+@dataclass
+class Tally:
+    """What the output holds, counted while it is written."""
+
+    rows: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cached_rows: int = 0
+    cached_usd: float = 0.0
+
+    def add(self, r: RowResult) -> None:
+        self.rows += 1
+        self.by_status[r.status] = self.by_status.get(r.status, 0) + 1
+        if r.from_cache:
+            self.cached_rows += 1
+            self.cached_usd += r.cost_usd or 0.0
+            return
+        self.prompt_tokens += r.prompt_tokens or 0
+        self.completion_tokens += r.completion_tokens or 0
+        self.cost_usd += r.cost_usd or 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TickReport:
+    """Where a batch job stands after a tick."""
+
+    done: bool
+    shards: tuple[ShardRecord, ...]
+    lines_total: int
+    lines_finished: int
+    notes: tuple[str, ...] = ()
+
+
+class BatchJob:
+    """One job's Batch API state machine, driven tick by tick."""
+
+    def __init__(
+        self,
+        job: Job,
+        source: Source,
+        endpoint: Endpoint,
+        *,
+        cache: str = "use",
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        if cache == "off":
+            raise JobFileError(
+                job.source_path,
+                "mode",
+                "batch mode keeps its state (shards, batch ids, results) in the ledger; --no-cache is for "
+                "online runs only (use --refresh to send every row again)",
+            )
+        self.job = job
+        self.source = source
+        self.endpoint = endpoint
+        self.echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.cache_read = cache == "use"
+        self.renderer = Renderer(job, source.columns)
+        table = price_table_for(job)
+        self.price = table.lookup(job.request.model)
+        self.discount = table.batch_discount
+        self.context = self.price.context_window if self.price else None
+        cols = list(source.output_columns())
+        self.input_columns = cols
+        self.layout: OutputLayout = make_layout(
+            cols,
+            [source.dtypes[source.columns.index(c)] for c in cols],
+            kind=job.request.kind,
+            schema=job.schema_strict,
+            model=job.request.model,
+            dimensions=job.request.dimensions,
+        )
+        self.parser = ReplyParser(job.schema_strict, job.request.max_output_tokens)
+        self.endpoint_key = SIMULATOR if endpoint.simulated else endpoint.base_url.rstrip("/")
+        self.fingerprinter = self.renderer.fingerprinter(self.endpoint_key, endpoint.model)
+        self.ledger = Ledger(job.output.ledger or ledger_path(job.output_path))
+        self.book = BatchBook(self.ledger)
+        self.api = BatchClient(endpoint.client)
+        self.url = EMBEDDINGS_URL if job.request.kind == "embeddings" else CHAT_URL
+        self.limits = ShardLimits.for_job(job)
+        # one key per job and output: the tag that finds this job's batches on the server again
+        self.job_key = hashlib.blake2b(
+            self.fingerprinter.prefix + str(job.output_path).encode(), digest_size=8
+        ).hexdigest()
+        self.work_dir = job.output_path.with_name(job.output_path.name + ".shards")
+        self.run: BatchRunRecord | None = None
+        self.held_for_queue = False
+
+    @staticmethod
+    def has_active_run(job: Job, ledger_file: Path) -> bool:
+        """Whether the ledger holds an unfinished batch run for this job (any endpoint key)."""
+        ledger = Ledger(ledger_file)
+        try:
+            return ledger.db.execute("SELECT 1 FROM batch_runs WHERE state = 'active' LIMIT 1").fetchone() is not None
+        finally:
+            ledger.close()
+
+    async def _db(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kw)
+
+    # -- one tick ------------------------------------------------------------------------------
+
+    async def open(self, *, start: bool) -> BatchRunRecord | None:
+        """The job's active batch run; a new one if `start` and there is none."""
+        run = await self._db(self.book.active_run, self.job_key)
+        if run is None and start:
+            await self.api.probe()  # a server without a Batch API is refused before anything is written
+            run = await self._db(self.book.start_run, self.job_key)
+        if run is not None and run.sharding:
+            # killed while writing shards: none of that pass was uploaded; write it again
+            for dropped in await self._db(self.book.drop_unfinished_sharding, run.id):
+                Path(dropped.path).unlink(missing_ok=True)
+            await self._db(self.book.update_run, run.id, sharding=0)
+            run = await self._db(self.book.active_run, self.job_key)
+        self.run = run
+        return run
+
+    async def tick(self) -> TickReport:
+        """Recover, poll and collect, submit, reshard, and write the output when nothing is left."""
+        assert self.run is not None
+        run = self.run
+        notes: list[str] = []
+        for shard in await self._db(self.book.shards, run.id):
+            if shard.state in ("uploading", "creating"):
+                await self._recover(shard)
+            elif shard.state == "submitted":
+                await self._poll(shard)
+        if self._fallback_due():
+            return await self._go_online(notes)
+        await self._submit_ready()
+        shards = await self._db(self.book.shards, run.id)
+        if not any(s.state in OUTSTANDING for s in shards):
+            if run.round > 0 and self._fallback_due(new_round=True):
+                return await self._go_online(notes)
+            written = await self._reshard()
+            if written:
+                await self._submit_ready()
+            else:
+                await self._write_output()
+                await self._db(self.book.finish_run, run.id, "done")
+                shards = await self._db(self.book.shards, run.id)
+                return self._report(True, shards, notes)
+            shards = await self._db(self.book.shards, run.id)
+        return self._report(False, shards, notes)
+
+    def _report(self, done: bool, shards: list[ShardRecord], notes: list[str]) -> TickReport:
+        current = [s for s in shards if s.round == max((x.round for x in shards), default=0)]
+        total = sum(s.lines for s in current)
+        finished = sum(s.lines if s.state == "collected" else s.completed + s.failed for s in current)
+        return TickReport(done, tuple(shards), total, finished, tuple(notes))
+
+    # -- recovering after a crash ----------------------------------------------------------------
+
+    def _tags(self, shard: ShardRecord) -> dict[str, str]:
+        return {
+            "batchrun_job": self.job_key,
+            "batchrun_shard": f"{shard.run_id}.{shard.round}.{shard.number}",
+            "batchrun_submit": str(shard.submits + 1),
+            "batchrun_name": self.job.name[:500],
+        }
+
+    async def _recover(self, shard: ShardRecord) -> None:
+        """A step was recorded as started but not as done: ask the server whether it happened."""
+        if shard.state == "uploading":
+            file_id = await self.api.find_file(shard.filename, shard.bytes)
+            if file_id is not None:
+                await self._db(self.book.update_shard, shard.id, state="uploaded", file_id=file_id)
+            else:
+                await self._db(self.book.update_shard, shard.id, state="written")
+            return
+        tags = self._tags(shard)
+        info = await self.api.find_batch(
+            {k: tags[k] for k in ("batchrun_job", "batchrun_shard", "batchrun_submit")}, since=shard.updated_at
+        )
+        if info is not None:
+            await self._db(
+                self.book.update_shard,
+                shard.id,
+                state="submitted",
+                batch_id=info.id,
+                batch_status=info.status,
+                submits=shard.submits + 1,
+            )
+        else:
+            await self._db(self.book.update_shard, shard.id, state="uploaded")
+
+    # -- submitting ------------------------------------------------------------------------------
+
+    def _worst_usd(self, shard: ShardRecord) -> float:
+        if self.price is None:
+            return 0.0
+        out = shard.lines * (self.job.request.max_output_tokens or 0)
+        return self.price.cost(shard.tokens, out, discount=self.discount)
+
+    async def _submit_ready(self) -> None:
+        """Upload and submit written shards, in order, while the model's queue and the budget allow."""
+        assert self.run is not None
+        shards = await self._db(self.book.shards, self.run.id)
+        queued = sum(s.tokens for s in shards if s.state == "submitted" and s.batch_status in PENDING)
+        limit = self.limits.max_tokens
+        budget = self.job.budget.max_usd
+        committed = 0.0
+        if budget is not None:
+            if self.price is None:
+                raise JobFileError(
+                    self.job.source_path,
+                    "budget.max_usd",
+                    f"no price is known for {self.job.request.model!r}, so a budget cannot be enforced; "
+                    "add its price under [pricing.models] or remove the budget",
+                )
+            spent = await self._db(self.ledger.spent)
+            committed = spent + sum(self._worst_usd(s) for s in shards if s.state == "submitted")
+        for shard in shards:
+            if shard.state not in ("written", "uploaded"):
+                continue
+            if limit is not None and queued + shard.tokens > limit and queued > 0:
+                self.held_for_queue = True
+                return  # the queue frees up as batches finish; the next tick tries again
+            if self.held_for_queue and queued > 0:
+                return  # the server said the queue is full: wait for one of ours to finish first
+            if budget is not None and not self.endpoint.simulated:
+                worst = self._worst_usd(shard)
+                if committed + worst > budget:
+                    raise BudgetExceeded(
+                        f"submitting shard {shard.number} (worst case ${worst:,.4f} at the batch price) would pass "
+                        f"budget.max_usd ${budget:,.2f} (${committed:,.4f} spent or committed); raise the budget "
+                        "and run again: submitted batches are kept and collected"
+                    )
+                committed += worst
+            if shard.state == "written":
+                shard = await self._upload(shard)
+            shard = await self._create(shard)
+            queued += shard.tokens
+
+    async def _upload(self, shard: ShardRecord) -> ShardRecord:
+        path = Path(shard.path)
+        if not path.exists():
+            raise EndpointError(
+                f"shard file {path} is gone before it was uploaded; delete {self.ledger.path} to start over"
+            )
+        await self._db(self.book.update_shard, shard.id, state="uploading")
+        file_id = await self.api.upload(path, shard.bytes)
+        failpoints.reached("upload")
+        return await self._db(self.book.update_shard, shard.id, state="uploaded", file_id=file_id)
+
+    async def _create(self, shard: ShardRecord) -> ShardRecord:
+        assert shard.file_id is not None
+        await self._db(self.book.update_shard, shard.id, state="creating")
+        info = await self.api.create(shard.file_id, self.url, self._tags(shard), since=time.time())
+        failpoints.reached("create")
+        self.echo(f"batchrun: shard {shard.number} ({shard.lines:,} requests) submitted as {info.id}")
+        return await self._db(
+            self.book.update_shard,
+            shard.id,
+            state="submitted",
+            batch_id=info.id,
+            batch_status=info.status,
+            submits=shard.submits + 1,
+            note=None,
+        )
+
+    # -- polling and collecting ----------------------------------------------------------------
+
+    async def _poll(self, shard: ShardRecord) -> None:
+        assert shard.batch_id is not None
+        info = await self.api.retrieve(shard.batch_id)
+        failpoints.reached("poll")
+        if info.status != shard.batch_status or info.completed != shard.completed or info.failed != shard.failed:
+            shard = await self._db(
+                self.book.update_shard,
+                shard.id,
+                batch_status=info.status,
+                completed=info.completed,
+                failed=info.failed,
+            )
+        if not info.terminal:
+            return
+        if info.token_limit_exceeded:
+            # nothing ran: the same file goes in again once the model's queue has room
+            self.held_for_queue = True
+            self.echo(
+                f"batchrun: batch {info.id} (shard {shard.number}) refused: enqueued-token limit reached; "
+                "it is submitted again when earlier batches finish"
+            )
+            await self._db(self.book.update_shard, shard.id, state="uploaded", note="token_limit_exceeded")
+            return
+        self.held_for_queue = False
+        await self._collect(shard, info)
+
+    async def _collect(self, shard: ShardRecord, info: BatchInfo) -> None:
+        """Download a finished batch's files and record every line; unanswered lines wait for the next round."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        files: list[Path] = []
+        for kind, file_id in (("output", info.output_file_id), ("errors", info.error_file_id)):
+            if file_id:
+                dest = self.work_dir / f"{Path(shard.filename).stem}.{kind}.jsonl"
+                await self.api.download(file_id, dest)
+                files.append(dest)
+        failpoints.reached("download")
+        line_errors = [e for e in info.errors if e.get("line")] if info.status == "failed" else []
+        note = await self._db(self._ingest, shard, info, files, line_errors)
+        if info.status == "failed" and not line_errors and info.errors:
+            note = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in info.errors)[:1000]
+            self.echo(f"batchrun: batch {info.id} (shard {shard.number}) failed validation: {note}")
+        await self._db(self.book.update_shard, shard.id, state="collected", batch_status=info.status, note=note)
+        if self.job.batch.delete_files:
+            for file_id in (shard.file_id, info.output_file_id, info.error_file_id):
+                if file_id:
+                    await self.api.delete_file(file_id)
+        for f in files:
+            f.unlink(missing_ok=True)
+        if not self.job.batch.keep_shards:
+            Path(shard.path).unlink(missing_ok=True)
+
+    def _ingest(self, shard: ShardRecord, info: BatchInfo, files: list[Path], line_errors: list[dict[str, Any]]) -> str:
+        """Record a batch's result lines in the ledger (runs in a thread)."""
+        ids = self.book.shard_items(shard.id)
+        seen: set[str] = set()
+        retry: list[tuple[str, str]] = []
+        counts = {"ok": 0, "failed": 0, "retry": 0}
+        ledger = self.ledger
+        for path in files:
+            with path.open("rb") as f:
+                for raw in f:
+                    if not raw.strip():
+                        continue
+                    line = json.loads(raw)
+                    cid = line.get("custom_id")
+                    if cid not in ids or cid in seen:
+                        continue  # not ours (or a repeat): never let it overwrite an answer
+                    seen.add(cid)
+                    response = line.get("response") or None
+                    status_code = response.get("status_code") if response else None
+                    body = response.get("body") if response else None
+                    if status_code == 200 and isinstance(body, dict):
+                        result = self._result(body, response.get("request_id"), ids[cid] or "")
+                        counts["ok"] += 1
+                    else:
+                        failure = line_failure(status_code, body, line.get("error"))
+                        if failure.action is not Action.ROW_FAILED:
+                            retry.append((cid, failure.message))
+                            counts["retry"] += 1
+                            continue
+                        result = RowResult(row=-1, row_id=ids[cid] or "", status="failed", error=failure.message,
+                                           attempts=1)  # fmt: skip
+                        counts["failed"] += 1
+                    ledger.record(cid, result, self.endpoint_key)
+                    if len(ledger.pending) >= 5000:
+                        ledger.flush()
+        if line_errors:
+            by_line = self._shard_lines(shard)
+            for e in line_errors:
+                cid = by_line.get(int(e["line"]))
+                if cid is not None and cid not in seen:
+                    seen.add(cid)
+                    msg = f"batch validation: {e.get('code')}: {e.get('message')}"
+                    ledger.record(
+                        cid, RowResult(row=-1, row_id=ids[cid] or "", status="failed", error=msg), self.endpoint_key
+                    )
+                    counts["failed"] += 1
+        ledger.flush()
+        why = f"no result in batch {info.id} ({info.status})"
+        retry += [(cid, why) for cid in ids.keys() - seen]
+        self.book.note_failures(retry)
+        return f"{counts['ok']:,} ok, {counts['failed']:,} failed, {len(retry):,} to send again"
+
+    def _shard_lines(self, shard: ShardRecord) -> dict[int, str]:
+        """Line number → custom_id, read back from the shard file (for validation errors)."""
+        out: dict[int, str] = {}
+        path = Path(shard.path)
+        if path.exists():
+            with path.open("rb") as f:
+                for n, raw in enumerate(f, start=1):
+                    out[n] = json.loads(raw)["custom_id"]
+        return out
+
+    def _result(self, body: dict[str, Any], request_id: str | None, row_id: str) -> RowResult:
+        """A 200 line's answer, through the same reply parser as online, at the batch price."""
+        prompt, completion, cached = usage_tokens(body)
+        cost = None
+        if self.price is not None and prompt is not None:
+            cost = self.price.cost(prompt, completion or 0, discount=self.discount, cached_tokens=cached)
+        if self.job.request.kind == "embeddings":
+            data = body.get("data") or []
+            vec = data[0].get("embedding") if data and isinstance(data[0], dict) else None
+            return RowResult(
+                row=-1, row_id=row_id, status="ok" if vec is not None else "failed",
+                error=None if vec is not None else "no embedding in the reply", attempts=1,
+                prompt_tokens=prompt, completion_tokens=0, cost_usd=cost, model=body.get("model"),
+                request_id=request_id, output=vec,
+            )  # fmt: skip
+        parsed = self.parser.chat(body)
+        return RowResult(
+            row=-1, row_id=row_id, status=parsed.status, error=parsed.error, attempts=1, prompt_tokens=prompt,
+            completion_tokens=completion, cost_usd=cost, finish_reason=parsed.finish_reason,
+            model=body.get("model"), request_id=request_id, output=parsed.output, raw_text=parsed.raw_text,
+        )  # fmt: skip
+
+    # -- sharding ------------------------------------------------------------------------------
+
+    async def _reshard(self) -> int:
+        """Write the next round's shards: every request without a final answer that is not in a shard yet."""
+        assert self.run is not None
+        round_no = self.run.round + 1
+        await self._db(self.book.update_run, self.run.id, round=round_no, sharding=1)
+        written = await asyncio.to_thread(self.build_shards, round_no)
+        # a pass that found nothing to send is not a round
+        await self._db(self.book.update_run, self.run.id, sharding=0, round=round_no if written else round_no - 1)
+        self.run = await self._db(self.book.active_run, self.job_key)
+        if written:
+            self.echo(f"batchrun: round {round_no}: {written} shard(s) written to {self.work_dir}")
+        return written
+
+    def build_shards(self, round_no: int) -> int:
+        """Stream the input into shard files (runs in a thread); returns how many were written."""
+        assert self.run is not None
+        run = self.run
+        max_attempts = self.job.limits.max_attempts
+        attempts_of: dict[str, int] = {}
+        open_ids: set[str] = set()
+
+        def on_shard(shard: Shard, lines: list[ShardLine]) -> None:
+            items = [(ln.custom_id, ln.row_id, attempts_of.pop(ln.custom_id, 0)) for ln in lines]
+            self.book.add_shard(run.id, round_no, shard, items)
+            open_ids.clear()
+
+        prefix = f"{self.job.name[:40]}-{self.job_key[:8]}-r{run.id}.{round_no}"
+        writer = ShardWriter(self.work_dir, prefix, self.url, self.limits, on_shard)
+        kind = self.job.request.kind
+        for batch in self.source.batches(5000):
+            positions, ids, texts = self.renderer.texts(batch)
+            fps = [self.fingerprinter.of(t) for t in texts]
+            origin: dict[str, tuple[str | None, float]] = {}
+            final = self.ledger.lookup(fps, origin)
+            if not self.cache_read:  # --refresh: only answers from this batch run count
+                final = {fp: r for fp, r in final.items() if origin[fp][1] >= run.started_at}
+            todo = [i for i, fp in enumerate(fps) if fp not in final]
+            if not todo:
+                continue
+            known = self.book.items([fps[i] for i in todo])
+            send: list[int] = []
+            for i in todo:
+                fp = fps[i]
+                if fp in open_ids:
+                    continue  # an identical row is in the shard being written
+                item = known.get(fp)
+                if item is not None and item[3] != "collected":
+                    continue  # already in a shard of this run that is not finished
+                attempts = item[1] if item is not None else 0
+                if attempts >= max_attempts:
+                    error = f"no answer after {attempts} batch submissions; last: {item[2] if item else ''}"
+                    self.ledger.record(fp, RowResult(row=-1, row_id=ids[i], status="failed", error=error,
+                                                     attempts=attempts), self.endpoint_key)  # fmt: skip
+                    continue
+                attempts_of[fp] = attempts
+                open_ids.add(fp)
+                send.append(i)
+            self.ledger.flush()
+            if not send:
+                continue
+            reqs = self.renderer.requests(
+                [positions[i] for i in send], [ids[i] for i in send], [texts[i] for i in send]
+            )
+            for i, req in zip(send, reqs, strict=True):
+                fp = fps[i]
+                if too_long_reason(self.job, req, self.context, None):
+                    open_ids.discard(fp)
+                    attempts_of.pop(fp, None)
+                    continue  # reported as too_long when the output is written; never sent
+                if kind == "embeddings":
+                    body: dict[str, Any] = {"model": self.endpoint.model, "input": req.body["input"],
+                                            "encoding_format": "float"}  # fmt: skip
+                    if self.job.request.dimensions:
+                        body["dimensions"] = self.job.request.dimensions
+                else:
+                    body = {**req.body, "model": self.endpoint.model}
+                writer.add(fp, req.row_id, body, req.prompt_tokens)
+        writer.close()
+        return writer.count
+
+    # -- the online fallback --------------------------------------------------------------------
+
+    def _fallback_due(self, *, new_round: bool = False) -> bool:
+        """With online_fallback on: is the deadline too near to wait for (another) batch?"""
+        if not self.job.batch.online_fallback or self.job.deadline_hours is None or self.run is None:
+            return False
+        deadline = self.run.started_at + self.job.deadline_hours * 3600
+        left = deadline - time.time()
+        if new_round:
+            return left < 24 * 3600  # a new batch may take the whole 24 h window
+        return left <= min(0.25 * self.job.deadline_hours * 3600, 2 * 3600)
+
+    async def _go_online(self, notes: list[str]) -> TickReport:
+        """Cancel what is still queued, collect what finished, and send the rest through the online engine."""
+        assert self.run is not None
+        from .runner import run_async
+
+        self.echo("batchrun: the deadline is near: cancelling queued batches and sending the rest online")
+        await self.cancel_all(wait=True)
+        online = self.job.model_copy(update={"mode": "online"})
+        self.online_result = await run_async(online, endpoint=self.endpoint, cache="use", progress=False)
+        await self._db(self.book.finish_run, self.run.id, "done", "rest sent online: deadline near")
+        notes.append("deadline near: batches cancelled, finished rows kept, the rest sent online at full price")
+        return self._report(True, await self._db(self.book.shards, self.run.id), notes)
+
+    async def cancel_all(self, *, wait: bool) -> int:
+        """Cancel every pending batch of the active run; with `wait`, collect what they finished."""
+        assert self.run is not None
+        cancelled = 0
+        for shard in await self._db(self.book.shards, self.run.id):
+            if shard.state == "submitted" and shard.batch_id and shard.batch_status in PENDING:
+                info = await self.api.cancel(shard.batch_id)
+                cancelled += 1
+                await self._db(self.book.update_shard, shard.id, batch_status=info.status)
+        delay = self.job.batch.poll_seconds
+        while wait:
+            pending = [s for s in await self._db(self.book.shards, self.run.id) if s.state == "submitted"]
+            if not pending:
+                break
+            for shard in pending:
+                await self._poll(shard)
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, self.job.batch.poll_max_seconds)
+        return cancelled
+
+    # -- output ----------------------------------------------------------------------------------
+
+    async def _write_output(self) -> None:
+        self.tally = await asyncio.to_thread(self.write_output)
+
+    def write_output(self) -> Tally:
+        """Write the Parquet output from the ledger, in input order (runs in a thread)."""
+        assert self.run is not None
+        started = self.run.started_at
+        tally = Tally()
+        sink = ParquetSink(self.job.output_path, self.layout, self.job.output.row_group_size)
+        ok = False
+        try:
+            pending: list[dict[str, Any]] = []
+            for batch in self.source.batches(5000):
+                positions, ids, texts = self.renderer.texts(batch)
+                inputs = batch.select(self.input_columns).to_dicts()
+                fps = [self.fingerprinter.of(t) for t in texts]
+                origin: dict[str, tuple[str | None, float]] = {}
+                found = self.ledger.lookup(fps, origin)
+                missing = [i for i, fp in enumerate(fps) if fp not in found]
+                unsent: dict[int, RowResult] = {}
+                if missing:
+                    reqs = self.renderer.requests(
+                        [positions[i] for i in missing], [ids[i] for i in missing], [texts[i] for i in missing]
+                    )
+                    for i, req in zip(missing, reqs, strict=True):
+                        reason = too_long_reason(self.job, req, self.context, None)
+                        unsent[i] = RowResult(
+                            row=req.row,
+                            row_id=req.row_id,
+                            status="too_long" if reason else "not_sent",
+                            error=reason or "no answer: the batch run was cancelled; run the job again to finish",
+                            prompt_tokens=req.prompt_tokens if reason else None,
+                        )
+                for i, fp in enumerate(fps):
+                    result = unsent.get(i)
+                    if result is None:
+                        first_id, at = origin[fp]
+                        fresh = at >= started and first_id == ids[i]
+                        result = replace(found[fp], row=positions[i], row_id=ids[i], from_cache=not fresh)
+                    tally.add(result)
+                    pending.append(self.layout.record(inputs[i], result))
+                if len(pending) >= sink.row_group_size:
+                    sink.write(pending)
+                    pending = []
+            sink.write(pending)
+            ok = True
+        finally:
+            if ok:
+                sink.close()
+            else:
+                sink.abort()
+        return tally
+
+
+# -- driving a batch job ---------------------------------------------------------------------------
+
+
+def _state_line(shards: tuple[ShardRecord, ...]) -> str:
+    by: dict[str, int] = {}
+    for s in shards:
+        key = s.batch_status if s.state == "submitted" and s.batch_status else s.state
+        by[key] = by.get(key, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(by.items()))
+
+
+async def run_batch_async(
+    job: Job,
+    *,
+    progress: bool = False,
+    endpoint: Endpoint | None = None,
+    cache: str = "use",
+    wait: bool = False,
+    start: bool = True,
+) -> Any:
+    """One invocation of a batch job: tick once (or, with `wait`, until done); returns a RunResult.
+
+    `start=False` (the `collect` command) only moves an existing batch run along.
+    """
+    from tqdm import tqdm
+
+    from .endpoints import open_endpoint
+    from .runner import RunResult
+    from .sources import open_source
+
+    source = await asyncio.to_thread(open_source, job.input)
+    own_endpoint = endpoint is None
+    endpoint = endpoint or await asyncio.to_thread(open_endpoint, job)
+    t0 = time.monotonic()
+    notes: list[str] = []
+    try:
+        if endpoint.banner:
+            print(endpoint.banner, file=sys.stderr)
+        if endpoint.sim is not None and not wait:
+            wait = True  # the in-process simulator ends with this process: its batches cannot outlive it
+            notes.append("simulated endpoint: waited for the batches (the simulator stops when batchrun exits)")
+        bj = BatchJob(job, source, endpoint, cache=cache)
+        bar = None
+        try:
+            run = await bj.open(start=start)
+            if run is None:
+                last = await bj._db(bj.book.last_run, bj.job_key)
+                waiting = "nothing to collect: no batch run is under way for this job" + (
+                    f" (the last one ended: {last.state})" if last else "; start one with `batchrun run`"
+                )
+                return RunResult.empty(job, waiting=waiting, simulated=endpoint.simulated, notes=notes)
+            delay = job.batch.poll_seconds
+            last_finished = -1
+            while True:
+                report = await bj.tick()
+                notes.extend(n for n in report.notes if n not in notes)
+                if progress and bar is None and wait and not report.done:
+                    bar = tqdm(
+                        total=report.lines_total, unit="req", desc="batches", file=sys.stderr, dynamic_ncols=True
+                    )
+                if bar is not None:
+                    bar.total = report.lines_total
+                    bar.n = report.lines_finished
+                    bar.set_postfix_str(_state_line(report.shards), refresh=True)
+                if report.done or not wait:
+                    break
+                if report.lines_finished != last_finished:
+                    last_finished, delay = report.lines_finished, job.batch.poll_seconds
+                else:
+                    delay = min(delay * 1.5, job.batch.poll_max_seconds)
+                await asyncio.sleep(delay)
+        finally:
+            if bar is not None:
+                bar.close()
+            await asyncio.to_thread(bj.ledger.close)
+    finally:
+        if own_endpoint:
+            await endpoint.close()
+    wall = time.monotonic() - t0
+    online = getattr(bj, "online_result", None)
+    if online is not None:
+        online.mode = "batch → online"
+        online.notes[:0] = notes
+        return online
+    shards = report.shards
+    batch_ids = [s.batch_id for s in shards if s.batch_id]
+    if not report.done:
+        waiting = (
+            f"{len(shards)} shard(s) of {report.lines_total:,} requests: {_state_line(shards)}. "
+            f"Run `batchrun collect {job.source_path}` (or the same `batchrun run`) later to collect; "
+            "add --wait to wait here."
+        )
+        return RunResult.empty(job, waiting=waiting, simulated=endpoint.simulated, notes=notes, batch_ids=batch_ids)
+    tally: Tally = bj.tally
+    return RunResult(
+        job=job.name,
+        output_path=job.output_path,
+        rows=tally.rows,
+        by_status=tally.by_status,
+        prompt_tokens=tally.prompt_tokens,
+        completion_tokens=tally.completion_tokens,
+        cost_usd=tally.cost_usd,
+        price_known=bj.price is not None,
+        latency_p50_ms=None,
+        latency_p95_ms=None,
+        latency_max_ms=None,
+        requests_sent=sum(s.lines for s in shards),
+        rate_limited=0,
+        retries=sum(s.lines for s in shards if s.round > 1),
+        wall_seconds=wall,
+        minimum_seconds=0.0,
+        limits=(None, None),
+        simulated=endpoint.simulated,
+        cached_rows=tally.cached_rows,
+        cached_usd=tally.cached_usd,
+        ledger_path=bj.ledger.path,
+        notes=notes,
+        mode="batch",
+        batch_ids=batch_ids,
+    )
+
+
+async def cancel_batches(job: Job) -> str:
+    """`batchrun cancel`: cancel the job's pending batches, collect what they finished, write the output."""
+    from .endpoints import open_endpoint
+    from .sources import open_source
+
+    source = await asyncio.to_thread(open_source, job.input)
+    endpoint = await asyncio.to_thread(open_endpoint, job)
+    try:
+        bj = BatchJob(job, source, endpoint)
+        try:
+            run = await bj.open(start=False)
+            if run is None:
+                return f"{job.name}: no batch run under way; nothing to cancel"
+            n = await bj.cancel_all(wait=True)
+            await bj._write_output()
+            await bj._db(bj.book.finish_run, run.id, "cancelled", "cancelled by `batchrun cancel`")
+            t: Tally = bj.tally
+            done = "   ".join(f"{k} {v:,}" for k, v in sorted(t.by_status.items()))
+            return (
+                f"{job.name}: {n} batch(es) cancelled; what they finished is kept.\n"
+                f"  output {job.output_path}: {t.rows:,} rows   {done}\n"
+                "  `batchrun run` sends the rows without an answer again (finished ones are not paid twice)"
+            )
+        finally:
+            await asyncio.to_thread(bj.ledger.close)
+    finally:
+        await endpoint.close()
+
+
+def describe_batches(ledger_file: Path) -> list[str]:
+    """Lines for `batchrun status`: each batch run's shards and their batches (from the ledger only)."""
+    ledger = Ledger(ledger_file)
+    try:
+        book = BatchBook(ledger)
+        runs = ledger.db.execute("SELECT id, job_key FROM batch_runs ORDER BY id DESC LIMIT 3").fetchall()
+        out: list[str] = []
+        for run_id, job_key in runs:
+            run = book.last_run(job_key)
+            shards = book.shards(run_id)
+            state = ledger.db.execute("SELECT state, round, note FROM batch_runs WHERE id = ?", (run_id,)).fetchone()
+            out.append(f"  batch run {run_id}   {state[0]}, round {state[1]}" + (f" ({state[2]})" if state[2] else ""))
+            for s in shards:
+                batch = f"{s.batch_id} {s.batch_status}" if s.batch_id else "not submitted"
+                counts = (
+                    f"{s.completed:,}/{s.lines:,} done, {s.failed:,} failed" if s.batch_id else f"{s.lines:,} lines"
+                )
+                out.append(
+                    f"    round {s.round} shard {s.number}: {s.state:<9} {batch}   {counts}"
+                    + (f"   [{s.note}]" if s.note else "")
+                )
+            del run
+        return out
+    finally:
+        ledger.close()
