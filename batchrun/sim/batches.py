@@ -15,8 +15,10 @@ import secrets
 import shutil
 import tempfile
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,10 @@ from aiohttp import web
 
 from . import content
 from .responder import error_body, markers
+
+# aiohttp's multipart reader calls its own deprecated unread_data() when a read happens to span
+# a part boundary; harmless, and not ours to fix
+warnings.filterwarnings("ignore", message=r"unread_data\(\) is deprecated", category=DeprecationWarning)
 
 if TYPE_CHECKING:
     from .server import Simulator
@@ -96,19 +102,33 @@ class BatchStore:
         return {**dict(self.counters), "by_status": dict(by_status), "files": len(self.files)}
 
     def add_routes(self, app: web.Application) -> None:
-        app.add_routes(
-            [
-                web.post("/v1/files", self.upload),
-                web.get("/v1/files", self.list_files),
-                web.get("/v1/files/{id}", self.get_file),
-                web.get("/v1/files/{id}/content", self.file_content),
-                web.delete("/v1/files/{id}", self.delete_file),
-                web.post("/v1/batches", self.create),
-                web.get("/v1/batches", self.list_batches),
-                web.get("/v1/batches/{id}", self.retrieve),
-                web.post("/v1/batches/{id}/cancel", self.cancel),
-            ]
-        )
+        # OpenAI's paths under /v1, Azure OpenAI's under /openai (with ?api-version=)
+        for prefix in ("/v1", "/openai"):
+            app.add_routes(
+                [
+                    web.post(f"{prefix}/files", self._gate(self.upload)),
+                    web.get(f"{prefix}/files", self._gate(self.list_files)),
+                    web.get(f"{prefix}/files/{{id}}", self._gate(self.get_file)),
+                    web.get(f"{prefix}/files/{{id}}/content", self._gate(self.file_content)),
+                    web.delete(f"{prefix}/files/{{id}}", self._gate(self.delete_file)),
+                    web.post(f"{prefix}/batches", self._gate(self.create)),
+                    web.get(f"{prefix}/batches", self._gate(self.list_batches)),
+                    web.get(f"{prefix}/batches/{{id}}", self._gate(self.retrieve)),
+                    web.post(f"{prefix}/batches/{{id}}/cancel", self._gate(self.cancel)),
+                ]
+            )
+
+    def _gate(self, handler: Any) -> Any:
+        """Routes answer 404 when the simulated server has no Batch API (batch_api = false)."""
+
+        async def gated(request: web.Request) -> web.StreamResponse:
+            if not self.sim.config.batch_api:
+                return web.json_response(
+                    {"error": {"message": "Not Found", "type": "invalid_request_error"}}, status=404
+                )
+            return await handler(request)
+
+        return gated
 
     def _error(self, status: int, message: str, code: str | None = None, param: str | None = None) -> web.Response:
         return web.json_response(error_body(message, "invalid_request_error", code, param), status=status)
@@ -142,12 +162,13 @@ class BatchStore:
             elif part.name == "file":
                 filename = part.filename or "upload.jsonl"  # type: ignore[union-attr]
                 with path.open("wb") as f:
+                    # read to the end even when too large, so the answer follows a fully read request
                     while chunk := await part.read_chunk(1 << 20):  # type: ignore[union-attr]
                         size += len(chunk)
                         if size > self.sim.config.max_file_bytes:
                             too_large = True
-                            break
-                        f.write(chunk)
+                        if not too_large:
+                            f.write(chunk)
         if too_large:
             path.unlink(missing_ok=True)
             return self._error(400, "File is too large.", "file_too_large", "file")
@@ -301,6 +322,21 @@ class BatchStore:
             "cancelled_at",
         ):
             d[name] = rec.stamps.get(name)
+        if self.sim.config.azure_batch_style:
+            d = self._azure(d)
+        return d
+
+    @staticmethod
+    def _azure(d: dict[str, Any]) -> dict[str, Any]:
+        """The same batch as Azure OpenAI reports it."""
+        d = dict(d)
+        d["status"] = "".join(part.capitalize() for part in d["status"].split("_"))  # in_progress → InProgress
+        for key, value in list(d.items()):
+            if key.endswith("_at") and isinstance(value, int):
+                d[key] = datetime.fromtimestamp(value, tz=UTC).isoformat().replace("+00:00", "Z")
+        if d["status"] == "Validating":
+            d["request_counts"] = None
+        d.pop("usage", None)
         return d
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -448,6 +484,16 @@ class BatchStore:
                             }
                         )
                         continue
+                    if any(kind == "badline" for kind, _ in markers(body)):
+                        errors.append(
+                            {
+                                "code": "invalid_request",
+                                "line": n,
+                                "param": "body",
+                                "message": "Invalid request body (forced by [[sim:badline]]).",
+                            }
+                        )
+                        continue
                     models.add(body["model"])
                     if len(models) > 1:
                         errors.append(
@@ -541,7 +587,7 @@ class BatchStore:
                 )
                 continue
             digest = content.body_digest(json.dumps(body, sort_keys=True).encode())
-            forced = {k for k, _ in markers(body)}
+            forced = sim.forced(body, digest)  # [[sim:500*1]] fails the first batch only
             if rng.random() < cfg.batch_line_error_rate or "500" in forced:
                 reply_status, reply_body = (
                     500,

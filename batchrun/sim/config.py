@@ -57,6 +57,10 @@ class SimConfig:
     batch_expire_done_fraction: float = 0.5
     batch_queue_limit_tokens: int | None = None
     """Enqueued-token limit per model over pending batches; None = unlimited."""
+    batch_api: bool = True
+    """False: the Files and Batch routes answer 404, as vLLM, Ollama and llama.cpp do."""
+    azure_batch_style: bool = False
+    """Report batches as Azure OpenAI does: capitalised statuses, ISO-8601 times, null request_counts while validating."""
     max_batch_lines: int = 50_000
     max_file_bytes: int = 200 * 1024 * 1024
     models: tuple[str, ...] = (
