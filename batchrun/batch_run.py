@@ -21,53 +21,28 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import failpoints
 from .batch_api import PENDING, BatchClient, BatchInfo
+from .batch_results import ResultsMixin, Tally
 from .endpoints import Endpoint
 from .errors import BudgetExceeded, EndpointError, JobFileError
 from .jobs import Job
 from .ledger import SIMULATOR, BatchBook, BatchRunRecord, Ledger, ShardRecord, ledger_path
-from .plan import price_table_for, too_long_reason
+from .plan import price_table_for
 from .prompts import Renderer
-from .replies import ReplyParser, usage_tokens
-from .retries import Action, line_failure
-from .shards import CHAT_URL, EMBEDDINGS_URL, Shard, ShardLimits, ShardLine, ShardWriter
-from .sinks import OutputLayout, ParquetSink, RowResult, make_layout
+from .replies import ReplyParser
+from .shards import CHAT_URL, EMBEDDINGS_URL, LineTooLarge, Shard, ShardLimits, ShardLine, ShardWriter
+from .sinks import OutputLayout, RowResult, make_layout
 from .sources import Source
 
 OUTSTANDING = frozenset({"written", "uploading", "uploaded", "creating", "submitted"})
-
-
-@dataclass
-class Tally:
-    """What the output holds, counted while it is written."""
-
-    rows: int = 0
-    by_status: dict[str, int] = field(default_factory=dict)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    cached_rows: int = 0
-    cached_usd: float = 0.0
-
-    def add(self, r: RowResult) -> None:
-        self.rows += 1
-        self.by_status[r.status] = self.by_status.get(r.status, 0) + 1
-        if r.from_cache:
-            self.cached_rows += 1
-            self.cached_usd += r.cost_usd or 0.0
-            return
-        self.prompt_tokens += r.prompt_tokens or 0
-        self.completion_tokens += r.completion_tokens or 0
-        self.cost_usd += r.cost_usd or 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +56,7 @@ class TickReport:
     notes: tuple[str, ...] = ()
 
 
-class BatchJob:
+class BatchJob(ResultsMixin):
     """One job's Batch API state machine, driven tick by tick."""
 
     def __init__(
@@ -362,90 +337,6 @@ class BatchJob:
         if not self.job.batch.keep_shards:
             Path(shard.path).unlink(missing_ok=True)
 
-    def _ingest(self, shard: ShardRecord, info: BatchInfo, files: list[Path], line_errors: list[dict[str, Any]]) -> str:
-        """Record a batch's result lines in the ledger (runs in a thread)."""
-        ids = self.book.shard_items(shard.id)
-        seen: set[str] = set()
-        retry: list[tuple[str, str]] = []
-        counts = {"ok": 0, "failed": 0, "retry": 0}
-        ledger = self.ledger
-        for path in files:
-            with path.open("rb") as f:
-                for raw in f:
-                    if not raw.strip():
-                        continue
-                    line = json.loads(raw)
-                    cid = line.get("custom_id")
-                    if cid not in ids or cid in seen:
-                        continue  # not ours (or a repeat): never let it overwrite an answer
-                    seen.add(cid)
-                    response = line.get("response") or None
-                    status_code = response.get("status_code") if response else None
-                    body = response.get("body") if response else None
-                    if status_code == 200 and isinstance(body, dict):
-                        result = self._result(body, response.get("request_id"), ids[cid] or "")
-                        counts["ok"] += 1
-                    else:
-                        failure = line_failure(status_code, body, line.get("error"))
-                        if failure.action is not Action.ROW_FAILED:
-                            retry.append((cid, failure.message))
-                            counts["retry"] += 1
-                            continue
-                        result = RowResult(row=-1, row_id=ids[cid] or "", status="failed", error=failure.message,
-                                           attempts=1)  # fmt: skip
-                        counts["failed"] += 1
-                    ledger.record(cid, result, self.endpoint_key)
-                    if len(ledger.pending) >= 5000:
-                        ledger.flush()
-        if line_errors:
-            by_line = self._shard_lines(shard)
-            for e in line_errors:
-                cid = by_line.get(int(e["line"]))
-                if cid is not None and cid not in seen:
-                    seen.add(cid)
-                    msg = f"batch validation: {e.get('code')}: {e.get('message')}"
-                    ledger.record(
-                        cid, RowResult(row=-1, row_id=ids[cid] or "", status="failed", error=msg), self.endpoint_key
-                    )
-                    counts["failed"] += 1
-        ledger.flush()
-        why = f"no result in batch {info.id} ({info.status})"
-        retry += [(cid, why) for cid in ids.keys() - seen]
-        self.book.note_failures(retry)
-        return f"{counts['ok']:,} ok, {counts['failed']:,} failed, {len(retry):,} to send again"
-
-    def _shard_lines(self, shard: ShardRecord) -> dict[int, str]:
-        """Line number → custom_id, read back from the shard file (for validation errors)."""
-        out: dict[int, str] = {}
-        path = Path(shard.path)
-        if path.exists():
-            with path.open("rb") as f:
-                for n, raw in enumerate(f, start=1):
-                    out[n] = json.loads(raw)["custom_id"]
-        return out
-
-    def _result(self, body: dict[str, Any], request_id: str | None, row_id: str) -> RowResult:
-        """A 200 line's answer, through the same reply parser as online, at the batch price."""
-        prompt, completion, cached = usage_tokens(body)
-        cost = None
-        if self.price is not None and prompt is not None:
-            cost = self.price.cost(prompt, completion or 0, discount=self.discount, cached_tokens=cached)
-        if self.job.request.kind == "embeddings":
-            data = body.get("data") or []
-            vec = data[0].get("embedding") if data and isinstance(data[0], dict) else None
-            return RowResult(
-                row=-1, row_id=row_id, status="ok" if vec is not None else "failed",
-                error=None if vec is not None else "no embedding in the reply", attempts=1,
-                prompt_tokens=prompt, completion_tokens=0, cost_usd=cost, model=body.get("model"),
-                request_id=request_id, output=vec,
-            )  # fmt: skip
-        parsed = self.parser.chat(body)
-        return RowResult(
-            row=-1, row_id=row_id, status=parsed.status, error=parsed.error, attempts=1, prompt_tokens=prompt,
-            completion_tokens=completion, cost_usd=cost, finish_reason=parsed.finish_reason,
-            model=body.get("model"), request_id=request_id, output=parsed.output, raw_text=parsed.raw_text,
-        )  # fmt: skip
-
     # -- sharding ------------------------------------------------------------------------------
 
     async def _reshard(self) -> int:
@@ -513,7 +404,7 @@ class BatchJob:
             )
             for i, req in zip(send, reqs, strict=True):
                 fp = fps[i]
-                if too_long_reason(self.job, req, self.context, None):
+                if self._unsendable(req):
                     open_ids.discard(fp)
                     attempts_of.pop(fp, None)
                     continue  # reported as too_long when the output is written; never sent
@@ -524,7 +415,11 @@ class BatchJob:
                         body["dimensions"] = self.job.request.dimensions
                 else:
                     body = {**req.body, "model": self.endpoint.model}
-                writer.add(fp, req.row_id, body, req.prompt_tokens)
+                try:
+                    writer.add(fp, req.row_id, body, req.prompt_tokens)
+                except LineTooLarge:
+                    open_ids.discard(fp)
+                    attempts_of.pop(fp, None)
         writer.close()
         return writer.count
 
@@ -577,56 +472,6 @@ class BatchJob:
 
     async def _write_output(self) -> None:
         self.tally = await asyncio.to_thread(self.write_output)
-
-    def write_output(self) -> Tally:
-        """Write the Parquet output from the ledger, in input order (runs in a thread)."""
-        assert self.run is not None
-        started = self.run.started_at
-        tally = Tally()
-        sink = ParquetSink(self.job.output_path, self.layout, self.job.output.row_group_size)
-        ok = False
-        try:
-            pending: list[dict[str, Any]] = []
-            for batch in self.source.batches(5000):
-                positions, ids, texts = self.renderer.texts(batch)
-                inputs = batch.select(self.input_columns).to_dicts()
-                fps = [self.fingerprinter.of(t) for t in texts]
-                origin: dict[str, tuple[str | None, float]] = {}
-                found = self.ledger.lookup(fps, origin)
-                missing = [i for i, fp in enumerate(fps) if fp not in found]
-                unsent: dict[int, RowResult] = {}
-                if missing:
-                    reqs = self.renderer.requests(
-                        [positions[i] for i in missing], [ids[i] for i in missing], [texts[i] for i in missing]
-                    )
-                    for i, req in zip(missing, reqs, strict=True):
-                        reason = too_long_reason(self.job, req, self.context, None)
-                        unsent[i] = RowResult(
-                            row=req.row,
-                            row_id=req.row_id,
-                            status="too_long" if reason else "not_sent",
-                            error=reason or "no answer: the batch run was cancelled; run the job again to finish",
-                            prompt_tokens=req.prompt_tokens if reason else None,
-                        )
-                for i, fp in enumerate(fps):
-                    result = unsent.get(i)
-                    if result is None:
-                        first_id, at = origin[fp]
-                        fresh = at >= started and first_id == ids[i]
-                        result = replace(found[fp], row=positions[i], row_id=ids[i], from_cache=not fresh)
-                    tally.add(result)
-                    pending.append(self.layout.record(inputs[i], result))
-                if len(pending) >= sink.row_group_size:
-                    sink.write(pending)
-                    pending = []
-            sink.write(pending)
-            ok = True
-        finally:
-            if ok:
-                sink.close()
-            else:
-                sink.abort()
-        return tally
 
 
 # -- driving a batch job ---------------------------------------------------------------------------
@@ -778,30 +623,3 @@ async def cancel_batches(job: Job) -> str:
             await asyncio.to_thread(bj.ledger.close)
     finally:
         await endpoint.close()
-
-
-def describe_batches(ledger_file: Path) -> list[str]:
-    """Lines for `batchrun status`: each batch run's shards and their batches (from the ledger only)."""
-    ledger = Ledger(ledger_file)
-    try:
-        book = BatchBook(ledger)
-        runs = ledger.db.execute("SELECT id, job_key FROM batch_runs ORDER BY id DESC LIMIT 3").fetchall()
-        out: list[str] = []
-        for run_id, job_key in runs:
-            run = book.last_run(job_key)
-            shards = book.shards(run_id)
-            state = ledger.db.execute("SELECT state, round, note FROM batch_runs WHERE id = ?", (run_id,)).fetchone()
-            out.append(f"  batch run {run_id}   {state[0]}, round {state[1]}" + (f" ({state[2]})" if state[2] else ""))
-            for s in shards:
-                batch = f"{s.batch_id} {s.batch_status}" if s.batch_id else "not submitted"
-                counts = (
-                    f"{s.completed:,}/{s.lines:,} done, {s.failed:,} failed" if s.batch_id else f"{s.lines:,} lines"
-                )
-                out.append(
-                    f"    round {s.round} shard {s.number}: {s.state:<9} {batch}   {counts}"
-                    + (f"   [{s.note}]" if s.note else "")
-                )
-            del run
-        return out
-    finally:
-        ledger.close()

@@ -54,6 +54,46 @@ class ShardLimits:
     def for_job(cls, job: Job) -> ShardLimits:
         return cls(job.batch.max_lines, job.batch.max_bytes, queue_limit(job)[0])
 
+    def too_large(self, line_bytes: int, tokens: int) -> bool:
+        """A line no shard can hold."""
+        return line_bytes > self.max_bytes or (self.max_tokens is not None and tokens > self.max_tokens)
+
+    def full(self, lines: int, size: int, tokens: int, line_bytes: int, line_tokens: int) -> bool:
+        """Whether a shard holding (lines, size, tokens) must be closed before this line."""
+        return (
+            lines >= self.max_lines
+            or size + line_bytes > self.max_bytes
+            or (self.max_tokens is not None and tokens + line_tokens > self.max_tokens)
+        )
+
+
+class ShardCounter:
+    """How requests would split into shards, without writing them (for `batchrun plan`)."""
+
+    def __init__(self, limits: ShardLimits) -> None:
+        self.limits = limits
+        self.shards = 0
+        self.lines = self.size = self.tokens = 0
+        self.max_tokens_seen = 0
+        self.too_large = 0
+
+    def add(self, line_bytes: int, tokens: int) -> None:
+        if self.limits.too_large(line_bytes, tokens):
+            self.too_large += 1
+            return
+        if self.lines == 0 or self.limits.full(self.lines, self.size, self.tokens, line_bytes, tokens):
+            self.shards += 1
+            self.lines = self.size = self.tokens = 0
+        self.lines += 1
+        self.size += line_bytes
+        self.tokens += tokens
+        self.max_tokens_seen = max(self.max_tokens_seen, self.tokens)
+
+
+def line_overhead(url: str, custom_id_chars: int = 32) -> int:
+    """Bytes a shard line adds around its JSON body (custom_id, method, url, braces, newline)."""
+    return len(b'{"custom_id":""') + custom_id_chars + len(',"method":"POST","url":' + json.dumps(url) + ',"body":') + 2
+
 
 @dataclass(frozen=True, slots=True)
 class Shard:
@@ -132,16 +172,12 @@ class ShardWriter:
             )
         )
         lim = self.limits
-        if len(line) > lim.max_bytes or (lim.max_tokens is not None and tokens > lim.max_tokens):
+        if lim.too_large(len(line), tokens):
             raise LineTooLarge(
                 f"{len(line):,} bytes / {tokens:,} tokens: larger than a whole shard "
                 f"({lim.max_bytes:,} bytes / {lim.max_tokens or 0:,} enqueued tokens)"
             )
-        if self._file is not None and (
-            len(self._lines) >= lim.max_lines
-            or self._bytes + len(line) > lim.max_bytes
-            or (lim.max_tokens is not None and self._tokens + tokens > lim.max_tokens)
-        ):
+        if self._file is not None and lim.full(len(self._lines), self._bytes, self._tokens, len(line), tokens):
             self._finish()
         if self._file is None:
             self._file = self.path_for(self.number).open("wb", buffering=1 << 20)

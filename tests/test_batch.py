@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from batchrun import runner
 from batchrun.batch_api import BatchInfo
-from batchrun.batch_run import cancel_batches, describe_batches, run_batch_async
+from batchrun.batch_results import describe_batches
+from batchrun.batch_run import cancel_batches, run_batch_async
 from batchrun.errors import EndpointError
 from batchrun.jobs import load_job
 from batchrun.retries import Action, line_failure
@@ -139,7 +140,9 @@ def test_shards_respect_every_limit_and_keep_order(
             writer.add(f"c{i}", f"r{i}", body, tokens)
             sent.append(f"c{i}")
         except LineTooLarge:
-            assert (max_tokens is not None and tokens > max_tokens) or chars * 2 + 100 > max_bytes
+            line = {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+            size = len(json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode()) + 1
+            assert (max_tokens is not None and tokens > max_tokens) or size > max_bytes
     writer.close()
     assert [cid for _, ids in done for cid in ids] == sent
     for shard, ids in done:
