@@ -36,6 +36,8 @@ def _run(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         job = job.model_copy(update={"output": job.output.model_copy(update={"path": Path(args.output).resolve()})})
+    if getattr(args, "mode", None):
+        job = job.model_copy(update={"mode": args.mode})
     cache = "off" if args.no_cache else "refresh" if args.refresh else "use"
     try:
         result = run(job, progress=not args.quiet, cache=cache, wait=args.wait)
@@ -150,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--wait", action="store_true", help="batch mode: poll until every batch is collected and the output written"
     )
+    r.add_argument("--mode", choices=["online", "batch", "auto"], help="override the job's mode")
     r.set_defaults(func=_run)
 
     rs = sub.add_parser("resume", help="continue a stopped or killed run (the same as run)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from array import array
 from collections.abc import Callable, Sequence
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 from .jobs import Job
 from .pricing import PriceTable, default_table, load_table
 from .prompts import Renderer, Request
+from .shards import CHAT_URL, EMBEDDINGS_URL, ShardCounter, ShardLimits, line_overhead, queue_limit
 from .sources import Source, open_source
 
 EMBED_MAX_INPUTS = 2048
@@ -61,6 +63,12 @@ class Plan:
     context_window: int | None
     too_long_count: int
     too_long: list[RowIssue] = field(default_factory=list)
+    batch_shards: int = 0
+    batch_queue_limit: int | None = None
+    batch_queue_source: str = ""
+    batch_largest_shard_tokens: int = 0
+    batch_prompt_tokens: int = 0
+    batch_over_queue: int = 0
     recommended_mode: str = "online"
     recommendation: str = ""
     notes: list[str] = field(default_factory=list)
@@ -131,10 +139,21 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
     issue_count = 0
     issue_prompt = 0
     pending_embed: list[Request] = []
+    queue, queue_source = queue_limit(job)
+    shard_counter = ShardCounter(ShardLimits(job.batch.max_lines, job.batch.max_bytes, queue))
+    url = EMBEDDINGS_URL if job.request.kind == "embeddings" else CHAT_URL
+    overhead = line_overhead(url)
+    batch_tokens = 0
     for batch in source.batches(batch_size):
         reqs = renderer.render(batch)
         for r in reqs:
             counts.append(r.prompt_tokens)
+            if too_long_reason(job, r, context, None) is None:
+                # the shard line as batch mode writes it (custom_id is a 32-character fingerprint)
+                body = r.body if job.request.kind == "chat" else {"model": job.request.model, **r.body}
+                size = overhead + len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+                shard_counter.add(size, r.prompt_tokens)
+                batch_tokens += r.prompt_tokens
             reason = too_long_reason(job, r, context, tpm)
             if reason:
                 issue_count += 1
@@ -235,6 +254,12 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
         too_long_count=issue_count,
         too_long=issues,
         notes=notes,
+        batch_shards=shard_counter.shards,
+        batch_queue_limit=queue,
+        batch_queue_source=queue_source,
+        batch_largest_shard_tokens=shard_counter.max_tokens_seen,
+        batch_prompt_tokens=batch_tokens,
+        batch_over_queue=shard_counter.too_large,
     )
     mode, why = recommend(job, plan)
     return _with(plan, recommended_mode=mode, recommendation=why)
@@ -294,6 +319,22 @@ def _minutes(v: float | None) -> str:
     return f"{v / 60:.1f} h"
 
 
+def _queue_line(plan: Plan) -> str:
+    limit = plan.batch_queue_limit
+    if limit is None:
+        return f"enqueued-token limit {plan.batch_queue_source}"
+    waves = -(-plan.batch_prompt_tokens // limit) if plan.batch_prompt_tokens else 0
+    line = f"enqueued-token limit {limit:,} ({plan.batch_queue_source}): "
+    if plan.batch_over_queue:
+        line += f"{plan.batch_over_queue:,} request(s) alone exceed it and cannot be batched; "
+    if waves <= 1:
+        return line + f"all {plan.batch_prompt_tokens:,} prompt tokens fit in the queue at once"
+    return line + (
+        f"{plan.batch_prompt_tokens:,} prompt tokens go in about {waves} waves, each submitted when the last "
+        "one's batches finish (up to 24 h each)"
+    )
+
+
 def format_plan(plan: Plan) -> str:
     """The plan as the text `batchrun plan` prints."""
     lines = [
@@ -321,6 +362,7 @@ def format_plan(plan: Plan) -> str:
             else ""
         ),
         f"    tokens charged against TPM: {plan.charged_tokens_total:,} (prompt + max output per request)",
+        f"  Batch API            {plan.batch_shards:,} shard file(s); {_queue_line(plan)}",
     ]
     if plan.too_long_count:
         lines.append(f"  rows that cannot be sent: {plan.too_long_count:,} (status too_long in the output)")

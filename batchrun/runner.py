@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .endpoints import Endpoint, open_endpoint
 from .engine import Budget, Engine, EngineOptions, RunStats, WorkItem
-from .errors import BatchrunError, Interrupted, JobFileError
+from .errors import BatchrunError, EndpointError, Interrupted, JobFileError
 from .jobs import Job, load_job
 from .ledger import FINAL_STATUSES, SIMULATOR, Ledger, ledger_path
 from .limits import RateLimiter
@@ -504,13 +504,19 @@ async def run_async(
         from .batch_run import run_batch_async
 
         mode, why = await asyncio.to_thread(choose_mode, job)
-        if mode == "batch":
-            result = await run_batch_async(job, progress=progress, endpoint=endpoint, cache=cache, wait=wait)
-            if job.mode == "auto":
-                result.notes.insert(0, f'mode "auto" chose the Batch API: {why}')
-            return result
-        job = job.model_copy(update={"mode": "online"})
         auto_note = f'mode "auto" chose online: {why}'
+        if mode == "batch":
+            try:
+                result = await run_batch_async(job, progress=progress, endpoint=endpoint, cache=cache, wait=wait)
+            except EndpointError as exc:
+                if job.mode != "auto" or "no Batch API" not in str(exc):
+                    raise
+                auto_note = f'mode "auto" ran online: {exc}'
+            else:
+                if job.mode == "auto":
+                    result.notes.insert(0, f'mode "auto" chose the Batch API: {why}')
+                return result
+        job = job.model_copy(update={"mode": "online"})
     else:
         auto_note = None
     source = await asyncio.to_thread(open_source, job.input)

@@ -25,6 +25,7 @@ from batchrun.batch_results import describe_batches
 from batchrun.batch_run import cancel_batches, run_batch_async
 from batchrun.errors import EndpointError
 from batchrun.jobs import load_job
+from batchrun.plan import format_plan, make_plan
 from batchrun.retries import Action, line_failure
 from batchrun.shards import LineTooLarge, Shard, ShardLimits, ShardWriter
 from batchrun.sim import SimServer
@@ -214,6 +215,9 @@ def test_batch_run_matches_the_online_run(make_sim, tmp_path: Path) -> None:
 def test_without_wait_it_submits_and_a_later_run_collects(make_sim, tmp_path: Path) -> None:
     sim = make_sim(**FAST)
     job_path = write_batch_job(tmp_path, sim, texts(25), batch="max_lines = 10\nkeep_shards = true")
+    plan = make_plan(load_job(job_path))
+    assert plan.batch_shards == 3 and plan.batch_queue_limit == 2_000_000  # tier 1, gpt-4o-mini
+    assert "3 shard file(s)" in format_plan(plan) and "fit in the queue at once" in format_plan(plan)
     first = runner.run(load_job(job_path))
     assert first.waiting is not None and "3 shard(s)" in first.waiting
     assert not (tmp_path / "job.parquet").exists()
@@ -337,8 +341,6 @@ def test_token_limit_exceeded_waits_for_the_queue(make_sim, tmp_path: Path) -> N
     """The server's queue holds about one shard; the job does not know: refused batches are sent again later."""
     sim = make_sim(**FAST)
     path = write_batch_job(tmp_path, sim, texts(30), batch="max_lines = 10\nenqueued_token_limit = 100000000")
-    from batchrun.plan import make_plan
-
     shard_tokens = make_plan(load_job(path)).prompt_tokens_total / 3  # the simulator counts the same way
     sim.configure(batch_queue_limit_tokens=int(shard_tokens * 1.5))  # one shard fits, two do not
     result = run_until_done(path)
@@ -411,3 +413,23 @@ def test_a_kill_at_any_step_never_uploads_or_submits_a_shard_twice(make_sim, tmp
     assert len(shards) == 3 and set(shards.values()) == {1}, shards
     stats = sim.stats()["batches"]
     assert stats["files_uploaded"] == 3 and stats["batches_created"] == 3
+
+
+def test_plan_counts_queue_waves(make_sim, tmp_path: Path) -> None:
+    sim = make_sim()
+    path = write_batch_job(tmp_path, sim, texts(30), batch="max_lines = 10\nenqueued_token_limit = 400")
+    plan = make_plan(load_job(path))
+    assert plan.batch_largest_shard_tokens <= 400 and plan.batch_shards >= 3
+    assert "waves" in format_plan(plan)
+
+
+def test_auto_mode_runs_online_when_the_server_has_no_batch_api(make_sim, tmp_path: Path) -> None:
+    sim = make_sim(batch_api=False)
+    path = write_batch_job(tmp_path, sim, texts(3), mode="auto")
+    job = load_job(path).model_copy(update={"deadline_hours": 48.0})
+    from unittest import mock
+
+    with mock.patch("batchrun.runner.choose_mode", return_value=("batch", "test")):
+        result = runner.run(job)
+    assert result.mode == "online" and result.by_status == {"ok": 3}
+    assert "no Batch API" in result.notes[0]
