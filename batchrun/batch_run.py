@@ -36,7 +36,7 @@ from .errors import BudgetExceeded, EndpointError, JobFileError
 from .jobs import Job
 from .ledger import SIMULATOR, BatchBook, BatchRunRecord, Ledger, ShardRecord, ledger_path
 from .plan import price_table_for
-from .prompts import Renderer
+from .prompts import Renderer, Request
 from .replies import ReplyParser
 from .shards import CHAT_URL, EMBEDDINGS_URL, LineTooLarge, Shard, ShardLimits, ShardLine, ShardWriter
 from .sinks import OutputLayout, RowResult, make_layout
@@ -367,7 +367,7 @@ class BatchJob(ResultsMixin):
 
         prefix = f"{self.job.name[:40]}-{self.job_key[:8]}-r{run.id}.{round_no}"
         writer = ShardWriter(self.work_dir, prefix, self.url, self.limits, on_shard)
-        kind = self.job.request.kind
+        body_of = self.renderer.json_body(self.endpoint.model)
         for batch in self.source.batches(5000):
             positions, ids, texts = self.renderer.texts(batch)
             fps = [self.fingerprinter.of(t) for t in texts]
@@ -399,24 +399,17 @@ class BatchJob(ResultsMixin):
             self.ledger.flush()
             if not send:
                 continue
-            reqs = self.renderer.requests(
-                [positions[i] for i in send], [ids[i] for i in send], [texts[i] for i in send]
-            )
-            for i, req in zip(send, reqs, strict=True):
+            sub = [texts[i] for i in send]
+            tokens = self.renderer.prompt_tokens(sub)
+            max_out = self.renderer.max_output
+            for i, text, n in zip(send, sub, tokens, strict=True):
                 fp = fps[i]
-                if self._unsendable(req):
+                if self._unsendable(Request(positions[i], ids[i], {}, n, max_out)):
                     open_ids.discard(fp)
                     attempts_of.pop(fp, None)
                     continue  # reported as too_long when the output is written; never sent
-                if kind == "embeddings":
-                    body: dict[str, Any] = {"model": self.endpoint.model, "input": req.body["input"],
-                                            "encoding_format": "float"}  # fmt: skip
-                    if self.job.request.dimensions:
-                        body["dimensions"] = self.job.request.dimensions
-                else:
-                    body = {**req.body, "model": self.endpoint.model}
                 try:
-                    writer.add(fp, req.row_id, body, req.prompt_tokens)
+                    writer.add(fp, ids[i], body_of(text), n)
                 except LineTooLarge:
                     open_ids.discard(fp)
                     attempts_of.pop(fp, None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from array import array
 from collections.abc import Callable, Sequence
@@ -143,6 +142,7 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
     shard_counter = ShardCounter(ShardLimits(job.batch.max_lines, job.batch.max_bytes, queue))
     url = EMBEDDINGS_URL if job.request.kind == "embeddings" else CHAT_URL
     overhead = line_overhead(url)
+    body_of = renderer.json_body(job.request.model)
     batch_tokens = 0
     for batch in source.batches(batch_size):
         reqs = renderer.render(batch)
@@ -150,9 +150,8 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
             counts.append(r.prompt_tokens)
             if too_long_reason(job, r, context, None) is None:
                 # the shard line as batch mode writes it (custom_id is a 32-character fingerprint)
-                body = r.body if job.request.kind == "chat" else {"model": job.request.model, **r.body}
-                size = overhead + len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
-                shard_counter.add(size, r.prompt_tokens)
+                text = r.body["input"] if job.request.kind == "embeddings" else r.body["messages"][-1]["content"]
+                shard_counter.add(overhead + len(body_of(text)), r.prompt_tokens)
                 batch_tokens += r.prompt_tokens
             reason = too_long_reason(job, r, context, tpm)
             if reason:

@@ -160,17 +160,10 @@ class ShardWriter:
     def path_for(self, number: int) -> Path:
         return self.directory / f"{self.prefix}-{number:05d}.jsonl"
 
-    def add(self, custom_id: str, row_id: str, body: dict[str, Any], tokens: int) -> None:
-        """Append one request; `tokens` is what it adds to the enqueued-token count (its prompt)."""
-        line = b"".join(
-            (
-                self._head,
-                json.dumps(custom_id).encode(),
-                self._mid,
-                json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
-                b"}\n",
-            )
-        )
+    def add(self, custom_id: str, row_id: str, body: bytes, tokens: int) -> None:
+        """Append one request (`body` is its JSON); `tokens` is what it adds to the enqueued-token
+        count (its prompt)."""
+        line = b"".join((self._head, json.dumps(custom_id).encode(), self._mid, body, b"}\n"))
         lim = self.limits
         if lim.too_large(len(line), tokens):
             raise LineTooLarge(

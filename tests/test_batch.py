@@ -138,7 +138,7 @@ def test_shards_respect_every_limit_and_keep_order(
     for i, (chars, tokens) in enumerate(sizes):
         body = {"model": "m", "messages": [{"role": "user", "content": "é" * chars}]}
         try:
-            writer.add(f"c{i}", f"r{i}", body, tokens)
+            writer.add(f"c{i}", f"r{i}", json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(), tokens)
             sent.append(f"c{i}")
         except LineTooLarge:
             line = {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}

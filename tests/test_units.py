@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from pathlib import Path
 
 import openai
 import pyarrow as pa
@@ -179,3 +180,36 @@ def test_reply_statuses(choice: dict, status: str) -> None:
     assert parsed.status == status
     if status != "ok":
         assert parsed.error
+
+
+def test_simple_templates_render_exactly_as_jinja2(tmp_path: Path) -> None:
+    """The fast path for `{{ name }}` templates gives Jinja2's own text for every kind of value."""
+    import polars as pl
+
+    from batchrun.jobs import parse_job
+    from batchrun.prompts import Renderer
+    from batchrun.sources import open_source
+
+    df = pl.DataFrame(
+        {
+            "s": ["héllo", None, "", "a\nb"],
+            "n": [1, None, -3, 0],
+            "f": [1.0, 2.5, None, 1e20],
+            "b": [True, False, None, True],
+        }
+    )
+    df.write_parquet(tmp_path / "in.parquet")
+    data = {
+        "input": {"path": "in.parquet"},
+        "prompt": {"template": "S={{ s }} N={{ n }} F={{ f }} B={{ b }} S again {{ s }}\n"},
+        "request": {"model": "gpt-4o-mini", "max_tokens": 5},
+    }
+    job = parse_job(data, tmp_path / "j.toml")
+    source = open_source(job.input)
+    renderer = Renderer(job, source.columns)
+    assert renderer.parts is not None
+    batch = next(iter(source.batches(10)))
+    fast = renderer.texts(batch)[2]
+    renderer.parts = None  # the Jinja2 path
+    assert renderer.texts(batch)[2] == fast
+    assert fast[1] == "S=None N=None F=2.5 B=False S again None"
