@@ -505,8 +505,12 @@ async def run_batch_async(
     try:
         if endpoint.banner:
             print(endpoint.banner, file=sys.stderr)
-        if endpoint.sim is not None and not wait:
-            wait = True  # the in-process simulator ends with this process: its batches cannot outlive it
+        if endpoint.sim is not None:
+            # the in-process simulator ends with this process, so its batches cannot outlive it; and
+            # it finishes them in seconds, so polling every 30 s would only make the demo slow
+            wait = True
+            fast = {"poll_seconds": min(job.batch.poll_seconds, 0.5), "poll_max_seconds": 2.0}
+            job = job.model_copy(update={"batch": job.batch.model_copy(update=fast)})
             notes.append("simulated endpoint: waited for the batches (the simulator stops when batchrun exits)")
         bj = BatchJob(job, source, endpoint, cache=cache)
         bar = None

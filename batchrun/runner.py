@@ -216,7 +216,11 @@ class _Run:
         self.fps: dict[int, str] = {}  # seq → fingerprint, for requests sent in this run
         self.in_flight: set[str] = set()
         self.followers: dict[str, list[tuple[int, Request]]] = {}
-        self.recent: dict[str, RowResult] = {}  # recorded results not yet committed to the ledger
+        # results recorded in this run and not yet seen by a ledger lookup: committed ones are dropped
+        # only when the producer looks the next input batch up in the ledger, so an identical row
+        # whose lookup came before the commit still finds its answer here (and is not sent twice)
+        self.recent: dict[str, RowResult] = {}
+        self.committed: list[str] = []
         if job.request.dimensions:
             self.engine.embedding_extra["dimensions"] = job.request.dimensions
         self.window = asyncio.Semaphore(self.options.window)
@@ -266,8 +270,11 @@ class _Run:
             inputs = await asyncio.to_thread(lambda b=batch: b.select(cols).to_dicts())
             fps = await asyncio.to_thread(lambda t=texts: [self.fingerprinter.of(x) for x in t])
             cached: dict[str, RowResult] = {}
+            done, self.committed = self.committed, []
             if self.ledger is not None and self.cache_read:
                 cached = await asyncio.to_thread(self.ledger.lookup, fps)
+            for fp in done:  # committed before this lookup: the ledger answers for them now
+                self.recent.pop(fp, None)
             # tokens are counted only for rows that may be sent: a resumed run skips the rest
             misses = [i for i, fp in enumerate(fps) if fp not in cached]
             fresh = await asyncio.to_thread(
@@ -360,7 +367,7 @@ class _Run:
             batch = self.ledger.take()
             await asyncio.to_thread(self.ledger.write, batch)
             for row in batch:
-                self.recent.pop(row[0], None)
+                self.committed.append(row[0])
         if self.audit_lines and (force or len(self.audit_lines) >= 200):
             lines, self.audit_lines[:] = list(self.audit_lines), []
             await asyncio.to_thread(_append_jsonl, self.audit_path, lines)

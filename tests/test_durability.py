@@ -81,6 +81,19 @@ def test_identical_requests_are_sent_once(make_sim: SimFactory, write_job: Calla
     assert df["from_cache"].sum() == 90
 
 
+def test_identical_row_after_its_twin_was_committed_is_not_sent_again(
+    make_sim: SimFactory, write_job: Callable[..., Path]
+) -> None:
+    """One request in flight and slow replies: the producer is held back by the full queue while the
+    first answers are committed to the ledger, after its batch's ledger lookup. The identical rows
+    further down that batch must still find the answer (in session 3 one demo row was paid twice)."""
+    sim = make_sim(latency_ms=60)
+    rows = [f"text {i}" for i in range(8)] + ["text 0"] * 3  # the twins come after 7 other requests
+    result = run(make(write_job, sim, rows, in_flight=1))
+    assert result.by_status == {"ok": 11}
+    assert sim.stats()["by_endpoint"]["chat"] == 8 and result.cached_rows == 3
+
+
 def test_rerun_pays_only_for_changed_and_new_rows(make_sim: SimFactory, write_job: Callable[..., Path]) -> None:
     sim = make_sim()
     rows = [f"review {i}" for i in range(200)]
