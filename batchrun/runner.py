@@ -79,6 +79,9 @@ class RunResult:
         )  # fmt: skip
 
 
+STATUS_ORDER = ("ok", "refused", "truncated", "schema_invalid", "filtered", "too_long", "failed", "not_sent")
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -94,7 +97,7 @@ def format_summary(r: RunResult) -> str:
         return "\n".join([head, f"  batches      {r.waiting}", *(f"  note         {n}" for n in r.notes)])
     if r.mode != "online":
         return _format_batch(r)
-    order = ["ok", "refused", "truncated", "schema_invalid", "filtered", "too_long", "failed", "not_sent"]
+    order = STATUS_ORDER
     statuses = "   ".join(f"{k} {r.by_status[k]:,}" for k in order if r.by_status.get(k))
     cost = f"${r.cost_usd:,.4f}" if r.price_known else "unknown (no price for this model)"
     rpm, tpm = r.limits
@@ -122,7 +125,7 @@ def format_summary(r: RunResult) -> str:
 
 
 def _format_batch(r: RunResult) -> str:
-    order = ["ok", "refused", "truncated", "schema_invalid", "filtered", "too_long", "failed", "not_sent"]
+    order = STATUS_ORDER
     statuses = "   ".join(f"{k} {r.by_status[k]:,}" for k in order if r.by_status.get(k))
     cost = f"${r.cost_usd:,.4f} at the Batch API price" if r.price_known else "unknown (no price for this model)"
     lines = [
