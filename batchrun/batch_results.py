@@ -204,14 +204,12 @@ def describe_batches(ledger_file: Path) -> list[str]:
     ledger = Ledger(ledger_file)
     try:
         book = BatchBook(ledger)
-        runs = ledger.db.execute("SELECT id, job_key FROM batch_runs ORDER BY id DESC LIMIT 3").fetchall()
         out: list[str] = []
-        for run_id, job_key in runs:
-            run = book.last_run(job_key)
-            shards = book.shards(run_id)
-            state = ledger.db.execute("SELECT state, round, note FROM batch_runs WHERE id = ?", (run_id,)).fetchone()
-            out.append(f"  batch run {run_id}   {state[0]}, round {state[1]}" + (f" ({state[2]})" if state[2] else ""))
-            for s in shards:
+        for run in book.recent_runs(3):
+            out.append(
+                f"  batch run {run.id}   {run.state}, round {run.round}" + (f" ({run.note})" if run.note else "")
+            )
+            for s in book.shards(run.id):
                 batch = f"{s.batch_id} {s.batch_status}" if s.batch_id else "not submitted"
                 counts = (
                     f"{s.completed:,}/{s.lines:,} done, {s.failed:,} failed" if s.batch_id else f"{s.lines:,} lines"
@@ -220,7 +218,6 @@ def describe_batches(ledger_file: Path) -> list[str]:
                     f"    round {s.round} shard {s.number}: {s.state:<9} {batch}   {counts}"
                     + (f"   [{s.note}]" if s.note else "")
                 )
-            del run
         return out
     finally:
         ledger.close()

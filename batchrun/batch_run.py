@@ -34,12 +34,12 @@ from .batch_results import ResultsMixin, Tally
 from .endpoints import Endpoint
 from .errors import BudgetExceeded, EndpointError, JobFileError
 from .jobs import Job
-from .ledger import SIMULATOR, BatchBook, BatchRunRecord, Ledger, ShardRecord, ledger_path
+from .ledger import BatchBook, BatchRunRecord, Ledger, ShardRecord, ledger_path
 from .plan import price_table_for
 from .prompts import Renderer, Request
 from .replies import ReplyParser
 from .shards import CHAT_URL, EMBEDDINGS_URL, LineTooLarge, Shard, ShardLimits, ShardLine, ShardWriter
-from .sinks import OutputLayout, RowResult, make_layout
+from .sinks import RowResult, job_layout
 from .sources import Source
 
 OUTSTANDING = frozenset({"written", "uploading", "uploaded", "creating", "submitted"})
@@ -85,18 +85,9 @@ class BatchJob(ResultsMixin):
         self.price = table.lookup(job.request.model)
         self.discount = table.batch_discount
         self.context = self.price.context_window if self.price else None
-        cols = list(source.output_columns())
-        self.input_columns = cols
-        self.layout: OutputLayout = make_layout(
-            cols,
-            [source.dtypes[source.columns.index(c)] for c in cols],
-            kind=job.request.kind,
-            schema=job.schema_strict,
-            model=job.request.model,
-            dimensions=job.request.dimensions,
-        )
+        self.input_columns, self.layout = job_layout(job, source)
         self.parser = ReplyParser(job.schema_strict, job.request.max_output_tokens)
-        self.endpoint_key = SIMULATOR if endpoint.simulated else endpoint.base_url.rstrip("/")
+        self.endpoint_key = endpoint.cache_key
         self.fingerprinter = self.renderer.fingerprinter(self.endpoint_key, endpoint.model)
         self.ledger = Ledger(job.output.ledger or ledger_path(job.output_path))
         self.book = BatchBook(self.ledger)
@@ -112,8 +103,8 @@ class BatchJob(ResultsMixin):
         self.held_for_queue = False
 
     @staticmethod
-    def has_active_run(job: Job, ledger_file: Path) -> bool:
-        """Whether the ledger holds an unfinished batch run for this job (any endpoint key)."""
+    def has_active_run(ledger_file: Path) -> bool:
+        """Whether the ledger holds an unfinished batch run (of any job sharing it)."""
         ledger = Ledger(ledger_file)
         try:
             return ledger.db.execute("SELECT 1 FROM batch_runs WHERE state = 'active' LIMIT 1").fetchone() is not None
@@ -198,14 +189,7 @@ class BatchJob(ResultsMixin):
             {k: tags[k] for k in ("batchrun_job", "batchrun_shard", "batchrun_submit")}, since=shard.updated_at
         )
         if info is not None:
-            await self._db(
-                self.book.update_shard,
-                shard.id,
-                state="submitted",
-                batch_id=info.id,
-                batch_status=info.status,
-                submits=shard.submits + 1,
-            )
+            await self._submitted(shard, info)
         else:
             await self._db(self.book.update_shard, shard.id, state="uploaded")
 
@@ -274,6 +258,10 @@ class BatchJob(ResultsMixin):
         info = await self.api.create(shard.file_id, self.url, self._tags(shard), since=time.time())
         failpoints.reached("create")
         self.echo(f"batchrun: shard {shard.number} ({shard.lines:,} requests) submitted as {info.id}")
+        return await self._submitted(shard, info)
+
+    async def _submitted(self, shard: ShardRecord, info: BatchInfo) -> ShardRecord:
+        """Record that a shard's batch exists (just created, or found after a crash)."""
         return await self._db(
             self.book.update_shard,
             shard.id,
@@ -371,10 +359,9 @@ class BatchJob(ResultsMixin):
         for batch in self.source.batches(5000):
             positions, ids, texts = self.renderer.texts(batch)
             fps = [self.fingerprinter.of(t) for t in texts]
-            origin: dict[str, tuple[str | None, float]] = {}
-            final = self.ledger.lookup(fps, origin)
+            final = self.ledger.answered(fps)
             if not self.cache_read:  # --refresh: only answers from this batch run count
-                final = {fp: r for fp, r in final.items() if origin[fp][1] >= run.started_at}
+                final = {fp: at for fp, at in final.items() if at >= run.started_at}
             todo = [i for i, fp in enumerate(fps) if fp not in final]
             if not todo:
                 continue

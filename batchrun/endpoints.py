@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import openai
 
 from .jobs import Job
+from .ledger import SIMULATOR
 from .sim import SimConfig, SimServer
 
 SIM_BANNER = (
@@ -29,6 +30,12 @@ class Endpoint:
     simulated: bool = False
     sim: SimServer | None = None
     banner: str = ""
+
+    @property
+    def cache_key(self) -> str:
+        """The endpoint as the ledger keys answers: the simulator's port changes every run, so all
+        simulated answers share one key."""
+        return SIMULATOR if self.simulated else self.base_url.rstrip("/")
 
     async def close(self) -> None:
         await self.client.close()

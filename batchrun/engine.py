@@ -32,7 +32,7 @@ from .headers import read_headers
 from .limits import RateLimiter, RequestTooLarge
 from .pricing import ModelPrice
 from .prompts import Request
-from .replies import ReplyParser
+from .replies import ReplyParser, usage_tokens
 from .retries import Action, Backoff, classify
 from .sinks import RowResult
 
@@ -459,9 +459,7 @@ class Engine:
     ) -> RowResult:
         req = item.requests[0]
         usage = reply.get("usage") or None
-        prompt = usage.get("prompt_tokens") if usage else None
-        completion = usage.get("completion_tokens") if usage else None
-        cached = ((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0) if usage else 0
+        prompt, completion, cached = usage_tokens(reply)
         if usage is not None:
             self.stats.recent.append((time.monotonic(), usage.get("total_tokens") or 0))
         parsed = self.parser.chat(reply)

@@ -252,6 +252,20 @@ class Ledger:
                     from_cache=True,
                 )
 
+    def answered(self, fingerprints: Sequence[str]) -> dict[str, float]:
+        """Fingerprint → time recorded, for those with a final answer (nothing decoded)."""
+        found: dict[str, float] = {}
+        with self.lock:
+            for start in range(0, len(fingerprints), 900):
+                chunk = list(fingerprints[start : start + 900])
+                marks = ",".join("?" * len(chunk))
+                found.update(
+                    self.db.execute(
+                        f"SELECT fingerprint, created_at FROM results WHERE fingerprint IN ({marks})", chunk
+                    ).fetchall()
+                )
+        return found
+
     def spent(self) -> float:
         """Dollars recorded for every result in the ledger (all runs), the simulator's excluded."""
         with self.lock:
@@ -359,21 +373,25 @@ class BatchBook:
 
     # -- runs ----------------------------------------------------------------------------------
 
-    def active_run(self, job_key: str) -> BatchRunRecord | None:
-        row = self.db.execute(
+    def _runs(self, where: str, args: tuple[Any, ...], limit: int = 1) -> list[BatchRunRecord]:
+        rows = self.db.execute(
             "SELECT id, job_key, state, round, sharding, started_at, finished_at, note FROM batch_runs "
-            "WHERE job_key = ? AND state = 'active' ORDER BY id DESC LIMIT 1",
-            (job_key,),
-        ).fetchone()
-        return None if row is None else BatchRunRecord(*row[:4], bool(row[4]), *row[5:])
+            f"WHERE {where} ORDER BY id DESC LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        return [BatchRunRecord(*r[:4], bool(r[4]), *r[5:]) for r in rows]
+
+    def active_run(self, job_key: str) -> BatchRunRecord | None:
+        found = self._runs("job_key = ? AND state = 'active'", (job_key,))
+        return found[0] if found else None
 
     def last_run(self, job_key: str) -> BatchRunRecord | None:
-        row = self.db.execute(
-            "SELECT id, job_key, state, round, sharding, started_at, finished_at, note FROM batch_runs "
-            "WHERE job_key = ? ORDER BY id DESC LIMIT 1",
-            (job_key,),
-        ).fetchone()
-        return None if row is None else BatchRunRecord(*row[:4], bool(row[4]), *row[5:])
+        found = self._runs("job_key = ?", (job_key,))
+        return found[0] if found else None
+
+    def recent_runs(self, limit: int) -> list[BatchRunRecord]:
+        """The newest batch runs of every job sharing this ledger."""
+        return self._runs("1", (), limit)
 
     def start_run(self, job_key: str) -> BatchRunRecord:
         with self.ledger.lock, self.db:

@@ -24,12 +24,12 @@ from .endpoints import Endpoint, open_endpoint
 from .engine import Budget, Engine, EngineOptions, RunStats, WorkItem
 from .errors import BatchrunError, EndpointError, Interrupted, JobFileError
 from .jobs import Job, load_job
-from .ledger import FINAL_STATUSES, SIMULATOR, Ledger, ledger_path
+from .ledger import FINAL_STATUSES, Ledger, ledger_path
 from .limits import RateLimiter
 from .plan import embedding_groups, price_table_for, too_long_reason
 from .prompts import Renderer, Request
 from .replies import ReplyParser
-from .sinks import OutputLayout, ParquetSink, ReorderBuffer, RowResult, embedding_dims, make_layout
+from .sinks import ParquetSink, ReorderBuffer, RowResult, embedding_dims, job_layout
 from .sources import ROW_COLUMN, Source, open_source
 
 
@@ -164,17 +164,7 @@ class _Run:
         table = price_table_for(job)
         self.price = table.lookup(job.request.model)
         self.context = self.price.context_window if self.price else None
-        cols = list(source.output_columns())
-        dtypes = [source.dtypes[source.columns.index(c)] for c in cols]
-        self.input_columns = cols
-        self.layout: OutputLayout = make_layout(
-            cols,
-            dtypes,
-            kind=job.request.kind,
-            schema=job.schema_strict,
-            model=job.request.model,
-            dimensions=job.request.dimensions,
-        )
+        self.input_columns, self.layout = job_layout(job, source)
         self.limiter = RateLimiter(job.limits.rpm, job.limits.tpm)
         self.cache_read = cache == "use"
         self.ledger = Ledger(job.output.ledger or ledger_path(job.output_path)) if cache != "off" else None
@@ -214,7 +204,7 @@ class _Run:
             audit=self.audit_lines.append if self.audit_path else None,
         )
         # the simulator's port changes every run; its answers are keyed as one endpoint
-        self.endpoint_key = SIMULATOR if endpoint.simulated else endpoint.base_url.rstrip("/")
+        self.endpoint_key = endpoint.cache_key
         self.fingerprinter = self.renderer.fingerprinter(self.endpoint_key, endpoint.model)
         self.fps: dict[int, str] = {}  # seq → fingerprint, for requests sent in this run
         self.in_flight: set[str] = set()
@@ -492,7 +482,7 @@ def choose_mode(job: Job) -> tuple[str, str]:
     if path.exists():
         from .batch_run import BatchJob
 
-        if BatchJob.has_active_run(job, path):
+        if BatchJob.has_active_run(path):
             return "batch", "a batch run of this job is under way"
     from .plan import make_plan
 

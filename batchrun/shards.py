@@ -90,9 +90,15 @@ class ShardCounter:
         self.max_tokens_seen = max(self.max_tokens_seen, self.tokens)
 
 
+def line_frame(url: str) -> tuple[bytes, bytes, bytes]:
+    """A shard line is head + json(custom_id) + mid + body + tail."""
+    return b'{"custom_id":', (',"method":"POST","url":' + json.dumps(url) + ',"body":').encode(), b"}\n"
+
+
 def line_overhead(url: str, custom_id_chars: int = 32) -> int:
     """Bytes a shard line adds around its JSON body (custom_id, method, url, braces, newline)."""
-    return len(b'{"custom_id":""') + custom_id_chars + len(',"method":"POST","url":' + json.dumps(url) + ',"body":') + 2
+    head, mid, tail = line_frame(url)
+    return len(head) + custom_id_chars + 2 + len(mid) + len(tail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +160,7 @@ class ShardWriter:
         self._bytes = 0
         self._tokens = 0
         self._hash = hashlib.sha256()
-        self._head = b'{"custom_id":'
-        self._mid = (',"method":"POST","url":' + json.dumps(url) + ',"body":').encode()
+        self._head, self._mid, self._tail = line_frame(url)
 
     def path_for(self, number: int) -> Path:
         return self.directory / f"{self.prefix}-{number:05d}.jsonl"
@@ -163,7 +168,7 @@ class ShardWriter:
     def add(self, custom_id: str, row_id: str, body: bytes, tokens: int) -> None:
         """Append one request (`body` is its JSON); `tokens` is what it adds to the enqueued-token
         count (its prompt)."""
-        line = b"".join((self._head, json.dumps(custom_id).encode(), self._mid, body, b"}\n"))
+        line = b"".join((self._head, json.dumps(custom_id).encode(), self._mid, body, self._tail))
         lim = self.limits
         if lim.too_large(len(line), tokens):
             raise LineTooLarge(

@@ -14,11 +14,15 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from .jobs import Job
+    from .sources import Source
 
 Converter = Callable[[Any], Any]
 
@@ -167,6 +171,21 @@ class OutputLayout:
 def embedding_dims(model: str, dimensions: int | None) -> int | None:
     """The vector size a model returns: the job's `dimensions`, else the model's known default."""
     return dimensions or EMBED_DEFAULT_DIMS.get(model)
+
+
+def job_layout(job: Job, source: Source) -> tuple[list[str], OutputLayout]:
+    """The input columns a job's output keeps, and its output layout (online and batch alike)."""
+    cols = list(source.output_columns())
+    dtypes = [source.dtypes[source.columns.index(c)] for c in cols]
+    layout = make_layout(
+        cols,
+        dtypes,
+        kind=job.request.kind,
+        schema=job.schema_strict,
+        model=job.request.model,
+        dimensions=job.request.dimensions,
+    )
+    return cols, layout
 
 
 def make_layout(
