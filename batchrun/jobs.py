@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from . import schemas
 from .errors import JobFileError, SchemaError
 
-FORMATS = ("csv", "tsv", "parquet", "jsonl", "xlsx")
+FORMATS = ("csv", "tsv", "parquet", "jsonl", "xlsx", "txt", "md", "epub")
+DOCUMENT_FORMATS = ("txt", "md", "epub")
 SUFFIX_FORMATS = {
     ".csv": "csv",
     ".tsv": "tsv",
@@ -29,6 +30,11 @@ SUFFIX_FORMATS = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
     ".xlsx": "xlsx",
+    ".txt": "txt",
+    ".text": "txt",
+    ".md": "md",
+    ".markdown": "md",
+    ".epub": "epub",
 }
 
 
@@ -40,7 +46,7 @@ class InputSpec(_Spec):
     """[input]: where rows come from."""
 
     path: Path
-    format: Literal["csv", "tsv", "parquet", "jsonl", "xlsx"] | None = None
+    format: Literal["csv", "tsv", "parquet", "jsonl", "xlsx", "txt", "md", "epub"] | None = None
     id_column: str | None = None
     """Column holding a unique id per row; without it the row number (from 0) is the id."""
     limit: int | None = Field(default=None, gt=0)
@@ -56,6 +62,11 @@ class InputSpec(_Spec):
         if self.format:
             return self.format
         return SUFFIX_FORMATS.get(self.path.suffix.lower(), "")
+
+    @property
+    def is_document(self) -> bool:
+        """A whole document (txt, Markdown, EPUB) split into chapters and paragraphs, not a table of rows."""
+        return self.resolved_format in DOCUMENT_FORMATS
 
 
 class Message(_Spec):
@@ -77,8 +88,6 @@ class PromptSpec(_Spec):
     def _one_template(self) -> PromptSpec:
         if self.template is not None and self.template_file is not None:
             raise ValueError("give `template` or `template_file`, not both")
-        if self.template is None and self.template_file is None:
-            raise ValueError("needs `template` (Jinja2 over the input columns) or `template_file`")
         return self
 
 
@@ -196,6 +205,43 @@ class BatchSpec(_Spec):
     """Keep the shard JSONL files on disk (beside the output, in <output>.shards/) for inspection."""
 
 
+class DocumentSpec(_Spec):
+    """[document]: how a whole document (txt, md, epub input) is chunked, translated and written back."""
+
+    chunk_tokens: int = Field(default=1000, ge=16, le=100_000)
+    """Most source tokens in one request; paragraphs are never split unless one alone is longer
+    (then on sentence boundaries), and a chunk never crosses a chapter."""
+    context_paragraphs: int = Field(default=0, ge=0, le=200)
+    """Send the previous K source/translation pairs of the same chapter as context. Each chapter
+    then runs as a chain, chunk after chunk; chapters run in parallel. 0: every chunk independent."""
+    glossary: Path | None = None
+    """Term → translation (CSV/TSV with columns term,translation; or TOML/JSON table). Each request
+    gets the entries whose term occurs in its paragraphs, so an edited entry re-translates only those."""
+    outputs: tuple[Literal["txt", "md", "epub"], ...] = ()
+    """Translated documents to write (default: the input's own format)."""
+    output_stem: Path | None = None
+    """Where translated documents go, without suffix (default: the Parquet output's path without suffix)."""
+    bilingual: bool = False
+    """Write the original and the translation of each paragraph one after the other."""
+    language: str | None = None
+    """The translation's language code (e.g. "fr"), written into EPUB metadata and html lang."""
+    chapter_pattern: str = r"(?i)^\s*(chapter|book|part|canto)\s+([0-9]+|[ivxlcdm]+)\b"
+    """Text files: a block whose first line matches this starts a new chapter."""
+    chapter_heading_level: int | None = Field(default=None, ge=1, le=6)
+    """Markdown: headings of this level or above start chapters (default: the highest level used twice)."""
+
+    @field_validator("chapter_pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        import re
+
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return v
+
+
 class PricingSpec(_Spec):
     table: Path | None = None
     models: dict[str, dict[str, float]] = Field(default_factory=dict)
@@ -216,6 +262,7 @@ class Job(_Spec):
     budget: BudgetSpec = BudgetSpec()
     output: OutputSpec = OutputSpec()
     batch: BatchSpec = BatchSpec()
+    document: DocumentSpec = DocumentSpec()
     pricing: PricingSpec = PricingSpec()
     # filled in by load_job, not written in TOML
     source_path: Path | None = Field(default=None, exclude=True)
@@ -235,7 +282,43 @@ class Job(_Spec):
             raise ValueError("embeddings jobs cannot have [output_schema]")
         if self.request.kind == "embeddings" and (self.prompt.system or self.prompt.examples):
             raise ValueError("embeddings jobs embed the rendered template only: remove prompt.system/examples")
+        if self.input.is_document:
+            self._check_document()
+        elif self.prompt.template is None and self.prompt.template_file is None:
+            raise ValueError("[prompt] needs `template` (Jinja2 over the input columns) or `template_file`")
         return self
+
+    def _check_document(self) -> None:
+        fmt = self.input.resolved_format
+        if self.request.kind != "chat":
+            raise ValueError(f'a {fmt} document is translated with chat requests: set request.kind = "chat"')
+        if self.prompt.template is not None or self.prompt.template_file is not None:
+            raise ValueError(
+                f"a {fmt} document job builds each request itself (its paragraphs as JSON items): remove "
+                'prompt.template and say what to do in prompt.system (e.g. "Translate into French.")'
+            )
+        if not self.prompt.system:
+            raise ValueError(f'a {fmt} document job needs prompt.system, e.g. "Translate into French."')
+        if self.output_schema is not None:
+            raise ValueError(
+                "a document job's replies have a fixed schema ({id, translation} items, checked against "
+                "the request): remove [output_schema]"
+            )
+        table_keys = [k for k in ("id_column", "filter", "columns", "sheet", "separator") if getattr(self.input, k)]
+        if table_keys:
+            raise ValueError(f"[input] {', '.join(table_keys)} apply to tables, not to a {fmt} document: remove them")
+        if self.input.limit is not None:
+            raise ValueError(f"[input] limit applies to tables; a {fmt} document is translated whole")
+        if self.mode != "online" and self.document.context_paragraphs:
+            raise ValueError(
+                "document.context_paragraphs makes each chapter a chain (every chunk waits for the one before), "
+                'which the Batch API cannot do: use mode = "online", or context_paragraphs = 0 for batch'
+            )
+        if self.mode != "online":
+            raise ValueError(
+                f'document jobs run online for now: set mode = "online" (the Batch API path for {fmt} '
+                "documents is not built yet)"
+            )
 
     @property
     def output_path(self) -> Path:
@@ -313,6 +396,14 @@ def parse_job(data: Mapping[str, Any], source: Path) -> Job:
     strict = _resolve_schema(job.output_schema, base, source)
     out_path = _resolve(base, job.output.path) or (base / f"{name}.parquet").resolve()
     table = _resolve(base, job.pricing.table)
+    doc = job.document.model_copy(
+        update={
+            "glossary": _resolve(base, job.document.glossary),
+            "output_stem": _resolve(base, job.document.output_stem),
+        }
+    )
+    if inp.is_document and doc.glossary is not None and not doc.glossary.is_file():
+        raise JobFileError(source, "document.glossary", f"glossary file not found: {doc.glossary}")
     return job.model_copy(
         update={
             "name": name,
@@ -326,6 +417,7 @@ def parse_job(data: Mapping[str, Any], source: Path) -> Job:
                 }
             ),
             "pricing": job.pricing.model_copy(update={"table": table}),
+            "document": doc,
             "source_path": source.resolve(),
             "schema_strict": strict,
             "template_text": template,

@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import signal
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,8 @@ class RunResult:
     waiting: str | None = None
     """Batch mode: why the output is not written yet (batches still running)."""
     batch_ids: list[str] = field(default_factory=list)
+    documents: list[Path] = field(default_factory=list)
+    """Document jobs: the translated documents written (the Parquet holds one row per paragraph)."""
 
     def frame(self) -> pl.DataFrame:
         return pl.read_parquet(self.output_path)
@@ -118,6 +121,9 @@ def format_summary(r: RunResult) -> str:
         f"  wall time    {r.wall_seconds:,.1f} s   (the limits allow {r.minimum_seconds:,.1f} s at best; "
         f"rpm {rpm or 'unlimited'}, tpm {tpm or 'unlimited'})",
     ]
+    if r.documents:
+        lines[0] += " (one row per paragraph)"
+        lines += [f"  document     {p}" for p in r.documents]
     if r.stopped:
         lines.append(f"  STOPPED      {r.stopped}")
     lines += [f"  note         {n}" for n in r.notes]
@@ -377,45 +383,25 @@ class _Run:
 
     async def run(self) -> RunResult:
         sink = await asyncio.to_thread(ParquetSink, self.job.output_path, self.layout, self.job.output.row_group_size)
-        interrupts = 0
-        loop = asyncio.get_running_loop()
-        main = asyncio.current_task()
-
-        def on_sigint() -> None:
-            nonlocal interrupts
-            interrupts += 1
-            if interrupts == 1:
-                self.bar.write("batchrun: stopping — finishing requests in flight (Ctrl+C again to abort now)")
-                self.engine.stop(Interrupted("interrupted by Ctrl+C; finished rows are written"))
-            elif main is not None:
-                main.cancel()
-
-        installed = False
-        try:
-            loop.add_signal_handler(signal.SIGINT, on_sigint)
-            installed = True
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread (e.g. run from a notebook worker): Ctrl+C raises as usual
         started = time.monotonic()
         self.started = started
         if self.ledger is not None:
             await asyncio.to_thread(self.ledger.start_run)
         ok = False
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.writer(sink))
+            with interruptible(self.engine, self.bar.write):
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self.writer(sink))
 
-                async def drive() -> None:
-                    try:
-                        await self.engine.run(self.items())
-                    finally:
-                        self.results.put_nowait(None)
+                    async def drive() -> None:
+                        try:
+                            await self.engine.run(self.items())
+                        finally:
+                            self.results.put_nowait(None)
 
-                tg.create_task(drive())
+                    tg.create_task(drive())
             ok = True
         finally:
-            if installed:
-                loop.remove_signal_handler(signal.SIGINT)
             self.bar.close()
             if self.ledger is not None:
                 # whatever happened, what was paid for is committed before we leave
@@ -473,6 +459,36 @@ class _Run:
         )
 
 
+@contextlib.contextmanager
+def interruptible(engine: Engine, say: Callable[[str], Any]) -> Iterator[None]:
+    """Ctrl+C stops dispatching (what is in flight finishes, finished rows are written); a second
+    Ctrl+C cancels the run at once."""
+    interrupts = 0
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+
+    def on_sigint() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            say("batchrun: stopping — finishing requests in flight (Ctrl+C again to abort now)")
+            engine.stop(Interrupted("interrupted by Ctrl+C; finished rows are written"))
+        elif main is not None:
+            main.cancel()
+
+    installed = False
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        installed = True
+    except (NotImplementedError, RuntimeError, ValueError):
+        pass  # not the main thread (e.g. run from a notebook worker): Ctrl+C raises as usual
+    try:
+        yield
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGINT)
+
+
 def choose_mode(job: Job) -> tuple[str, str]:
     """The mode a job runs in, and why: its own, or for "auto" the plan's recommendation
     (a batch run already under way is always continued)."""
@@ -519,21 +535,27 @@ async def run_async(
         job = job.model_copy(update={"mode": "online"})
     else:
         auto_note = None
-    source = await asyncio.to_thread(open_source, job.input)
+    source = None if job.input.is_document else await asyncio.to_thread(open_source, job.input)
     own_endpoint = endpoint is None
     endpoint = endpoint or await asyncio.to_thread(open_endpoint, job)
     try:
         if endpoint.banner:
             print(endpoint.banner, file=sys.stderr)
-        state = _Run(job, source, endpoint, progress=progress, cache=cache)
-        result = await state.run()
+        if source is None:
+            from .book import run_document_async
+
+            result, stop_error = await run_document_async(job, progress=progress, endpoint=endpoint, cache=cache)
+        else:
+            state = _Run(job, source, endpoint, progress=progress, cache=cache)
+            result = await state.run()
+            stop_error = state.engine.stop_error
         if auto_note:
             result.notes.insert(0, auto_note)
     finally:
         if own_endpoint:
             await endpoint.close()
-    if state.engine.stop_error is not None:
-        error: BatchrunError = state.engine.stop_error
+    if stop_error is not None:
+        error: BatchrunError = stop_error
         error.result = result  # type: ignore[attr-defined]
         raise error
     return result

@@ -8,8 +8,10 @@ resume tests meaningful).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
+import re
 import struct
 from typing import Any
 
@@ -142,6 +144,67 @@ def value_for(schema: dict[str, Any], rng: random.Random, root: dict[str, Any], 
     if typ == "null":
         return None
     return " ".join(rng.choice(WORDS) for _ in range(3))
+
+
+_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+_VOWELS = set("aeiouAEIOU")
+
+
+def _pig(word: str) -> str:
+    if word[0] in _VOWELS:
+        out = word + "way"
+    else:
+        lead = 0
+        while lead < len(word) and word[lead] not in _VOWELS:
+            lead += 1
+        out = word[lead:] + word[:lead] + "ay"
+    if word[0].isupper():
+        out = out[0].upper() + out[1:].lower() if not word.isupper() else out.upper()
+    return out
+
+
+def sim_translate(text: str) -> str:
+    """The simulator's "translation": Pig Latin, word by word. Deterministic, so tests can check that
+    every translation sits on its own paragraph; obviously synthetic, so nobody mistakes it for a real one."""
+    return _WORD.sub(lambda m: _pig(m.group(0)), text)
+
+
+def translation_reply(user_text: str, forced: set[str]) -> dict[str, Any]:
+    """A reply to a batchrun document request ({"items": [{"id", "text"}]}), misbehaving on request:
+    an item whose text holds [[sim:drop]] is left out, [[sim:dup]] answered twice, [[sim:merge]] merged
+    with the next item (which is then missing: a shifted answer), [[sim:empty]] answered with "";
+    [[sim:swap]] reverses the reply's order. drop, dup and merge need more than one item in the request,
+    as a model that loses its place in a long list."""
+    try:
+        items = json.loads(user_text).get("items") or []
+    except (ValueError, AttributeError):
+        items = []
+    out: list[dict[str, str]] = []
+    skip = False
+    many = len(items) > 1
+    for n, item in enumerate(items):
+        if skip:
+            skip = False
+            continue
+        text = str(item.get("text", ""))
+        entry = {"id": str(item.get("id")), "translation": sim_translate(text)}
+
+        def has(kind: str, text: str = text) -> bool:
+            return kind in forced and f"[[sim:{kind}" in text
+
+        if has("empty"):
+            entry["translation"] = ""
+        if many and has("drop"):
+            continue
+        if many and has("merge") and n + 1 < len(items):
+            entry["translation"] += " " + sim_translate(str(items[n + 1].get("text", "")))
+            skip = True
+        out.append(entry)
+        if many and has("dup"):
+            out.append(dict(entry))
+    if any("[[sim:swap" in str(i.get("text", "")) for i in items) and "swap" in forced:
+        out.reverse()
+    return {"items": out}
 
 
 def embedding(text: str, dims: int) -> list[float]:

@@ -22,6 +22,7 @@ from ..tokens import TokenCounter
 from . import content
 from .config import SimConfig
 
+TRANSLATION_SCHEMA = "batchrun_translation"  # chunks.SCHEMA_NAME: answered with a (Pig Latin) translation
 MARKER = re.compile(r"\[\[sim:([a-z0-9]+)(?:\*(\d+))?\]\]")
 REFUSAL_TEXT = "I'm sorry, but I can't help with that request."
 
@@ -145,6 +146,12 @@ class Responder:
             text, refusal = None, REFUSAL_TEXT
         elif outcome == "filter":
             text, finish = "", "content_filter"
+        elif schema is not None and (rf.get("json_schema") or {}).get("name") == TRANSLATION_SCHEMA:
+            users = [m.get("content") for m in body["messages"] if isinstance(m, dict) and m.get("role") == "user"]
+            reply_items = content.translation_reply(users[-1] if users and isinstance(users[-1], str) else "", forced)
+            text = json.dumps(reply_items, ensure_ascii=False)
+            if outcome == "badjson":
+                text = text[: max(len(text) // 2, 1)]
         elif schema is not None:
             text = json.dumps(content.value_for(schema, rng, schema), ensure_ascii=False)
             if outcome == "badjson":
