@@ -129,8 +129,9 @@ class _Builder:
         self.paragraphs: list[Paragraph] = []
 
     def new_chapter(self, title: str) -> None:
-        self.close()
-        self.title = title
+        if any(p.translatable for p in self.paragraphs):
+            self.close()
+        self.title = title  # blocks with nothing to translate (front matter, a rule) join the next chapter
 
     def add(self, kind: str, text: str, prefix: str = "") -> None:
         if kind != "verbatim" and not _has_letters(text):

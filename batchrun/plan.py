@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from array import array
 from collections.abc import Callable, Sequence
@@ -71,6 +72,8 @@ class Plan:
     recommended_mode: str = "online"
     recommendation: str = ""
     notes: list[str] = field(default_factory=list)
+    document: dict[str, Any] | None = None
+    """Document jobs: chapters, paragraphs, chunks (rows are paragraphs, requests are chunks)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,8 +126,91 @@ def embedding_groups(items: Sequence[T], tokens: Callable[[T], int]) -> list[lis
     return groups
 
 
+def make_document_plan(job: Job) -> Plan:
+    """A document job's chunks built and counted as the run will send them (context estimated)."""
+    from .chunks import ChunkRenderer, load_glossary, plan_chunks
+    from .documents import open_document
+
+    doc = open_document(job.input.path, job.document, job.input.resolved_format)
+    renderer = ChunkRenderer(job, load_glossary(job.document.glossary))
+    counter = renderer.counter
+    chunks = plan_chunks(doc, counter, job.document.chunk_tokens)
+    keep = job.document.context_paragraphs
+    counts = array("q")
+    expected_out: list[int] = []
+    chapter_done: dict[int, list[tuple[str, str]]] = {}
+    for chunk in chunks:
+        done = chapter_done.setdefault(chunk.chapter, [])
+        # the context's translations are not known yet: the source stands in for them
+        req, _ = renderer.request(chunk.segments, done[-keep:] if keep else [], chunk.number)
+        counts.append(req.prompt_tokens)
+        reply = json.dumps({"items": [{"id": s.id, "translation": s.text} for s in chunk.segments]}, ensure_ascii=False)
+        expected_out.append(counter.count_text(reply))
+        done += [(s.text, s.text) for s in chunk.segments]
+    paragraphs = [p for p in doc.paragraphs() if p.translatable]
+    split = {s.paragraph for c in chunks for s in c.segments if s.id != s.paragraph}
+    max_out = job.request.max_output_tokens or 0
+    table = price_table_for(job)
+    price = table.lookup(job.request.model)
+    total_prompt = sum(counts)
+    worst_out = max_out * len(chunks)
+    expected = sum(min(e, max_out) for e in expected_out)
+    charged = total_prompt + worst_out
+    notes = [
+        "expected output assumes a translation about as long in tokens as its source (varies by language)",
+    ]
+    if keep:
+        notes.append(
+            f"prompt tokens include {keep} paragraph(s) of context per chunk, with the source standing in for "
+            "translations not made yet"
+        )
+    largest = max(expected_out, default=0)
+    if largest > max_out:
+        notes.append(
+            f"request.max_tokens ({max_out}) is below what the largest chunk's reply needs (~{largest} tokens): "
+            "those replies would be cut off and their chunks split and sent again; raise request.max_tokens "
+            "or lower document.chunk_tokens"
+        )
+    if price is None:
+        notes.append(
+            f"no price for {job.request.model!r} in the price table: cost unknown; add it under [pricing.models]"
+        )
+    if not counter.model_known:
+        notes.append(f"model {job.request.model!r} is unknown to tiktoken: tokens counted with {counter.encoding_name}")
+
+    def cost(out_tokens: int, discount: float) -> float | None:
+        return None if price is None else price.cost(total_prompt, out_tokens, discount=discount)
+
+    rpm, tpm = job.limits.rpm, job.limits.tpm
+    m_rpm, m_tpm = _minutes_needed(len(chunks), rpm), _minutes_needed(charged, tpm)
+    known = [(m, name) for m, name in ((m_rpm, "rpm"), (m_tpm, "tpm")) if m is not None]
+    minutes, binding = max(known) if known else (None, None)
+    verbatim = sum(1 for p in doc.paragraphs() if not p.translatable)
+    return Plan(
+        job=job.name, model=job.request.model, encoding=counter.encoding_name, model_known=counter.model_known,
+        kind="chat", rows=len(paragraphs), requests=len(chunks), prompt_tokens_total=total_prompt,
+        prompt_tokens_mean=total_prompt / len(chunks) if chunks else 0.0, prompt_tokens_p95=_p95(counts),
+        prompt_tokens_max=max(counts, default=0), output_tokens_worst=worst_out, output_tokens_expected=expected,
+        expected_basis="a translation as long as its source", charged_tokens_total=charged,
+        price_as_of=table.as_of, price_known=price is not None, cost_online_worst=cost(worst_out, 1.0),
+        cost_online_expected=cost(expected, 1.0), cost_batch_worst=cost(worst_out, table.batch_discount),
+        cost_batch_expected=cost(expected, table.batch_discount), rpm=rpm, tpm=tpm, minutes_at_rpm=m_rpm,
+        minutes_at_tpm=m_tpm, binding_limit=binding, minutes_online=minutes,
+        context_window=price.context_window if price else None, too_long_count=0,
+        recommended_mode="online", recommendation="document jobs run online", notes=notes,
+        document={
+            "name": doc.name, "format": doc.format, "chapters": len(doc.chapters), "paragraphs": len(paragraphs),
+            "verbatim_blocks": verbatim, "split_paragraphs": len(split), "chunks": len(chunks),
+            "chunk_tokens": job.document.chunk_tokens, "largest_chunk_tokens": max((c.tokens for c in chunks), default=0),
+            "context_paragraphs": keep, "glossary_terms": len(renderer.glossary.entries),
+        },
+    )  # fmt: skip
+
+
 def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_000) -> Plan:
     """Render and count every row of the job; price and time it at the job's limits."""
+    if job.input.is_document:
+        return make_document_plan(job)
     source = source or open_source(job.input)
     renderer = Renderer(job, source.columns)
     table = price_table_for(job)
@@ -334,11 +420,27 @@ def _queue_line(plan: Plan) -> str:
     )
 
 
+def _document_lines(d: dict[str, Any]) -> list[str]:
+    chains = (
+        f"the previous {d['context_paragraphs']} paragraph(s) as context: each chapter a chain, chapters in parallel"
+        if d["context_paragraphs"]
+        else "no context: every chunk independent"
+    )
+    return [
+        f"  document             {d['name']}: {d['chapters']} chapter(s), {d['paragraphs']:,} paragraph(s) to "
+        f"translate, {d['verbatim_blocks']} block(s) kept as they are, {d['split_paragraphs']} paragraph(s) longer "
+        "than a chunk (cut at sentence ends)",
+        f"  chunks               {d['chunks']:,} request(s) of ≤ {d['chunk_tokens']:,} source tokens (largest "
+        f"{d['largest_chunk_tokens']:,}); {chains}; glossary {d['glossary_terms']} term(s)",
+    ]
+
+
 def format_plan(plan: Plan) -> str:
     """The plan as the text `batchrun plan` prints."""
     lines = [
         f"Plan for job {plan.job!r}: {plan.kind} on {plan.model} (tokenizer {plan.encoding}) — nothing is sent",
-        f"  rows                 {plan.rows:,}   requests {plan.requests:,}",
+        *(_document_lines(plan.document) if plan.document else []),
+        f"  {'paragraphs' if plan.document else 'rows':<20} {plan.rows:,}   requests {plan.requests:,}",
         f"  prompt tokens        total {plan.prompt_tokens_total:,}   mean {plan.prompt_tokens_mean:,.1f}   "
         f"p95 {plan.prompt_tokens_p95:,}   max {plan.prompt_tokens_max:,}",
     ]
@@ -361,7 +463,9 @@ def format_plan(plan: Plan) -> str:
             else ""
         ),
         f"    tokens charged against TPM: {plan.charged_tokens_total:,} (prompt + max output per request)",
-        f"  Batch API            {plan.batch_shards:,} shard file(s); {_queue_line(plan)}",
+        f"  Batch API            {plan.batch_shards:,} shard file(s); {_queue_line(plan)}"
+        if not plan.document
+        else "  Batch API            not used for documents yet (cost shown for comparison)",
     ]
     if plan.too_long_count:
         lines.append(f"  rows that cannot be sent: {plan.too_long_count:,} (status too_long in the output)")
