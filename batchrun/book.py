@@ -161,9 +161,10 @@ class BookRun:
             await self.engine.process(WorkItem((seq,), (req,)))
         result = self.replies.pop(seq)
         if self.ledger is not None and result.status in FINAL_STATUSES and not result.retryable:
+            # committed at once, not in the table jobs' batches: a chunk is a large request, a book has
+            # few of them, and a kill -9 must not cost any answered chunk a second payment
             self.ledger.record(fp, result, self.endpoint_key)
-            if self.ledger.due():
-                await asyncio.to_thread(self.ledger.write, self.ledger.take())
+            await asyncio.to_thread(self.ledger.write, self.ledger.take())
         return result
 
     def _charge(self, segs: tuple[Segment, ...], result: RowResult) -> None:

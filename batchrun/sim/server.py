@@ -155,6 +155,8 @@ class Simulator:
         self.fault_rng = random.Random(cfg.seed)
         self.latency_rng = random.Random(cfg.seed + 1)
         self.marker_seen: Counter[tuple[bytes, str]] = Counter()
+        # the system prompts of recent chat requests, for tests of what reached the model (glossaries)
+        self.system_prompts: deque[str] = deque(maxlen=10_000)
 
     def configure(self, changes: dict[str, Any]) -> None:
         old = self.config
@@ -367,6 +369,10 @@ class Simulator:
         if bad:
             return self.respond(bad)
         digest = content.body_digest(json.dumps(body, sort_keys=True).encode())
+        self.system_prompts.extend(
+            m["content"] for m in body["messages"] if isinstance(m, dict) and m.get("role") == "system"
+            and isinstance(m.get("content"), str)
+        )  # fmt: skip
         prompt_tokens = self.responder.chat_prompt_tokens(body)
         max_out = body.get("max_completion_tokens") or body.get("max_tokens") or 0
         limited = self.admit(body["model"], prompt_tokens + max_out)
@@ -504,6 +510,10 @@ class SimServer:
 
     def configure(self, **changes: Any) -> None:
         self.call(self.sim.configure, changes)
+
+    def seen_system_prompts(self) -> list[str]:
+        """System prompts of the chat requests answered or refused since start (the last 10,000)."""
+        return self.call(lambda: list(self.sim.system_prompts))
 
     def stop(self) -> None:
         if self._loop is not None and self._thread is not None:
