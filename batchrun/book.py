@@ -364,10 +364,8 @@ class BookRun:
         return written
 
     def result(self, rows: list[tuple[Paragraph, RowResult]], documents: list[Path], wall: float) -> Any:
-        from .runner import RunResult, _percentile
+        from .runner import engine_result
 
-        stats = self.engine.stats
-        lat = sorted(stats.latencies_ms)
         by_status = Counter(r.status for _, r in rows)
         notes = []
         if self.endpoint.simulated:
@@ -388,29 +386,15 @@ class BookRun:
             notes.append(
                 "paragraphs not translated are marked [not translated: ...] in the documents; run again to retry"
             )
-        return RunResult(
-            job=self.job.name,
-            output_path=self.job.output_path,
-            rows=len(rows),
+        return engine_result(
+            self.job,
+            self.engine,
+            self.endpoint,
+            wall=wall,
             by_status=dict(by_status),
-            prompt_tokens=stats.prompt_tokens,
-            completion_tokens=stats.completion_tokens,
-            cost_usd=stats.cost_usd,
-            price_known=self.price is not None,
-            latency_p50_ms=_percentile(lat, 50),
-            latency_p95_ms=_percentile(lat, 95),
-            latency_max_ms=lat[-1] if lat else None,
-            requests_sent=stats.requests_sent,
-            rate_limited=stats.rate_limited,
-            retries=stats.retries,
-            wall_seconds=wall,
-            minimum_seconds=self.limiter.minimum_seconds(stats.requests_sent, stats.charged_tokens),
-            limits=self.limiter.limits,
-            simulated=self.endpoint.simulated,
             cached_rows=sum(1 for _, r in rows if r.from_cache),
             cached_usd=self.cached_usd,
-            ledger_path=self.ledger.path if self.ledger else None,
-            stopped=str(self.engine.stop_error) if self.engine.stop_error else None,
+            ledger=self.ledger,
             notes=notes,
             documents=documents,
         )

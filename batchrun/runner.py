@@ -419,44 +419,74 @@ class _Run:
 
     def _result(self, wall: float) -> RunResult:
         stats = self.engine.stats
-        lat = sorted(stats.latencies_ms)
         notes = []
         if self.endpoint.simulated:
             notes.append(
                 "simulated endpoint: replies are synthetic, nothing was billed; set the API key to run for real"
             )
-        if self.limiter.slowdowns:
-            notes.append(f"the server asked to slow down {self.limiter.slowdowns} time(s); rates were lowered")
-        if self.limiter.limits != (self.job.limits.rpm, self.job.limits.tpm):
-            notes.append(
-                f"limits learned from the server: rpm {self.limiter.limits[0]}, tpm {self.limiter.limits[1]} "
-                f"(the job said rpm {self.job.limits.rpm}, tpm {self.job.limits.tpm})"
-            )
-        return RunResult(
-            job=self.job.name,
-            output_path=self.job.output_path,
-            rows=sum(stats.by_status.values()),
+        return engine_result(
+            self.job,
+            self.engine,
+            self.endpoint,
+            wall=wall,
             by_status=dict(stats.by_status),
-            prompt_tokens=stats.prompt_tokens,
-            completion_tokens=stats.completion_tokens,
-            cost_usd=stats.cost_usd,
-            price_known=self.price is not None,
-            latency_p50_ms=_percentile(lat, 50),
-            latency_p95_ms=_percentile(lat, 95),
-            latency_max_ms=lat[-1] if lat else None,
-            requests_sent=stats.requests_sent,
-            rate_limited=stats.rate_limited,
-            retries=stats.retries,
-            wall_seconds=wall,
-            minimum_seconds=self.limiter.minimum_seconds(stats.requests_sent, stats.charged_tokens),
-            limits=self.limiter.limits,
-            simulated=self.endpoint.simulated,
             cached_rows=stats.cached_rows,
             cached_usd=stats.cached_usd,
-            ledger_path=self.ledger.path if self.ledger else None,
-            stopped=str(self.engine.stop_error) if self.engine.stop_error else None,
+            ledger=self.ledger,
             notes=notes,
         )
+
+
+def engine_result(
+    job: Job,
+    engine: Engine,
+    endpoint: Endpoint,
+    *,
+    wall: float,
+    by_status: dict[str, int],
+    cached_rows: int,
+    cached_usd: float,
+    ledger: Ledger | None,
+    notes: list[str],
+    **extra: Any,
+) -> RunResult:
+    """What an online run did, from its engine's statistics (table and document runs alike)."""
+    stats = engine.stats
+    limiter = engine.limiter
+    lat = sorted(stats.latencies_ms)
+    if limiter.slowdowns:
+        notes.append(f"the server asked to slow down {limiter.slowdowns} time(s); rates were lowered")
+    if limiter.limits != (job.limits.rpm, job.limits.tpm):
+        notes.append(
+            f"limits learned from the server: rpm {limiter.limits[0]}, tpm {limiter.limits[1]} "
+            f"(the job said rpm {job.limits.rpm}, tpm {job.limits.tpm})"
+        )
+    return RunResult(
+        job=job.name,
+        output_path=job.output_path,
+        rows=sum(by_status.values()),
+        by_status=by_status,
+        prompt_tokens=stats.prompt_tokens,
+        completion_tokens=stats.completion_tokens,
+        cost_usd=stats.cost_usd,
+        price_known=engine.price is not None,
+        latency_p50_ms=_percentile(lat, 50),
+        latency_p95_ms=_percentile(lat, 95),
+        latency_max_ms=lat[-1] if lat else None,
+        requests_sent=stats.requests_sent,
+        rate_limited=stats.rate_limited,
+        retries=stats.retries,
+        wall_seconds=wall,
+        minimum_seconds=limiter.minimum_seconds(stats.requests_sent, stats.charged_tokens),
+        limits=limiter.limits,
+        simulated=endpoint.simulated,
+        cached_rows=cached_rows,
+        cached_usd=cached_usd,
+        ledger_path=ledger.path if ledger else None,
+        stopped=str(engine.stop_error) if engine.stop_error else None,
+        notes=notes,
+        **extra,
+    )
 
 
 @contextlib.contextmanager
