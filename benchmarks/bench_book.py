@@ -22,12 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import WORDS, SimProcess  # noqa: E402
+from _common import WORDS, SimProcess
 
-from batchrun.jobs import load_job  # noqa: E402
-from batchrun.plan import make_plan  # noqa: E402
-from batchrun.runner import run_async  # noqa: E402
-from batchrun.sim.content import sim_translate  # noqa: E402
+from batchrun.jobs import load_job
+from batchrun.plan import make_plan
+from batchrun.runner import run_async
+from batchrun.sim.content import sim_translate
 
 
 def write_book(path: Path, chapters: int, paragraphs: int, faulty: float, seed: int = 3) -> int:
