@@ -28,8 +28,7 @@ from tqdm import tqdm
 from .chunks import Chunk, ChunkRenderer, Segment, check_reply, halves, load_glossary, plan_chunks
 from .documents import Document, Paragraph, Rendering, open_document, render_text
 from .endpoints import Endpoint
-from .engine import Budget, Engine, EngineOptions, WorkItem
-from .errors import JobFileError
+from .engine import Engine, EngineOptions, WorkItem
 from .jobs import Job
 from .ledger import FINAL_STATUSES, Ledger, ledger_path
 from .limits import RateLimiter
@@ -98,16 +97,9 @@ class BookRun:
         self.context_window = self.price.context_window if self.price else None
         self.cache_read = cache == "use"
         self.ledger = Ledger(job.output.ledger or ledger_path(job.output_path)) if cache != "off" else None
-        budget = None
-        if job.budget.max_usd is not None:
-            if self.price is None:
-                raise JobFileError(
-                    job.source_path,
-                    "budget.max_usd",
-                    f"no price is known for {job.request.model!r}, so a budget cannot be enforced; "
-                    "add its price under [pricing.models] or remove the budget",
-                )
-            budget = Budget(job.budget.max_usd, self.ledger.spent() if self.ledger else 0.0)
+        from .runner import job_budget
+
+        budget = job_budget(job, self.price, self.ledger)
         self.limiter = RateLimiter(job.limits.rpm, job.limits.tpm)
         self.audit_lines: list[dict[str, Any]] = []
         self.replies: dict[int, RowResult] = {}

@@ -28,6 +28,7 @@ from .jobs import Job, load_job
 from .ledger import FINAL_STATUSES, Ledger, ledger_path
 from .limits import RateLimiter
 from .plan import embedding_groups, price_table_for, too_long_reason
+from .pricing import ModelPrice
 from .prompts import Renderer, Request
 from .replies import ReplyParser
 from .sinks import ParquetSink, ReorderBuffer, RowResult, embedding_dims, job_layout
@@ -174,16 +175,7 @@ class _Run:
         self.limiter = RateLimiter(job.limits.rpm, job.limits.tpm)
         self.cache_read = cache == "use"
         self.ledger = Ledger(job.output.ledger or ledger_path(job.output_path)) if cache != "off" else None
-        budget = None
-        if job.budget.max_usd is not None:
-            if self.price is None:
-                raise JobFileError(
-                    job.source_path,
-                    "budget.max_usd",
-                    f"no price is known for {job.request.model!r}, so a budget cannot be enforced; "
-                    "add its price under [pricing.models] or remove the budget",
-                )
-            budget = Budget(job.budget.max_usd, self.ledger.spent() if self.ledger else 0.0)
+        budget = job_budget(job, self.price, self.ledger)
         self.audit_lines: list[dict[str, Any]] = []
         self.audit_path = job.output.audit
         per_item = 2048 if job.request.kind == "embeddings" else 1
@@ -487,6 +479,20 @@ def engine_result(
         notes=notes,
         **extra,
     )
+
+
+def job_budget(job: Job, price: ModelPrice | None, ledger: Ledger | None) -> Budget | None:
+    """The job's spend cap, counting what earlier runs recorded in the ledger; None without one."""
+    if job.budget.max_usd is None:
+        return None
+    if price is None:
+        raise JobFileError(
+            job.source_path,
+            "budget.max_usd",
+            f"no price is known for {job.request.model!r}, so a budget cannot be enforced; "
+            "add its price under [pricing.models] or remove the budget",
+        )
+    return Budget(job.budget.max_usd, ledger.spent() if ledger else 0.0)
 
 
 @contextlib.contextmanager
