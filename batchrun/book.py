@@ -14,7 +14,6 @@ requests, finds the answered ones and sends only the rest.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import sys
 import time
 from collections import Counter
@@ -26,7 +25,7 @@ import polars as pl
 from tqdm import tqdm
 
 from .chunks import Chunk, ChunkRenderer, Segment, check_reply, halves, load_glossary, plan_chunks
-from .documents import Document, Paragraph, Rendering, open_document, render_text
+from .documents import Document, Paragraph, Rendering, open_document, render_text, write_atomically
 from .endpoints import Endpoint
 from .engine import Engine, EngineOptions, WorkItem
 from .jobs import Job
@@ -34,6 +33,7 @@ from .ledger import FINAL_STATUSES, Ledger, ledger_path
 from .limits import RateLimiter
 from .plan import price_table_for, too_long_reason
 from .replies import ReplyParser
+from .runner import append_jsonl, engine_result, interruptible, job_budget
 from .sinks import ParquetSink, RowResult, make_layout
 
 # reply statuses worth asking again with fewer paragraphs: the content or its length was the problem
@@ -97,8 +97,6 @@ class BookRun:
         self.context_window = self.price.context_window if self.price else None
         self.cache_read = cache == "use"
         self.ledger = Ledger(job.output.ledger or ledger_path(job.output_path)) if cache != "off" else None
-        from .runner import job_budget
-
         budget = job_budget(job, self.price, self.ledger)
         self.limiter = RateLimiter(job.limits.rpm, job.limits.tpm)
         self.audit_lines: list[dict[str, Any]] = []
@@ -153,11 +151,19 @@ class BookRun:
             await self.engine.process(WorkItem((seq,), (req,)))
         result = self.replies.pop(seq)
         if self.ledger is not None and result.status in FINAL_STATUSES and not result.retryable:
-            # committed at once, not in the table jobs' batches: a chunk is a large request, a book has
-            # few of them, and a kill -9 must not cost any answered chunk a second payment
             self.ledger.record(fp, result, self.endpoint_key)
-            await asyncio.to_thread(self.ledger.write, self.ledger.take())
+        await asyncio.to_thread(self._commit)
         return result
+
+    def _commit(self) -> None:
+        """Commit the answer and its audit record at once, not in the table jobs' batches: a chunk is a
+        large request, a book has few of them, and a kill -9 must cost no answered chunk a second payment
+        (nor leave a paid request out of the audit log)."""
+        if self.ledger is not None:
+            self.ledger.flush()
+        if self.audit_lines:
+            lines, self.audit_lines[:] = list(self.audit_lines), []
+            append_jsonl(self.job.output.audit, lines)
 
     def _charge(self, segs: tuple[Segment, ...], result: RowResult) -> None:
         """Spread a request's tokens and cost over its segments by their share of its source tokens."""
@@ -240,8 +246,6 @@ class BookRun:
     # -- the whole run ---------------------------------------------------------------------------
 
     async def run(self) -> Any:
-        from .runner import interruptible
-
         started = time.monotonic()
         if self.ledger is not None:
             await asyncio.to_thread(self.ledger.start_run)
@@ -250,22 +254,12 @@ class BookRun:
                 await self._run_chains(self.chains())
         finally:
             self.bar.close()
-            if self.ledger is not None:
-                await asyncio.to_thread(self.ledger.flush)  # what was paid for is committed before we leave
-            if self.audit_lines:
-                from .runner import _append_jsonl
-
-                await asyncio.to_thread(_append_jsonl, self.job.output.audit, list(self.audit_lines))
+            await asyncio.to_thread(self._commit)  # what was paid for is committed before we leave
         rows = self.paragraph_rows()
         written = await asyncio.to_thread(self.write_outputs, rows)
         result = self.result(rows, written, time.monotonic() - started)
         if self.ledger is not None:
-            summary = {
-                k: v
-                for k, v in dataclasses.asdict(result).items()
-                if k not in ("output_path", "ledger_path", "documents")
-            }
-            await asyncio.to_thread(self.ledger.finish_run, result.rows, summary)
+            await asyncio.to_thread(self.ledger.finish_run, result.rows, result.summary())
             await asyncio.to_thread(self.ledger.close)
         return result
 
@@ -348,16 +342,11 @@ class BookRun:
                 write(self.doc, renderings, path, bilingual=spec.bilingual, language=spec.language)
             else:
                 text = render_text(self.doc, renderings, bilingual=spec.bilingual, fmt=fmt)
-                partial = path.with_name(path.name + ".partial")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                partial.write_text(text, encoding="utf-8")
-                partial.replace(path)
+                write_atomically(path, lambda p, t=text: p.write_text(t, encoding="utf-8"))
             written.append(path)
         return written
 
     def result(self, rows: list[tuple[Paragraph, RowResult]], documents: list[Path], wall: float) -> Any:
-        from .runner import engine_result
-
         by_status = Counter(r.status for _, r in rows)
         notes = []
         if self.endpoint.simulated:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 import textwrap
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
 from .jobs import DocumentSpec
-from .sources import find_bad_utf8
+from .sources import check_input_file, check_utf8
 
 FAILED_MARK = "[not translated: {reason}]"
 
@@ -78,21 +78,13 @@ class Rendering:
 
 def open_document(path: Path, spec: DocumentSpec, fmt: str) -> Document:
     """Read and check a document input; errors name the file and what to do."""
-    if not path.exists():
-        raise InputError(f"{path}: input file not found (paths in a job file are relative to the job file)")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; point input.path at a file")
+    check_input_file(path)
     if fmt == "epub":
         from .epub import read_epub
 
         doc = read_epub(path)
     else:
-        where = find_bad_utf8(path)
-        if where:
-            raise InputError(
-                f"{path}: line {where[0]}, byte {where[1]}: not valid UTF-8. Re-save the file as UTF-8 "
-                "(e.g. `iconv -f latin1 -t utf-8`)."
-            )
+        check_utf8(path)
         text = path.read_text(encoding="utf-8").replace("\r\n", "\n").replace("\r", "\n").removeprefix("\ufeff")
         doc = read_markdown(path, text, spec.chapter_heading_level) if fmt == "md" else read_text(path, text, spec)
     if not any(p.translatable for p in doc.paragraphs()):
@@ -211,9 +203,7 @@ def _markdown_blocks(text: str) -> list[tuple[str, str, str]]:
             i = j + 1
             continue
         heading = _HEADING.match(line)
-        if heading and not para:
-            out.append((f"h{len(heading.group(1))}", heading.group(1) + " ", heading.group(2)))
-        elif heading:
+        if heading:  # a heading ends the paragraph above it, blank line or not
             flush()
             out.append((f"h{len(heading.group(1))}", heading.group(1) + " ", heading.group(2)))
         elif not line.strip():
@@ -250,6 +240,14 @@ def read_markdown(path: Path, text: str, chapter_level: int | None) -> Document:
 
 
 # -- writing ---------------------------------------------------------------------------------
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Write through `<path>.partial` and rename, so a crash never leaves half a document under its name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    write(partial)
+    partial.replace(path)
 
 
 def _failed(reason: str) -> str:

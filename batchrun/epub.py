@@ -19,7 +19,7 @@ from typing import Any
 
 from lxml import etree
 
-from .documents import Chapter, Document, Paragraph, Rendering, _failed, _has_letters
+from .documents import Chapter, Document, Paragraph, Rendering, _failed, _has_letters, write_atomically
 from .errors import InputError
 
 XHTML = "http://www.w3.org/1999/xhtml"
@@ -202,12 +202,13 @@ def _name_toc(entries: Any, counter: list[int]) -> None:
 
 def _write(epub: Any, book: Any, out: Path) -> None:
     _name_toc(book.toc, [0])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        epub.write_epub(str(partial), book, {})
-    partial.replace(out)
+
+    def write(partial: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            epub.write_epub(str(partial), book, {})
+
+    write_atomically(out, write)
 
 
 def _paragraph_html(p: Paragraph, text: str, cls: str = "") -> str:

@@ -72,6 +72,16 @@ class RunResult:
     def frame(self) -> pl.DataFrame:
         return pl.read_parquet(self.output_path)
 
+    def statuses(self) -> str:
+        """Row counts by status, in the order of STATUS_ORDER."""
+        return "   ".join(f"{k} {self.by_status[k]:,}" for k in STATUS_ORDER if self.by_status.get(k))
+
+    def summary(self) -> dict[str, Any]:
+        """What the ledger keeps of a finished run (JSON-ready: paths left out)."""
+        return {
+            k: v for k, v in dataclasses.asdict(self).items() if k not in ("output_path", "ledger_path", "documents")
+        }
+
     @classmethod
     def empty(cls, job: Job, *, waiting: str, simulated: bool, notes: list[str], **kw: Any) -> RunResult:
         """A batch invocation that wrote no output yet."""
@@ -101,8 +111,7 @@ def format_summary(r: RunResult) -> str:
         return "\n".join([head, f"  batches      {r.waiting}", *(f"  note         {n}" for n in r.notes)])
     if r.mode != "online":
         return _format_batch(r)
-    order = STATUS_ORDER
-    statuses = "   ".join(f"{k} {r.by_status[k]:,}" for k in order if r.by_status.get(k))
+    statuses = r.statuses()
     cost = f"${r.cost_usd:,.4f}" if r.price_known else "unknown (no price for this model)"
     rpm, tpm = r.limits
     lat = (
@@ -132,8 +141,7 @@ def format_summary(r: RunResult) -> str:
 
 
 def _format_batch(r: RunResult) -> str:
-    order = STATUS_ORDER
-    statuses = "   ".join(f"{k} {r.by_status[k]:,}" for k in order if r.by_status.get(k))
+    statuses = r.statuses()
     cost = f"${r.cost_usd:,.4f} at the Batch API price" if r.price_known else "unknown (no price for this model)"
     lines = [
         f"{'SIMULATED batch run' if r.simulated else 'Batch run'} of {r.job!r} → {r.output_path}",
@@ -148,7 +156,7 @@ def _format_batch(r: RunResult) -> str:
     return "\n".join(lines)
 
 
-def _append_jsonl(path: Path | None, records: list[dict[str, Any]]) -> None:
+def append_jsonl(path: Path | None, records: list[dict[str, Any]]) -> None:
     assert path is not None
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as f:
@@ -361,7 +369,7 @@ class _Run:
                 self.committed.append(row[0])
         if self.audit_lines and (force or len(self.audit_lines) >= 200):
             lines, self.audit_lines[:] = list(self.audit_lines), []
-            await asyncio.to_thread(_append_jsonl, self.audit_path, lines)
+            await asyncio.to_thread(append_jsonl, self.audit_path, lines)
 
     def _postfix(self, stats: RunStats, now: float, _pending: int) -> None:
         failed = sum(n for k, n in stats.by_status.items() if k != "ok")
@@ -404,8 +412,7 @@ class _Run:
                 await asyncio.to_thread(sink.abort)
         result = self._result(time.monotonic() - started)
         if self.ledger is not None:
-            summary = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("output_path", "ledger_path")}
-            await asyncio.to_thread(self.ledger.finish_run, result.rows, summary)
+            await asyncio.to_thread(self.ledger.finish_run, result.rows, result.summary())
             await asyncio.to_thread(self.ledger.close)
         return result
 

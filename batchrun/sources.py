@@ -116,25 +116,35 @@ def _explain(spec: InputSpec, exc: Exception) -> InputError:
     return InputError(f"{path}: cannot read as {spec.resolved_format}: {text}")
 
 
-def open_source(spec: InputSpec) -> Source:
-    """Open and check an input: it exists, parses, has rows, and its ids are present and unique."""
-    path = spec.path
+def check_input_file(path: Path) -> None:
+    """The input exists and is a file (tables and documents alike)."""
     if not path.exists():
         raise InputError(f"{path}: input file not found (paths in a job file are relative to the job file)")
     if path.is_dir():
         raise InputError(f"{path}: is a folder; point input.path at a file")
+
+
+def check_utf8(path: Path) -> None:
+    """Fail, naming line and byte, if a text input is not valid UTF-8."""
+    where = find_bad_utf8(path)
+    if where:
+        line, col = where
+        raise InputError(
+            f"{path}: line {line}, byte {col}: not valid UTF-8. "
+            "Re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)."
+        )
+
+
+def open_source(spec: InputSpec) -> Source:
+    """Open and check an input: it exists, parses, has rows, and its ids are present and unique."""
+    path = spec.path
+    check_input_file(path)
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty; it needs a header row and at least one data row")
     if spec.resolved_format in ("csv", "tsv", "jsonl"):
         # polars reads only the columns a query needs, so a bad byte in an unused column would
         # surface mid-run; checking the bytes up front costs one fast pass
-        where = find_bad_utf8(path)
-        if where:
-            line, col = where
-            raise InputError(
-                f"{path}: line {line}, byte {col}: not valid UTF-8. "
-                "Re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)."
-            )
+        check_utf8(path)
     try:
         schema = _scan(spec).collect_schema()
         lf = _frame(spec)

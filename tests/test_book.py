@@ -37,9 +37,8 @@ def book_job(
     system: str = "Translate into French.",
     max_tokens: int = 3000,
 ) -> Job:
-    (tmp_path / name).write_text(textwrap.dedent(source).lstrip(), encoding="utf-8") if not (
-        tmp_path / name
-    ).exists() else None
+    if not (tmp_path / name).exists():
+        (tmp_path / name).write_text(textwrap.dedent(source).lstrip(), encoding="utf-8")
     path = tmp_path / "job.toml"
     path.write_text(
         textwrap.dedent(f"""

@@ -202,11 +202,8 @@ def test_document_job_rules(tmp_path: Path, change: dict, message: str) -> None:
 
 
 def test_document_job_defaults(tmp_path: Path) -> None:
-    job = (
-        parse_job({**DOC_JOB, "document": {"glossary": "g.csv"}}, tmp_path / "job.toml")
-        if (tmp_path / "g.csv").write_text("a,b\n")
-        else None
-    )
-    assert job is not None and job.input.is_document and job.input.resolved_format == "txt"
+    (tmp_path / "g.csv").write_text("a,b\n")
+    job = parse_job({**DOC_JOB, "document": {"glossary": "g.csv"}}, tmp_path / "job.toml")
+    assert job.input.is_document and job.input.resolved_format == "txt"
     assert job.document.glossary == (tmp_path / "g.csv").resolve()
     assert json.loads(job.document.model_dump_json())["context_paragraphs"] == 0

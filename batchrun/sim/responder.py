@@ -150,17 +150,15 @@ class Responder:
             users = [m.get("content") for m in body["messages"] if isinstance(m, dict) and m.get("role") == "user"]
             reply_items = content.translation_reply(users[-1] if users and isinstance(users[-1], str) else "", forced)
             text = json.dumps(reply_items, ensure_ascii=False)
-            if outcome == "badjson":
-                text = text[: max(len(text) // 2, 1)]
         elif schema is not None:
             text = json.dumps(content.value_for(schema, rng, schema), ensure_ascii=False)
-            if outcome == "badjson":
-                text = text[: max(len(text) // 2, 1)]
         elif rf.get("type") == "json_object":
             text = json.dumps({"answer": content.text_reply(rng, 5)})
         else:
             lo, hi = cfg.text_tokens
             text = content.text_reply(rng, rng.randint(lo, hi))
+        if outcome == "badjson" and schema is not None and text is not None:
+            text = text[: max(len(text) // 2, 1)]
         if outcome == "long" and max_out:
             filler = content.text_reply(rng, max_out + 10)
             text = (text or "") + " " + filler
