@@ -1,12 +1,15 @@
 """batchrun: bulk LLM prompts from a table to typed Parquet — planned, rate-limited, resumable."""
 
+from .api import amap, arun, map, run
 from .errors import (
     BatchrunError,
     BudgetExceeded,
     EndpointError,
+    ExitCode,
     InputError,
     Interrupted,
     JobFileError,
+    LockHeld,
     QuotaExhausted,
     RunError,
     SchemaError,
@@ -15,16 +18,18 @@ from .errors import (
 )
 from .jobs import Job, load_job
 from .plan import Plan, format_plan, make_plan
-from .runner import RunResult, format_summary, map, run
+from .results import RunResult, format_summary
 
 __all__ = [
     "BatchrunError",
     "BudgetExceeded",
     "EndpointError",
+    "ExitCode",
     "InputError",
     "Interrupted",
     "Job",
     "JobFileError",
+    "LockHeld",
     "Plan",
     "QuotaExhausted",
     "RunError",
@@ -32,6 +37,8 @@ __all__ = [
     "SchemaError",
     "TemplateError",
     "UserError",
+    "amap",
+    "arun",
     "format_plan",
     "format_summary",
     "load_job",

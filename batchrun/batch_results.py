@@ -75,6 +75,7 @@ class ResultsMixin:
                     body = response.get("body") if response else None
                     if status_code == 200 and isinstance(body, dict):
                         result = self._result(body, response.get("request_id"), ids[cid] or "")
+                        ledger.record_spend(result.cost_usd or 0.0, self.endpoint_key)  # paid, whatever it says
                         counts["ok"] += 1
                     else:
                         failure = line_failure(status_code, body, line.get("error"))

@@ -20,24 +20,24 @@ answer whatever order the output file is in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import hashlib
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from . import failpoints
 from .batch_api import PENDING, BatchClient, BatchInfo
 from .batch_results import ResultsMixin, Tally
-from .endpoints import Endpoint
+from .context import RunContext
 from .errors import BudgetExceeded, EndpointError, JobFileError
-from .jobs import Job
-from .ledger import BatchBook, BatchRunRecord, Ledger, ShardRecord, ledger_path
-from .plan import price_table_for
+from .ledger import BatchBook, BatchRunRecord, CachePolicy, Fingerprinter, Ledger, ShardRecord
 from .prompts import Renderer, Request
 from .replies import ReplyParser
+from .results import RunResult
 from .shards import CHAT_URL, EMBEDDINGS_URL, LineTooLarge, Shard, ShardLimits, ShardLine, ShardWriter
 from .sinks import RowResult, job_layout
 from .sources import Source
@@ -59,48 +59,58 @@ class TickReport:
 class BatchJob(ResultsMixin):
     """One job's Batch API state machine, driven tick by tick."""
 
-    def __init__(
-        self,
-        job: Job,
-        source: Source,
-        endpoint: Endpoint,
-        *,
-        cache: str = "use",
-        echo: Callable[[str], None] | None = None,
-    ) -> None:
-        if cache == "off":
+    def __init__(self, ctx: RunContext, source: Source) -> None:
+        job = ctx.job
+        if not ctx.cache.write:
             raise JobFileError(
                 job.source_path,
                 "mode",
                 "batch mode keeps its state (shards, batch ids, results) in the ledger; --no-cache is for "
                 "online runs only (use --refresh to send every row again)",
             )
+        self.ctx = ctx
         self.job = job
         self.source = source
-        self.endpoint = endpoint
-        self.echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.cache_read = cache == "use"
+        self.endpoint = ctx.endpoint
+        self.echo = ctx.stopper.say
         self.renderer = Renderer(job, source.columns)
-        table = price_table_for(job)
-        self.price = table.lookup(job.request.model)
-        self.discount = table.batch_discount
-        self.context = self.price.context_window if self.price else None
+        self.price = ctx.price
+        self.discount = ctx.batch_discount
+        self.context = ctx.context_window
         self.input_columns, self.layout = job_layout(job, source)
         self.parser = ReplyParser(job.schema_strict, job.request.max_output_tokens)
-        self.endpoint_key = endpoint.cache_key
-        self.fingerprinter = self.renderer.fingerprinter(self.endpoint_key, endpoint.model)
-        self.ledger = Ledger(job.output.ledger or ledger_path(job.output_path))
+        self.endpoint_key = ctx.endpoint_key
+        self.fingerprinter = self.renderer.fingerprinter(self.endpoint_key, ctx.endpoint.model)
+        self.ledger = ctx.ledger
         self.book = BatchBook(self.ledger)
-        self.api = BatchClient(endpoint.client)
+        self.api = BatchClient(ctx.endpoint.client)
         self.url = EMBEDDINGS_URL if job.request.kind == "embeddings" else CHAT_URL
         self.limits = ShardLimits.for_job(job)
-        # one key per job and output: the tag that finds this job's batches on the server again
-        self.job_key = hashlib.blake2b(
-            self.fingerprinter.prefix + str(job.output_path).encode(), digest_size=8
-        ).hexdigest()
+        # one key per job: the tag that finds this job's batches on the server again (the output path
+        # is not part of it, so `-o elsewhere` continues the same batch run)
+        self.job_key = hashlib.blake2b(self.fingerprinter.prefix + job.name.encode(), digest_size=8).hexdigest()
+        legacy = Fingerprinter(self.endpoint_key, job.request.kind, self._constant(), legacy=True)
+        self.legacy_key = hashlib.blake2b(legacy.prefix + str(job.output_path).encode(), digest_size=8).hexdigest()
         self.work_dir = job.output_path.with_name(job.output_path.name + ".shards")
         self.run: BatchRunRecord | None = None
         self.held_for_queue = False
+        self.go_online = False
+
+    def _constant(self) -> dict[str, Any]:
+        """What versions before 0.2 hashed into a job's batch key (to find their runs after an upgrade)."""
+        r = self.renderer
+        if r.kind == "embeddings":
+            constant: dict[str, Any] = {"model": self.endpoint.model}
+            if self.job.request.dimensions:
+                constant["dimensions"] = self.job.request.dimensions
+            return constant
+        return {**r.params, "model": self.endpoint.model, "messages": r.fixed_messages}
+
+    def policy(self) -> CachePolicy:
+        """The run's cache policy, with "this run" reaching back to the batch run's start (it spans
+        several invocations, and what it collected is its own)."""
+        started = self.run.started_at if self.run is not None else self.ctx.cache.since
+        return replace(self.ctx.cache, since=min(started, self.ctx.cache.since))
 
     @staticmethod
     def has_active_run(ledger_file: Path) -> bool:
@@ -119,6 +129,11 @@ class BatchJob(ResultsMixin):
     async def open(self, *, start: bool) -> BatchRunRecord | None:
         """The job's active batch run; a new one if `start` and there is none."""
         run = await self._db(self.book.active_run, self.job_key)
+        if run is None:
+            old = await self._db(self.book.active_run, self.legacy_key)
+            if old is not None:  # started by an earlier version: adopted under the new key
+                await self._db(self.book.update_run, old.id, job_key=self.job_key)
+                run = await self._db(self.book.active_run, self.job_key)
         if run is None and start:
             await self.api.probe()  # a server without a Batch API is refused before anything is written
             run = await self._db(self.book.start_run, self.job_key)
@@ -217,7 +232,7 @@ class BatchJob(ResultsMixin):
                     f"no price is known for {self.job.request.model!r}, so a budget cannot be enforced; "
                     "add its price under [pricing.models] or remove the budget",
                 )
-            spent = await self._db(self.ledger.spent)
+            spent = await self._db(self.ledger.spent)  # this job's spend record
             committed = spent + sum(self._worst_usd(s) for s in shards if s.state == "submitted")
         for shard in shards:
             if shard.state not in ("written", "uploaded"):
@@ -345,6 +360,7 @@ class BatchJob(ResultsMixin):
         assert self.run is not None
         run = self.run
         max_attempts = self.job.limits.max_attempts
+        policy = self.policy()
         attempts_of: dict[str, int] = {}
         open_ids: set[str] = set()
 
@@ -359,9 +375,7 @@ class BatchJob(ResultsMixin):
         for batch in self.source.batches(5000):
             positions, ids, texts = self.renderer.texts(batch)
             fps = [self.fingerprinter.of(t) for t in texts]
-            final = self.ledger.answered(fps)
-            if not self.cache_read:  # --refresh: only answers from this batch run count
-                final = {fp: at for fp, at in final.items() if at >= run.started_at}
+            final = self.ledger.answered(fps, policy)
             todo = [i for i, fp in enumerate(fps) if fp not in final]
             if not todo:
                 continue
@@ -416,17 +430,18 @@ class BatchJob(ResultsMixin):
         return left <= min(0.25 * self.job.deadline_hours * 3600, 2 * 3600)
 
     async def _go_online(self, notes: list[str]) -> TickReport:
-        """Cancel what is still queued, collect what finished, and send the rest through the online engine."""
+        """Cancel what is still queued and collect what finished; the lifecycle then sends the rest
+        through the online executor (`go_online`) and calls `finish_online`."""
         assert self.run is not None
-        from .runner import run_async
-
         self.echo("batchrun: the deadline is near: cancelling queued batches and sending the rest online")
         await self.cancel_all(wait=True)
-        online = self.job.model_copy(update={"mode": "online"})
-        self.online_result = await run_async(online, endpoint=self.endpoint, cache="use", progress=False)
-        await self._db(self.book.finish_run, self.run.id, "done", "rest sent online: deadline near")
+        self.go_online = True
         notes.append("deadline near: batches cancelled, finished rows kept, the rest sent online at full price")
         return self._report(True, await self._db(self.book.shards, self.run.id), notes)
+
+    async def finish_online(self) -> None:
+        assert self.run is not None
+        await self._db(self.book.finish_run, self.run.id, "done", "rest sent online: deadline near")
 
     async def cancel_all(self, *, wait: bool) -> int:
         """Cancel every pending batch of the active run; with `wait`, collect what they finished."""
@@ -465,92 +480,71 @@ def _state_line(shards: tuple[ShardRecord, ...]) -> str:
     return ", ".join(f"{n} {k}" for k, n in sorted(by.items()))
 
 
-async def run_batch_async(
-    job: Job,
-    *,
-    progress: bool = False,
-    endpoint: Endpoint | None = None,
-    cache: str = "use",
-    wait: bool = False,
-    start: bool = True,
-) -> Any:
-    """One invocation of a batch job: tick once (or, with `wait`, until done); returns a RunResult.
+async def drive_batch(ctx: RunContext, source: Source, *, wait: bool, start: bool) -> tuple[RunResult, BatchJob]:
+    """One invocation of a batch job: tick once (or, with `wait`, until done or a signal).
 
-    `start=False` (the `collect` command) only moves an existing batch run along.
+    `start=False` (the `collect` command) only moves an existing batch run along. When the
+    returned job has `go_online`, the lifecycle sends the rest online and calls `finish_online`.
     """
-    from tqdm import tqdm
-
-    from .endpoints import open_endpoint
-    from .runner import RunResult
-    from .sources import open_source
-
-    source = await asyncio.to_thread(open_source, job.input)
-    own_endpoint = endpoint is None
-    endpoint = endpoint or await asyncio.to_thread(open_endpoint, job)
-    t0 = time.monotonic()
+    job = ctx.job
     notes: list[str] = []
+    if ctx.endpoint.sim is not None:
+        # the in-process simulator ends with this process, so its batches cannot outlive it; and
+        # it finishes them in seconds, so polling every 30 s would only make the demo slow
+        wait = True
+        fast = {"poll_seconds": min(job.batch.poll_seconds, 0.5), "poll_max_seconds": 2.0}
+        job = job.model_copy(update={"batch": job.batch.model_copy(update=fast)})
+        ctx = replace(ctx, job=job)
+        notes.append("simulated endpoint: waited for the batches (the simulator stops when batchrun exits)")
+    bj = BatchJob(ctx, source)
+    bar = None
+    stop = ctx.stopper.requested
     try:
-        if endpoint.banner:
-            print(endpoint.banner, file=sys.stderr)
-        if endpoint.sim is not None:
-            # the in-process simulator ends with this process, so its batches cannot outlive it; and
-            # it finishes them in seconds, so polling every 30 s would only make the demo slow
-            wait = True
-            fast = {"poll_seconds": min(job.batch.poll_seconds, 0.5), "poll_max_seconds": 2.0}
-            job = job.model_copy(update={"batch": job.batch.model_copy(update=fast)})
-            notes.append("simulated endpoint: waited for the batches (the simulator stops when batchrun exits)")
-        bj = BatchJob(job, source, endpoint, cache=cache)
-        bar = None
-        try:
-            run = await bj.open(start=start)
-            if run is None:
-                last = await bj._db(bj.book.last_run, bj.job_key)
-                waiting = "nothing to collect: no batch run is under way for this job" + (
-                    f" (the last one ended: {last.state})" if last else "; start one with `batchrun run`"
-                )
-                return RunResult.empty(job, waiting=waiting, simulated=endpoint.simulated, notes=notes)
-            delay = job.batch.poll_seconds
-            last_finished = -1
-            while True:
-                report = await bj.tick()
-                notes.extend(n for n in report.notes if n not in notes)
-                if progress and bar is None and wait and not report.done:
-                    bar = tqdm(
-                        total=report.lines_total, unit="req", desc="batches", file=sys.stderr, dynamic_ncols=True
-                    )
-                if bar is not None:
-                    bar.total = report.lines_total
-                    bar.n = report.lines_finished
-                    bar.set_postfix_str(_state_line(report.shards), refresh=True)
-                if report.done or not wait:
-                    break
-                if report.lines_finished != last_finished:
-                    last_finished, delay = report.lines_finished, job.batch.poll_seconds
-                else:
-                    delay = min(delay * 1.5, job.batch.poll_max_seconds)
-                await asyncio.sleep(delay)
-        finally:
+        run = await bj.open(start=start)
+        if run is None:
+            last = await bj._db(bj.book.last_run, bj.job_key)
+            waiting = "nothing to collect: no batch run is under way for this job" + (
+                f" (the last one ended: {last.state})" if last else "; start one with `batchrun run`"
+            )
+            result = RunResult.empty(job, waiting=waiting, simulated=ctx.endpoint.simulated, notes=notes)
+            return dataclasses.replace(result, accepted=ctx.accepted), bj
+        delay = job.batch.poll_seconds
+        last_finished = -1
+        while True:
+            report = await bj.tick()
+            notes.extend(n for n in report.notes if n not in notes)
+            if ctx.progress and bar is None and wait and not report.done:
+                bar = ctx.bar(report.lines_total, "req")
             if bar is not None:
-                bar.close()
-            await asyncio.to_thread(bj.ledger.close)
+                bar.total = report.lines_total
+                bar.n = report.lines_finished
+                bar.set_postfix_str(_state_line(report.shards), refresh=True)
+            if report.done or not wait or stop.is_set():
+                break
+            if report.lines_finished != last_finished:
+                last_finished, delay = report.lines_finished, job.batch.poll_seconds
+            else:
+                delay = min(delay * 1.5, job.batch.poll_max_seconds)
+            with contextlib.suppress(TimeoutError):  # a signal ends the wait at once
+                await asyncio.wait_for(stop.wait(), delay)
     finally:
-        if own_endpoint:
-            await endpoint.close()
-    wall = time.monotonic() - t0
-    online = getattr(bj, "online_result", None)
-    if online is not None:
-        online.mode = "batch → online"
-        online.notes[:0] = notes
-        return online
+        if bar is not None:
+            bar.close()
+    wall = time.monotonic() - ctx.started
     shards = report.shards
     batch_ids = [s.batch_id for s in shards if s.batch_id]
+    if bj.go_online:
+        return dataclasses.replace(RunResult.empty(job, waiting="", simulated=False, notes=notes)), bj
     if not report.done:
         waiting = (
             f"{len(shards)} shard(s) of {report.lines_total:,} requests: {_state_line(shards)}. "
             f"Run `batchrun collect {job.source_path}` (or the same `batchrun run`) later to collect; "
             "add --wait to wait here."
         )
-        return RunResult.empty(job, waiting=waiting, simulated=endpoint.simulated, notes=notes, batch_ids=batch_ids)
+        result = RunResult.empty(
+            job, waiting=waiting, simulated=ctx.endpoint.simulated, notes=notes, batch_ids=batch_ids
+        )
+        return dataclasses.replace(result, accepted=ctx.accepted), bj
     tally: Tally = bj.tally
     return RunResult(
         job=job.name,
@@ -570,40 +564,31 @@ async def run_batch_async(
         wall_seconds=wall,
         minimum_seconds=0.0,
         limits=(None, None),
-        simulated=endpoint.simulated,
+        simulated=ctx.endpoint.simulated,
         cached_rows=tally.cached_rows,
         cached_usd=tally.cached_usd,
         ledger_path=bj.ledger.path,
         notes=notes,
         mode="batch",
         batch_ids=batch_ids,
-    )
+        accepted=ctx.accepted,
+    ), bj
 
 
-async def cancel_batches(job: Job) -> str:
+async def cancel_batches(ctx: RunContext, source: Source) -> str:
     """`batchrun cancel`: cancel the job's pending batches, collect what they finished, write the output."""
-    from .endpoints import open_endpoint
-    from .sources import open_source
-
-    source = await asyncio.to_thread(open_source, job.input)
-    endpoint = await asyncio.to_thread(open_endpoint, job)
-    try:
-        bj = BatchJob(job, source, endpoint)
-        try:
-            run = await bj.open(start=False)
-            if run is None:
-                return f"{job.name}: no batch run under way; nothing to cancel"
-            n = await bj.cancel_all(wait=True)
-            await bj._write_output()
-            await bj._db(bj.book.finish_run, run.id, "cancelled", "cancelled by `batchrun cancel`")
-            t: Tally = bj.tally
-            done = "   ".join(f"{k} {v:,}" for k, v in sorted(t.by_status.items()))
-            return (
-                f"{job.name}: {n} batch(es) cancelled; what they finished is kept.\n"
-                f"  output {job.output_path}: {t.rows:,} rows   {done}\n"
-                "  `batchrun run` sends the rows without an answer again (finished ones are not paid twice)"
-            )
-        finally:
-            await asyncio.to_thread(bj.ledger.close)
-    finally:
-        await endpoint.close()
+    job = ctx.job
+    bj = BatchJob(ctx, source)
+    run = await bj.open(start=False)
+    if run is None:
+        return f"{job.name}: no batch run under way; nothing to cancel"
+    n = await bj.cancel_all(wait=True)
+    await bj._write_output()
+    await bj._db(bj.book.finish_run, run.id, "cancelled", "cancelled by `batchrun cancel`")
+    t: Tally = bj.tally
+    done = "   ".join(f"{k} {v:,}" for k, v in sorted(t.by_status.items()))
+    return (
+        f"{job.name}: {n} batch(es) cancelled; what they finished is kept.\n"
+        f"  output {job.output_path}: {t.rows:,} rows   {done}\n"
+        "  `batchrun run` sends the rows without an answer again (finished ones are not paid twice)"
+    )

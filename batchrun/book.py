@@ -14,26 +14,21 @@ requests, finds the answered ones and sends only the rest.
 from __future__ import annotations
 
 import asyncio
-import sys
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import polars as pl
-from tqdm import tqdm
 
 from .chunks import Chunk, ChunkRenderer, Segment, check_reply, halves, load_glossary, plan_chunks
+from .context import RunContext
 from .documents import Document, Paragraph, Rendering, open_document, render_text, write_atomically
-from .endpoints import Endpoint
-from .engine import Engine, EngineOptions, WorkItem
-from .jobs import Job
-from .ledger import FINAL_STATUSES, Ledger, ledger_path
-from .limits import RateLimiter
-from .plan import price_table_for, too_long_reason
+from .engine import WorkItem
+from .errors import BatchrunError
+from .ledger import FINAL_STATUSES
+from .plan import too_long_reason
 from .replies import ReplyParser
-from .runner import append_jsonl, engine_result, interruptible, job_budget
+from .results import RunResult
 from .sinks import ParquetSink, RowResult, make_layout
 
 # reply statuses worth asking again with fewer paragraphs: the content or its length was the problem
@@ -78,10 +73,12 @@ class _Chain:
 class BookRun:
     """The state of one document run."""
 
-    def __init__(self, job: Job, doc: Document, endpoint: Endpoint, *, progress: bool, cache: str) -> None:
+    def __init__(self, ctx: RunContext, doc: Document) -> None:
+        job = ctx.job
+        self.ctx = ctx
         self.job = job
         self.doc = doc
-        self.endpoint = endpoint
+        self.endpoint = ctx.endpoint
         spec = job.document
         self.renderer = ChunkRenderer(job, load_glossary(spec.glossary))
         self.chunks = plan_chunks(doc, self.renderer.counter, spec.chunk_tokens)
@@ -92,42 +89,23 @@ class BookRun:
                 self.segments.setdefault(s.paragraph, []).append(s)
         self.pieces: dict[str, _Piece] = {s.id: _Piece() for c in self.chunks for s in c.segments}
         self.left = {pid: len(segs) for pid, segs in self.segments.items()}
-        table = price_table_for(job)
-        self.price = table.lookup(job.request.model)
-        self.context_window = self.price.context_window if self.price else None
-        self.cache_read = cache == "use"
-        self.ledger = Ledger(job.output.ledger or ledger_path(job.output_path)) if cache != "off" else None
-        budget = job_budget(job, self.price, self.ledger)
-        self.limiter = RateLimiter(job.limits.rpm, job.limits.tpm)
-        self.audit_lines: list[dict[str, Any]] = []
+        self.price = ctx.price
+        self.ledger = ctx.ledger
+        self.limiter = ctx.limiter
         self.replies: dict[int, RowResult] = {}
-        self.engine = Engine(
-            client=endpoint.client,
-            model=endpoint.model,
+        self.engine = ctx.engine(
             kind="chat",
-            limiter=self.limiter,
             parser=ReplyParser(
                 self.renderer.params["response_format"]["json_schema"]["schema"], job.request.max_output_tokens
             ),
-            price=self.price,
-            options=EngineOptions(max_in_flight=job.limits.max_in_flight, max_attempts=job.limits.max_attempts),
             on_result=self.replies.__setitem__,
-            budget=budget,
-            audit=self.audit_lines.append if job.output.audit else None,
         )
-        self.endpoint_key = endpoint.cache_key
-        self.fingerprinter = self.renderer.fingerprinter(self.endpoint_key, endpoint.model)
+        self.endpoint_key = ctx.endpoint_key
+        self.fingerprinter = self.renderer.fingerprinter(self.endpoint_key, ctx.endpoint.model)
         self.seq = 0
         self.splits = 0
         self.cached_usd = 0.0
-        self.bar = tqdm(
-            total=len(self.paragraphs),
-            unit="para",
-            disable=not progress,
-            dynamic_ncols=True,
-            desc="simulated" if endpoint.simulated else job.name,
-            file=sys.stderr,
-        )
+        self.bar = ctx.bar(len(self.paragraphs), "para")
 
     # -- one request -----------------------------------------------------------------------------
 
@@ -137,12 +115,11 @@ class BookRun:
         seq = self.seq
         req, key = self.renderer.request(segs, chain.context(), seq)
         fp = self.fingerprinter.of(key)
-        if self.ledger is not None and self.cache_read:
-            found = await asyncio.to_thread(self.ledger.lookup, [fp])
-            if fp in found:
-                self.cached_usd += found[fp].cost_usd or 0.0
-                return found[fp]
-        reason = too_long_reason(self.job, req, self.context_window, self.limiter.limits[1])
+        found = await asyncio.to_thread(self.ledger.lookup, [fp], None, self.ctx.cache)
+        if fp in found:
+            self.cached_usd += found[fp].cost_usd or 0.0
+            return found[fp]
+        reason = too_long_reason(self.job, req, self.ctx.context_window, self.limiter.limits[1])
         if reason:
             return RowResult(row=seq, row_id=req.row_id, status="too_long", error=reason)
         if self.engine.stopped.is_set():
@@ -150,20 +127,12 @@ class BookRun:
         async with self.engine.gate:
             await self.engine.process(WorkItem((seq,), (req,)))
         result = self.replies.pop(seq)
-        if self.ledger is not None and result.status in FINAL_STATUSES and not result.retryable:
+        if self.ctx.cache.write and result.status in FINAL_STATUSES and not result.retryable:
             self.ledger.record(fp, result, self.endpoint_key)
-        await asyncio.to_thread(self._commit)
+        # committed at once, not on the table jobs' timer: a chunk is a large request, a book has few of
+        # them, and a kill -9 must cost no answered chunk a second payment (nor its audit record)
+        await self.ctx.committer.commit()
         return result
-
-    def _commit(self) -> None:
-        """Commit the answer and its audit record at once, not in the table jobs' batches: a chunk is a
-        large request, a book has few of them, and a kill -9 must cost no answered chunk a second payment
-        (nor leave a paid request out of the audit log)."""
-        if self.ledger is not None:
-            self.ledger.flush()
-        if self.audit_lines:
-            lines, self.audit_lines[:] = list(self.audit_lines), []
-            append_jsonl(self.job.output.audit, lines)
 
     def _charge(self, segs: tuple[Segment, ...], result: RowResult) -> None:
         """Spread a request's tokens and cost over its segments by their share of its source tokens."""
@@ -245,23 +214,15 @@ class BookRun:
 
     # -- the whole run ---------------------------------------------------------------------------
 
-    async def run(self) -> Any:
-        started = time.monotonic()
-        if self.ledger is not None:
-            await asyncio.to_thread(self.ledger.start_run)
+    async def run(self) -> RunResult:
         try:
-            with interruptible(self.engine, self.bar.write):
-                await self._run_chains(self.chains())
+            await self._run_chains(self.chains())
         finally:
             self.bar.close()
-            await asyncio.to_thread(self._commit)  # what was paid for is committed before we leave
+            await self.ctx.committer.commit()  # what was paid for is committed before we leave
         rows = self.paragraph_rows()
         written = await asyncio.to_thread(self.write_outputs, rows)
-        result = self.result(rows, written, time.monotonic() - started)
-        if self.ledger is not None:
-            await asyncio.to_thread(self.ledger.finish_run, result.rows, result.summary())
-            await asyncio.to_thread(self.ledger.close)
-        return result
+        return self.result(rows, written)
 
     def paragraph_rows(self) -> list[tuple[Paragraph, RowResult]]:
         """Each translated paragraph's result: its pieces joined, its status the first failure among them."""
@@ -346,7 +307,7 @@ class BookRun:
             written.append(path)
         return written
 
-    def result(self, rows: list[tuple[Paragraph, RowResult]], documents: list[Path], wall: float) -> Any:
+    def result(self, rows: list[tuple[Paragraph, RowResult]], documents: list[Path]) -> RunResult:
         by_status = Counter(r.status for _, r in rows)
         notes = []
         if self.endpoint.simulated:
@@ -367,23 +328,20 @@ class BookRun:
             notes.append(
                 "paragraphs not translated are marked [not translated: ...] in the documents; run again to retry"
             )
-        return engine_result(
-            self.job,
+        return self.ctx.engine_result(
             self.engine,
-            self.endpoint,
-            wall=wall,
             by_status=dict(by_status),
             cached_rows=sum(1 for _, r in rows if r.from_cache),
             cached_usd=self.cached_usd,
-            ledger=self.ledger,
             notes=notes,
             documents=documents,
         )
 
 
-async def run_document_async(job: Job, *, progress: bool, endpoint: Endpoint, cache: str) -> Any:
-    """Translate a document job (the endpoint is opened and closed by the caller)."""
+async def run_document(ctx: RunContext) -> tuple[RunResult, BatchrunError | None]:
+    """Translate a document job; returns what it did and the error it stopped on, if any."""
+    job = ctx.job
     doc = await asyncio.to_thread(open_document, job.input.path, job.document, job.input.resolved_format)
-    state = await asyncio.to_thread(lambda: BookRun(job, doc, endpoint, progress=progress, cache=cache))
+    state = await asyncio.to_thread(BookRun, ctx, doc)
     result = await state.run()
     return result, state.engine.stop_error

@@ -10,8 +10,13 @@ import sys
 import threading
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from .errors import BatchrunError
+from .errors import BatchrunError, ExitCode, UserError
+
+if TYPE_CHECKING:
+    from .jobs import Job
+    from .lifecycle import RunOptions
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -27,70 +32,92 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _options(args: argparse.Namespace, **kw: object) -> RunOptions:
+    from .lifecycle import RunOptions
+    from .results import RETRYABLE_BY_FLAG
+
+    retry = frozenset(x.strip() for x in (getattr(args, "retry", None) or "").split(",") if x.strip())
+    bad = sorted(retry - RETRYABLE_BY_FLAG)
+    if bad:
+        raise UserError(
+            f"--retry: {', '.join(bad)} cannot be retried; choose from {', '.join(sorted(RETRYABLE_BY_FLAG))}"
+        )
+    accept = tuple(x.strip() for x in (getattr(args, "accept", None) or "").split(",") if x.strip())
+    cache = "off" if getattr(args, "no_cache", False) else "refresh" if getattr(args, "refresh", False) else "use"
+    return RunOptions(
+        progress=not args.quiet, cache=cache, wait=args.wait, retry=retry, accept=accept,
+        wait_lock=args.wait_lock, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def _load(args: argparse.Namespace) -> Job:
+    from pathlib import Path
+
     from .jobs import load_job
-    from .runner import format_summary, run
 
     job = load_job(args.job)
-    if args.output:
-        from pathlib import Path
-
+    if getattr(args, "output", None):
         job = job.model_copy(update={"output": job.output.model_copy(update={"path": Path(args.output).resolve()})})
     if getattr(args, "mode", None):
         job = job.model_copy(update={"mode": args.mode})
-    cache = "off" if args.no_cache else "refresh" if args.refresh else "use"
+    return job
+
+
+def _execute(job: Job, options: RunOptions) -> int:
+    import asyncio
+
+    from .lifecycle import run_job
+    from .results import format_summary
+
     try:
-        result = run(job, progress=not args.quiet, cache=cache, wait=args.wait)
+        result = asyncio.run(run_job(job, options))
     except BatchrunError as exc:
         partial = getattr(exc, "result", None)
         if partial is not None:
             print(format_summary(partial))
         raise
     print(format_summary(result))
-    return 0
+    return result.exit_code
+
+
+def _run(args: argparse.Namespace) -> int:
+    return _execute(_load(args), _options(args))
 
 
 def _collect(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from .batch_run import run_batch_async
-    from .jobs import load_job
-    from .runner import format_summary
-
-    job = load_job(args.job)
-    result = asyncio.run(run_batch_async(job, progress=not args.quiet, wait=args.wait, start=False))
-    print(format_summary(result))
-    return 0
+    return _execute(_load(args), _options(args, start=False))
 
 
 def _cancel(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .batch_run import cancel_batches
-    from .jobs import load_job
+    from .lifecycle import cancel_job
 
-    print(asyncio.run(cancel_batches(load_job(args.job))))
+    print(asyncio.run(cancel_job(_load(args), wait_lock=args.wait_lock)))
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .jobs import load_job
-    from .ledger import Ledger, ledger_path
+    from .ledger import Ledger
 
-    job = load_job(args.job)
-    path = job.output.ledger or ledger_path(job.output_path)
+    job = _load(args)
+    path = job.ledger_file
     if not path.exists():
         print(f"{job.name}: no runs yet (no ledger at {path})")
         return 0
-    ledger = Ledger(path)
+    ledger = Ledger(path, job=job.name)
     try:
         st = ledger.stats()
+        spend = ledger.spend_by_job()
     finally:
         ledger.close()
     statuses = "   ".join(f"{k} {n:,}" for k, n in sorted(st.by_status.items()))
     print(f"{job.name}: ledger {path}")
     print(f"  answers kept   {st.results:,}   {statuses}")
-    print(f"  spent          ${st.cost_usd:,.4f} in {st.runs} run(s)")
+    print(f"  spent          ${st.cost_usd:,.4f} by this job in {st.runs} run(s) on this ledger")
+    for name, (n, usd) in spend.items():
+        label = name or "(before 0.2, unattributed)"
+        print(f"    {label:<20} ${usd:,.4f} for {n:,} paid request(s)")
     if st.last_run and st.last_run.get("summary"):
         last = st.last_run["summary"]
         done = "finished" if st.last_run.get("finished_at") else "did not finish (killed?)"
@@ -143,16 +170,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=_plan)
 
-    r = sub.add_parser("run", help="run a job online and write its Parquet output")
+    def lock_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--wait-lock", type=float, default=0.0, metavar="SECONDS",
+            help=f"if another run of this job is going, wait up to SECONDS for it (default: exit {ExitCode.LOCKED} at once)",
+        )  # fmt: skip
+
+    r = sub.add_parser("run", help="run a job and write its output (exit codes: see the README)")
     r.add_argument("job", help="path to a job file (jobs/*.toml)")
-    r.add_argument("-o", "--output", help="output Parquet path (default: the job's [output] path)")
+    r.add_argument("-o", "--output", help="output path (default: the job's [output] path); the ledger stays the job's")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.add_argument("--refresh", action="store_true", help="send every row again, replacing the ledger's answers")
-    r.add_argument("--no-cache", action="store_true", help="neither read nor write the ledger (no resume)")
+    r.add_argument("--no-cache", action="store_true", help="neither reuse nor keep answers (spend is still recorded)")
+    r.add_argument(
+        "--retry", metavar="STATUSES", help="send rows again whose answer has these statuses, e.g. failed,truncated"
+    )
+    r.add_argument(
+        "--accept", metavar="STATUSES", help="count these statuses as answered for the exit code, e.g. truncated"
+    )
     r.add_argument(
         "--wait", action="store_true", help="batch mode: poll until every batch is collected and the output written"
     )
     r.add_argument("--mode", choices=["online", "batch", "auto"], help="override the job's mode")
+    lock_flag(r)
     r.set_defaults(func=_run)
 
     rs = sub.add_parser("resume", help="continue a stopped or killed run (the same as run)")
@@ -160,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("-o", "--output")
     rs.add_argument("-q", "--quiet", action="store_true")
     rs.add_argument("--wait", action="store_true")
+    rs.add_argument("--accept", metavar="STATUSES")
+    lock_flag(rs)
     rs.set_defaults(func=_run, refresh=False, no_cache=False)
 
     co = sub.add_parser(
@@ -168,10 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("job")
     co.add_argument("-q", "--quiet", action="store_true")
     co.add_argument("--wait", action="store_true", help="poll until the output is written")
+    co.add_argument("--accept", metavar="STATUSES")
+    lock_flag(co)
     co.set_defaults(func=_collect)
 
     ca = sub.add_parser("cancel", help="batch mode: cancel the job's pending batches and keep what they finished")
     ca.add_argument("job")
+    lock_flag(ca)
     ca.set_defaults(func=_cancel)
 
     st = sub.add_parser("status", help="what the ledger holds for a job, and its batches; sends nothing")
@@ -198,10 +243,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     warnings.simplefilter("default")
     try:
         code = args.func(args)
+        sys.stdout.flush()
     except BatchrunError as exc:
         print(f"batchrun: {exc}", file=sys.stderr)
         code = exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the run's own handlers were installed (or after they were removed)
         print("batchrun: interrupted", file=sys.stderr)
-        code = 130
-    sys.exit(code)
+        code = ExitCode.SIGINT
+    except BrokenPipeError:
+        # the reader went away (`batchrun plan JOB | head`): end quietly, as other tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = ExitCode.DONE
+    sys.exit(int(code))

@@ -186,6 +186,7 @@ class Engine:
         embedding_dims: int | None = None,
         budget: Budget | None = None,
         audit: Callable[[dict[str, Any]], None] | None = None,
+        on_spend: Callable[[float], None] | None = None,
     ) -> None:
         self.client = client
         self.model = model
@@ -198,6 +199,8 @@ class Engine:
         self.embedding_dims = embedding_dims
         self.budget = budget
         self.audit = audit
+        self.on_spend = on_spend
+        """Called with the cost of every reply received (bad-reply retries included): the spend record."""
         self.embedding_extra: dict[str, Any] = {}
         self.stats = RunStats()
         self.stop_error: BatchrunError | None = None
@@ -209,6 +212,8 @@ class Engine:
         self.latency_ewma: float | None = None
         self.latency_min: float | None = None
         self.completions: deque[float] = deque()
+        self.aborted = False
+        self._active: set[asyncio.Task[Any]] = set()
 
     # -- public --------------------------------------------------------------------------------
 
@@ -217,6 +222,14 @@ class Engine:
         if self.stop_error is None:
             self.stop_error = error
         self.stopped.set()
+
+    def abort(self, error: BatchrunError) -> None:
+        """Stop at once (a second Ctrl+C / SIGTERM): requests in flight are abandoned and their rows
+        written as not_sent; every answer already received stays (the caller commits it)."""
+        self.stop(error)
+        self.aborted = True
+        for task in list(self._active):
+            task.cancel()
 
     async def run(self, items: AsyncIterator[WorkItem]) -> None:
         queue: asyncio.Queue[WorkItem | None] = asyncio.Queue(maxsize=2 * self.options.max_in_flight)
@@ -299,7 +312,22 @@ class Engine:
         return response, data
 
     async def process(self, item: WorkItem) -> None:
-        """Send one item until it succeeds, fails for good, or the run stops."""
+        """Send one item until it succeeds, fails for good, or the run stops (or is aborted)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._active.add(task)
+        try:
+            await self._process(item)
+        except asyncio.CancelledError:
+            if not self.aborted:
+                raise
+            # only an abort cancels a task while it is in here: the run goes on to write its rows
+            task.uncancel()
+            self._emit_all(item, "not_sent", "not sent: the run was stopped at once; run the job again", 0)
+        finally:
+            self._active.discard(task)
+
+    async def _process(self, item: WorkItem) -> None:
         attempts = 0  # every send
         budget_used = 0  # sends that count against max_attempts (not rate-limit 429s)
         rate_waits = 0
@@ -386,8 +414,11 @@ class Engine:
                 return
             latency = (time.monotonic() - t0) * 1000
             self._audit(item, max_tokens, raw, reply, None)
+            cost = self._reply_cost(reply, item)
             if self.budget is not None:
-                self.budget.settle(worst, self._reply_cost(reply, item))
+                self.budget.settle(worst, cost)
+            if self.on_spend is not None:
+                self.on_spend(cost)
             self.limiter.observe(read_headers(raw.headers))
             self._observe_latency(latency)
             self.stats.requests_ok += 1

@@ -10,15 +10,47 @@
         ├── EndpointError    the endpoint refused us for a reason retrying will not fix
         ├── QuotaExhausted   the account is out of credit / over its spend limit
         ├── BudgetExceeded   the job's budget.max_usd would be passed by the next request
-        └── Interrupted      the user pressed Ctrl+C
+        ├── LockHeld         another batchrun process is running this job (or another job on its ledger)
+        └── Interrupted      Ctrl+C, SIGTERM or SIGHUP: dispatching stopped, what was answered is written
 
 Each class carries the process exit code the CLI uses, so scripts and cron can
-tell a bad job (2) from a quota stop (3) or a budget stop (4).
+tell a bad job (2) from a quota stop (3) or a budget stop (4); `ExitCode` is the
+whole table (README: "Exit codes").
 SDK and HTTP exceptions are translated into this tree in one place (`retries`),
 never caught piecemeal elsewhere.
 """
 
 from __future__ import annotations
+
+import enum
+import signal
+
+
+class ExitCode(enum.IntEnum):
+    """What `batchrun` tells cron. One table, documented in the README."""
+
+    DONE = 0
+    """Every row has a final answer of an accepted status (ok, refused, filtered by default)."""
+    INTERNAL = 1
+    """A bug in batchrun (a traceback): please report it."""
+    USER = 2
+    """The job file or its input must change; nothing was sent."""
+    QUOTA = 3
+    BUDGET = 4
+    ENDPOINT = 5
+    ROWS_FAILED = 6
+    """The run finished, but some rows ended failed / schema_invalid / truncated / too_long / not_sent /
+    empty_input: the summary says how many and how to send them again."""
+    PENDING = 7
+    """Batch mode: batches are submitted or still running; run the same command again later."""
+    LOCKED = 8
+    """Another batchrun process holds this job's lock; nothing was read or sent."""
+    SIGHUP = 129
+    SIGINT = 130
+    SIGTERM = 143
+
+
+SIGNAL_EXIT = {signal.SIGINT: ExitCode.SIGINT, signal.SIGTERM: ExitCode.SIGTERM, signal.SIGHUP: ExitCode.SIGHUP}
 
 
 class BatchrunError(Exception):
@@ -30,7 +62,7 @@ class BatchrunError(Exception):
 class UserError(BatchrunError):
     """A mistake in the job or its input: fix it and run again. Nothing was spent."""
 
-    exit_code = 2
+    exit_code = ExitCode.USER
 
 
 class JobFileError(UserError):
@@ -63,22 +95,34 @@ class RunError(BatchrunError):
 class EndpointError(RunError):
     """The endpoint rejected the run for a reason that retrying will not fix."""
 
-    exit_code = 5
+    exit_code = ExitCode.ENDPOINT
 
 
 class QuotaExhausted(RunError):
     """The account's quota or spend limit is reached: add credit, then resume."""
 
-    exit_code = 3
+    exit_code = ExitCode.QUOTA
 
 
 class BudgetExceeded(RunError):
     """The job's budget would be passed: raise budget.max_usd, then run again."""
 
-    exit_code = 4
+    exit_code = ExitCode.BUDGET
+
+
+class LockHeld(RunError):
+    """Another process runs this job (or a job sharing its ledger): refused before anything was read."""
+
+    exit_code = ExitCode.LOCKED
 
 
 class Interrupted(RunError):
-    """Stopped by the user; in-flight requests were finished and written."""
+    """Stopped by a signal; in-flight requests were finished (or, on a second signal, abandoned) and
+    every answer received was committed and written."""
 
-    exit_code = 130
+    exit_code = ExitCode.SIGINT
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = SIGNAL_EXIT.get(signal.Signals(signum), ExitCode.SIGINT)

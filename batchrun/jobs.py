@@ -178,7 +178,10 @@ class OutputSpec(_Spec):
     path: Path | None = None
     row_group_size: int = Field(default=5000, gt=0)
     ledger: Path | None = None
-    """The run ledger (and cache); default `<output>.ledger.sqlite`. Jobs may share one."""
+    """The run ledger (answers, spend, batch state); default `.batchrun/<job name>.sqlite` beside the job
+    file, so moving the output (`-o`) reuses it. Jobs may share one (budgets stay per job)."""
+    accept: tuple[Literal["truncated", "schema_invalid", "too_long", "empty_input"], ...] = ()
+    """Statuses that count as answered for the exit code, besides ok / refused / filtered."""
     audit: Path | None = None
     """Append every request and response to this JSONL file (headers redacted; never the key)."""
 
@@ -324,6 +327,14 @@ class Job(_Spec):
     def output_path(self) -> Path:
         assert self.output.path is not None
         return self.output.path
+
+    @property
+    def ledger_file(self) -> Path:
+        """The job's ledger: `[output] ledger`, else `.batchrun/<name>.sqlite` beside the job file."""
+        if self.output.ledger is not None:
+            return self.output.ledger
+        base = self.source_path.parent if self.source_path is not None else self.output_path.parent
+        return base / ".batchrun" / f"{self.name or 'job'}.sqlite"
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

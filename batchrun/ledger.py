@@ -5,17 +5,27 @@ Results are keyed by the request's fingerprint — a hash of exactly what is sen
 cache: a re-run, a resumed run, or a nightly run over a file with new rows
 appended sends only the requests whose fingerprint has no final result yet.
 
-Durability: results are committed in batches of at most `COMMIT_ROWS` rows or
-`COMMIT_SECONDS` seconds, whichever comes first, and a result is committed
-before it is written to the Parquet output. A hard crash (kill -9, power loss)
-can therefore lose at most the requests in flight plus the last commit window;
-those rows are sent again on resume.
+The fingerprint leaves out the output-token limit (`max_tokens`): each answer
+records the limit it was asked under, and `CachePolicy` decides whether it still
+stands under the job's current one (an answer that finished naturally within the
+new limit does; a truncated one is asked again).
+
+Spend is a fact apart from the cache: every paid reply adds to the `spend` table
+under its job's name whatever the cache mode, so `--no-cache`, `--refresh` and
+jobs sharing one ledger all count the budget exactly.
+
+Durability: results are committed in batches of at most `COMMIT_ROWS` rows, and
+a timer commits whatever was received at least every `COMMIT_SECONDS` whether
+more results arrive or not; a result is committed before it is written to the
+Parquet output. A hard crash (kill -9, power loss) can therefore lose at most the
+requests in flight plus the last commit window; those rows are sent again on resume.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -27,8 +37,8 @@ from typing import Any
 from .sinks import RowResult
 
 COMMIT_ROWS = 200
-COMMIT_SECONDS = 0.25
-SCHEMA_VERSION = "1"
+COMMIT_SECONDS = 0.1
+SCHEMA_VERSION = "2"
 SIMULATOR = "batchrun-simulator"
 # statuses that are the final answer for a request; others (not_sent, retryable failures) are re-sent
 FINAL_STATUSES = frozenset({"ok", "refused", "filtered", "truncated", "schema_invalid", "failed"})
@@ -51,8 +61,19 @@ CREATE TABLE IF NOT EXISTS results (
     raw_text TEXT,
     row_id TEXT,
     endpoint TEXT,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    max_output_tokens INTEGER
 );
+CREATE TABLE IF NOT EXISTS spend (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job TEXT NOT NULL,
+    run_id INTEGER,
+    at REAL NOT NULL,
+    requests INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    endpoint TEXT
+);
+CREATE INDEX IF NOT EXISTS spend_job ON spend (job);
 CREATE TABLE IF NOT EXISTS batch_runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     job_key TEXT NOT NULL,
@@ -99,17 +120,56 @@ CREATE TABLE IF NOT EXISTS runs (
     summary TEXT
 );
 """
+RESULT_COLUMNS = (
+    "fingerprint, status, error, attempts, prompt_tokens, completion_tokens, cost_usd, latency_ms, finish_reason, "
+    "model, request_id, output, raw_text, row_id, endpoint, created_at, max_output_tokens"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """Which answers in the ledger a run reuses instead of paying for them again."""
+
+    read: bool = True
+    """False for --refresh and --no-cache: earlier answers are not reused (this run's own still are)."""
+    write: bool = True
+    """False for --no-cache: answers are not kept (their spend still is)."""
+    max_output_tokens: int | None = None
+    """The job's current output-token limit; answers asked under another limit are checked against it."""
+    retry: frozenset[str] = frozenset()
+    """Statuses to send again (`--retry failed,truncated`): final answers of these are not reused."""
+    since: float = math.inf
+    """Answers recorded at or after this time (this run's start) are always reused."""
+
+    def accepts(self, status: str, completion_tokens: int | None, max_then: int | None, created_at: float) -> bool:
+        if created_at >= self.since:
+            return True
+        if not self.read or status in self.retry:
+            return False
+        limit = self.max_output_tokens
+        if limit is None or max_then == limit:
+            return True
+        if status == "truncated":
+            return False  # cut off at another limit: under this one the answer would differ
+        # finished within the old limit: it stands if it also fits the new one
+        return completion_tokens is not None and completion_tokens < limit
+
+
+OUTPUT_LIMIT_KEYS = frozenset({"max_tokens", "max_completion_tokens"})
 
 
 class Fingerprinter:
     """The cache key of a request: a hash of what is actually sent, and where.
 
     A job's requests differ only in the rendered row text; everything else (endpoint, model,
-    parameters, system and few-shot messages, schema) is hashed once, canonically, and each
-    row's fingerprint is the hash of that digest and the row's text.
+    parameters but the output-token limit, system and few-shot messages, schema) is hashed once,
+    canonically, and each row's fingerprint is the hash of that digest and the row's text.
+    `legacy` keeps the limit in, as versions before 0.2 did (to find their batch runs again).
     """
 
-    def __init__(self, endpoint: str, kind: str, constant: dict[str, Any]) -> None:
+    def __init__(self, endpoint: str, kind: str, constant: dict[str, Any], *, legacy: bool = False) -> None:
+        if not legacy:  # the output-token limit is checked per answer instead (CachePolicy)
+            constant = {k: v for k, v in constant.items() if k not in OUTPUT_LIMIT_KEYS}
         canonical = json.dumps(
             {"endpoint": endpoint, "kind": kind, "request": constant},
             sort_keys=True,
@@ -183,8 +243,12 @@ class LedgerStats:
 class Ledger:
     """Append-mostly store of final results by fingerprint. Not thread-safe: one user at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, job: str = "", max_output_tokens: int | None = None) -> None:
         self.path = path
+        self.job = job
+        """The job whose spend this connection records (jobs may share a ledger; budgets are per job)."""
+        self.max_output_tokens = max_output_tokens
+        """The output-token limit recorded with each answer (see CachePolicy)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -193,12 +257,34 @@ class Ledger:
         # SQLite's 2 MB default page cache those inserts slow down as the ledger grows
         self.db.execute("PRAGMA cache_size=-65536")
         self.db.executescript(_SCHEMA)
-        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        self._migrate()
         self.pending: list[tuple[Any, ...]] = []
+        self.pending_spend: dict[str, list[float]] = {}  # endpoint → [requests, usd] not yet committed
         self.last_commit = time.monotonic()
         self.run_id: int | None = None
         # lookups (producer thread) and commits (writer thread) may overlap
         self.lock = threading.Lock()
+        # results are queued from the event loop and from worker threads (batch collection) while the
+        # commit timer swaps the queue out: a short lock of its own, never held across I/O
+        self.queue_lock = threading.Lock()
+
+    def _migrate(self) -> None:
+        """Bring a ledger written by an earlier version up to this schema."""
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
+        if "max_output_tokens" not in cols:
+            self.db.execute("ALTER TABLE results ADD COLUMN max_output_tokens INTEGER")
+        found = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if found is not None and found[0] == "1":
+            # version 1 kept spend only as each answer's cost: carried over unattributed (job ''),
+            # which every job on the ledger counts against its budget, so no cap is loosened
+            with self.db:
+                self.db.execute(
+                    "INSERT INTO spend (job, run_id, at, requests, cost_usd, endpoint) SELECT '', NULL, ?, "
+                    "COUNT(*), COALESCE(SUM(cost_usd), 0), endpoint FROM results GROUP BY endpoint",
+                    (time.time(),),
+                )
+                self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
 
     def close(self) -> None:
         self.flush()
@@ -207,34 +293,46 @@ class Ledger:
     # -- reading -------------------------------------------------------------------------------
 
     def lookup(
-        self, fingerprints: Sequence[str], origin: dict[str, tuple[str | None, float]] | None = None
+        self,
+        fingerprints: Sequence[str],
+        origin: dict[str, tuple[str | None, float]] | None = None,
+        policy: CachePolicy | None = None,
+        rejected: dict[str, RowResult] | None = None,
     ) -> dict[str, RowResult]:
-        """Final results already paid for, by fingerprint (row and row_id left for the caller).
-        With `origin`, also fills fingerprint → (row id it was first answered for, time recorded)."""
+        """Final results already paid for, by fingerprint (row and row_id left for the caller); with a
+        `policy`, only those it accepts (the others go into `rejected`, if given). With `origin`, also
+        fills fingerprint → (row id it was first answered for, time recorded)."""
         found: dict[str, RowResult] = {}
         with self.lock:
-            self._lookup(fingerprints, found, origin)
+            self._lookup(fingerprints, found, origin, policy, rejected)
         return found
 
     def _lookup(
         self,
         fingerprints: Sequence[str],
         found: dict[str, RowResult],
-        origin: dict[str, tuple[str | None, float]] | None = None,
+        origin: dict[str, tuple[str | None, float]] | None,
+        policy: CachePolicy | None,
+        rejected: dict[str, RowResult] | None = None,
     ) -> None:
         for start in range(0, len(fingerprints), 900):  # SQLite's bound-parameter limit
             chunk = list(fingerprints[start : start + 900])
             marks = ",".join("?" * len(chunk))
             for row in self.db.execute(
                 "SELECT fingerprint, status, error, attempts, prompt_tokens, completion_tokens, cost_usd, "
-                f"latency_ms, finish_reason, model, request_id, output, raw_text, row_id, created_at FROM results "
-                f"WHERE fingerprint IN ({marks})",
+                "latency_ms, finish_reason, model, request_id, output, raw_text, row_id, created_at, "
+                f"max_output_tokens FROM results WHERE fingerprint IN ({marks})",
                 chunk,
             ):
-                fp, status, error, attempts, pt, ct, cost, lat, finish, model, rid, output, raw, row_id, at = row
+                fp, status, error, attempts, pt, ct, cost, lat, finish, model, rid, output, raw, row_id, at, mx = row
+                into = found
+                if policy is not None and not policy.accepts(status, ct, mx, at):
+                    if rejected is None:
+                        continue
+                    into = rejected
                 if origin is not None:
                     origin[fp] = (row_id, at)
-                found[fp] = RowResult(
+                into[fp] = RowResult(
                     row=-1,
                     row_id="",
                     status=status,
@@ -252,27 +350,42 @@ class Ledger:
                     from_cache=True,
                 )
 
-    def answered(self, fingerprints: Sequence[str]) -> dict[str, float]:
-        """Fingerprint → time recorded, for those with a final answer (nothing decoded)."""
+    def answered(self, fingerprints: Sequence[str], policy: CachePolicy | None = None) -> dict[str, float]:
+        """Fingerprint → time recorded, for those with a final answer `policy` accepts (nothing decoded)."""
         found: dict[str, float] = {}
         with self.lock:
             for start in range(0, len(fingerprints), 900):
                 chunk = list(fingerprints[start : start + 900])
                 marks = ",".join("?" * len(chunk))
-                found.update(
-                    self.db.execute(
-                        f"SELECT fingerprint, created_at FROM results WHERE fingerprint IN ({marks})", chunk
-                    ).fetchall()
-                )
+                for fp, status, ct, mx, at in self.db.execute(
+                    "SELECT fingerprint, status, completion_tokens, max_output_tokens, created_at FROM results "
+                    f"WHERE fingerprint IN ({marks})",
+                    chunk,
+                ):
+                    if policy is None or policy.accepts(status, ct, mx, at):
+                        found[fp] = at
         return found
 
-    def spent(self) -> float:
-        """Dollars recorded for every result in the ledger (all runs), the simulator's excluded."""
+    def spent(self, job: str | None = None) -> float:
+        """Dollars recorded as paid by `job` (default: this ledger's job) in every run, the simulator's
+        excluded; spend carried over from a version-1 ledger (job '') counts for every job."""
+        job = self.job if job is None else job
         with self.lock:
             (total,) = self.db.execute(
-                "SELECT COALESCE(SUM(cost_usd), 0) FROM results WHERE endpoint IS NOT ?", (SIMULATOR,)
+                "SELECT COALESCE(SUM(cost_usd), 0) FROM spend WHERE (job = ? OR job = '') AND endpoint IS NOT ?",
+                (job, SIMULATOR),
             ).fetchone()
         return float(total)
+
+    def spend_by_job(self) -> dict[str, tuple[int, float]]:
+        """job → (paid requests, dollars), the simulator's excluded (for `batchrun status`)."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT job, SUM(requests), COALESCE(SUM(cost_usd), 0) FROM spend WHERE endpoint IS NOT ? "
+                "GROUP BY job ORDER BY job",
+                (SIMULATOR,),
+            ).fetchall()
+        return {job: (int(n or 0), float(usd)) for job, n, usd in rows}
 
     def stats(self) -> LedgerStats:
         by_status = dict(self.db.execute("SELECT status, COUNT(*) FROM results GROUP BY status").fetchall())
@@ -294,50 +407,70 @@ class Ledger:
 
     # -- writing -------------------------------------------------------------------------------
 
+    def record_spend(self, usd: float, endpoint: str, requests: int = 1) -> None:
+        """Queue a paid reply's cost for this job; committed with the next write, answers or not."""
+        with self.queue_lock:
+            acc = self.pending_spend.setdefault(endpoint, [0, 0.0])
+            acc[0] += requests
+            acc[1] += usd
+
     def record(self, fp: str, result: RowResult, endpoint: str) -> None:
         """Queue a final result; committed with the next flush (see COMMIT_ROWS / COMMIT_SECONDS)."""
         if result.status not in FINAL_STATUSES or result.retryable or result.from_cache:
             return
         output = None if result.output is None else json.dumps(result.output, ensure_ascii=False)
-        self.pending.append(
-            (
-                fp,
-                result.status,
-                result.error,
-                result.attempts,
-                result.prompt_tokens,
-                result.completion_tokens,
-                result.cost_usd,
-                result.latency_ms,
-                result.finish_reason,
-                result.model,
-                result.request_id,
-                output,
-                result.raw_text,
-                result.row_id,
-                endpoint,
-                time.time(),
-            )
+        row = (
+            fp,
+            result.status,
+            result.error,
+            result.attempts,
+            result.prompt_tokens,
+            result.completion_tokens,
+            result.cost_usd,
+            result.latency_ms,
+            result.finish_reason,
+            result.model,
+            result.request_id,
+            output,
+            result.raw_text,
+            result.row_id,
+            endpoint,
+            time.time(),
+            self.max_output_tokens,
         )
+        with self.queue_lock:
+            self.pending.append(row)
 
     def due(self) -> bool:
         return len(self.pending) >= COMMIT_ROWS or (
             bool(self.pending) and time.monotonic() - self.last_commit >= COMMIT_SECONDS
         )
 
-    def take(self) -> list[tuple[Any, ...]]:
-        """The queued results, handed over for `write` (swap, so `record` can go on meanwhile)."""
-        batch, self.pending = self.pending, []
-        self.last_commit = time.monotonic()
-        return batch
+    def take(self) -> tuple[list[tuple[Any, ...]], dict[str, list[float]]]:
+        """The queued results and spend, handed over for `write` (swapped, so `record` can go on meanwhile)."""
+        with self.queue_lock:
+            batch, self.pending = self.pending, []
+            spend, self.pending_spend = self.pending_spend, {}
+            self.last_commit = time.monotonic()
+        return batch, spend
 
-    def write(self, batch: list[tuple[Any, ...]]) -> None:
-        """Commit a batch of results in one transaction."""
-        if not batch:
+    def write(self, taken: tuple[list[tuple[Any, ...]], dict[str, list[float]]]) -> None:
+        """Commit results and their spend in one transaction: an answer is never kept without its cost."""
+        batch, spend = taken
+        if not batch and not spend:
             return
+        now = time.time()
         with self.lock, self.db:
             self.db.execute("BEGIN")
-            self.db.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", batch)
+            if batch:
+                self.db.executemany(
+                    f"INSERT OR REPLACE INTO results ({RESULT_COLUMNS}) VALUES ({','.join('?' * 17)})", batch
+                )
+            for endpoint, (n, usd) in spend.items():
+                self.db.execute(
+                    "INSERT INTO spend (job, run_id, at, requests, cost_usd, endpoint) VALUES (?, ?, ?, ?, ?, ?)",
+                    (self.job, self.run_id, now, int(n), usd, endpoint),
+                )
 
     def flush(self) -> None:
         self.write(self.take())
@@ -502,6 +635,23 @@ class BatchBook:
                                 [(err, fp) for fp, err in failures])  # fmt: skip
 
 
-def ledger_path(output: Path) -> Path:
-    """Where a job's ledger lives by default: beside its output."""
+def legacy_ledger_path(output: Path) -> Path:
+    """Where versions before 0.2 kept a job's ledger: beside its output."""
     return output.with_name(output.name + ".ledger.sqlite")
+
+
+def adopt_legacy_ledger(legacy: Path, path: Path) -> bool:
+    """Move a ledger from its old default place beside the output to the job's own (under the job's lock),
+    so an upgrade re-sends nothing. Returns whether one was moved."""
+    if path.exists() or not legacy.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(legacy)
+    try:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # fold the WAL in, so one file carries everything
+    finally:
+        db.close()
+    legacy.rename(path)
+    for suffix in ("-wal", "-shm"):
+        Path(str(legacy) + suffix).unlink(missing_ok=True)
+    return True

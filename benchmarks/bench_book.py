@@ -26,7 +26,7 @@ from _common import WORDS, SimProcess
 
 from batchrun.jobs import load_job
 from batchrun.plan import make_plan
-from batchrun.runner import run_async
+from batchrun import arun as run_async
 from batchrun.sim.content import sim_translate
 
 

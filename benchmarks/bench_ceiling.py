@@ -25,7 +25,7 @@ from _common import SimProcess, make_job, texts
 
 from batchrun.engine import HTTP_RESPONSE
 from batchrun.prompts import Renderer
-from batchrun.runner import run_async
+from batchrun import arun as run_async
 from batchrun.sources import open_source
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from _common import SimProcess, make_job, texts
 
-from batchrun.ledger import Ledger, ledger_path
+from batchrun.ledger import Ledger
 from batchrun.prompts import Renderer
-from batchrun.runner import run_async
+from batchrun import arun as run_async
 from batchrun.sinks import RowResult
 from batchrun.sources import open_source
 
@@ -31,7 +31,7 @@ def overhead(sim: SimProcess, tmp: Path, n: int) -> None:
     job = make_job(tmp, sim.base_url, texts(n, words=(20, 40)), max_tokens=20, schema=True, name="ovh")
     best: dict[str, float] = {}
     for mode in ("off", "use", "off", "use"):
-        ledger_path(job.output_path).unlink(missing_ok=True)
+        job.ledger_file.unlink(missing_ok=True)
         sim.reset()
         t = time.perf_counter()
         result = asyncio.run(run_async(job, cache=mode))
@@ -50,7 +50,7 @@ def resume(sim: SimProcess, tmp: Path, rows: int) -> None:
     job = make_job(tmp, sim.base_url, texts(rows, words=(8, 20)), max_tokens=20, schema=True, name="res")
     source = open_source(job.input)
     renderer = Renderer(job, source.columns)
-    ledger = Ledger(ledger_path(job.output_path))
+    ledger = Ledger(job.ledger_file, job=job.name)
     t = time.perf_counter()
     kept = 0
     fingerprinter = renderer.fingerprinter(sim.base_url, job.request.model)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from _common import SimProcess, make_job, texts
 
-from batchrun.runner import run_async
+from batchrun import arun as run_async
 
 RPM, TPM = 6_000, 600_000
 

@@ -19,10 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchrun import runner
+import batchrun as runner
 from batchrun.batch_api import BatchInfo
 from batchrun.batch_results import describe_batches
-from batchrun.batch_run import cancel_batches, run_batch_async
+from batchrun.lifecycle import RunOptions, cancel_job, run_job
 from batchrun.errors import EndpointError
 from batchrun.jobs import load_job
 from batchrun.plan import format_plan, make_plan
@@ -221,14 +221,14 @@ def test_without_wait_it_submits_and_a_later_run_collects(make_sim, tmp_path: Pa
     first = runner.run(load_job(job_path))
     assert first.waiting is not None and "3 shard(s)" in first.waiting
     assert not (tmp_path / "job.parquet").exists()
-    status = "\n".join(describe_batches(tmp_path / "job.parquet.ledger.sqlite"))
+    status = "\n".join(describe_batches(load_job(job_path).ledger_file))
     assert status.count("submitted") == 3
     time.sleep(0.5)
-    result = asyncio_run(run_batch_async(load_job(job_path), start=False))  # `batchrun collect`
+    result = asyncio_run(run_job(load_job(job_path), RunOptions(start=False)))  # `batchrun collect`
     assert result.waiting is None and result.by_status == {"ok": 25}
     assert len(list((tmp_path / "job.parquet.shards").glob("*.jsonl"))) == 3  # keep_shards
     # nothing left: collect has nothing to do, and run again sends nothing
-    again = asyncio_run(run_batch_async(load_job(job_path), start=False))
+    again = asyncio_run(run_job(load_job(job_path), RunOptions(start=False)))
     assert again.waiting is not None and "nothing to collect" in again.waiting
     rerun = run_until_done(job_path)
     assert rerun.cached_rows == 25 and sim.stats()["batches"]["batches_created"] == 3
@@ -327,7 +327,7 @@ def test_cancel_keeps_what_finished_and_a_later_run_sends_the_rest(make_sim, tmp
     path = write_batch_job(tmp_path, sim, texts(30), batch="max_lines = 30")
     assert runner.run(load_job(path)).waiting is not None
     time.sleep(0.6)  # about half of the batch is done
-    message = asyncio_run(cancel_batches(load_job(path)))
+    message = asyncio_run(cancel_job(load_job(path)))
     assert "1 batch(es) cancelled" in message
     df = pl.read_parquet(tmp_path / "job.parquet")
     done = df.filter(pl.col("status") == "ok").height
@@ -429,7 +429,7 @@ def test_auto_mode_runs_online_when_the_server_has_no_batch_api(make_sim, tmp_pa
     job = load_job(path).model_copy(update={"deadline_hours": 48.0})
     from unittest import mock
 
-    with mock.patch("batchrun.runner.choose_mode", return_value=("batch", "test")):
+    with mock.patch("batchrun.lifecycle.choose_mode", return_value=("batch", "test")):
         result = runner.run(job)
     assert result.mode == "online" and result.by_status == {"ok": 3}
     assert "no Batch API" in result.notes[0]

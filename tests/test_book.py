@@ -15,9 +15,10 @@ import polars as pl
 
 from batchrun.epub import epub_chapters, read_epub
 from batchrun.jobs import Job, load_job
-from batchrun.ledger import Ledger, ledger_path
+from batchrun.ledger import Ledger
 from batchrun.plan import make_plan
-from batchrun.runner import RunResult, run_async
+from batchrun import RunResult
+from batchrun import arun as run_async
 from batchrun.sim import SimServer
 from batchrun.sim.content import sim_translate
 
@@ -235,7 +236,7 @@ def test_resume_after_kill_9_mid_book(make_sim: SimFactory, tmp_path: Path) -> N
     proc.wait()
     assert not job.output_path.exists()
     time.sleep(0.5)  # requests the killed process left in flight finish at the simulator
-    ledger = Ledger(ledger_path(job.output_path))
+    ledger = Ledger(job.ledger_file, job=job.name)
     answered = ledger.stats().results
     ledger.close()
     assert 0 < answered < chunks

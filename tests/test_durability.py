@@ -16,8 +16,9 @@ import pytest
 
 from batchrun.errors import BudgetExceeded, JobFileError, QuotaExhausted
 from batchrun.jobs import Job, load_job
-from batchrun.ledger import COMMIT_SECONDS, Ledger, ledger_path
-from batchrun.runner import RunResult, run_async
+from batchrun.ledger import COMMIT_SECONDS, Ledger
+from batchrun import RunResult
+from batchrun import arun as run_async
 from batchrun.sim import SimServer
 
 from .conftest import start_cli_run, structured_job, wait_for_ok
@@ -30,9 +31,16 @@ def write_rows(path: Path, rows: list[str]) -> None:
 
 
 def make(
-    write_job: Callable[..., Path], sim: SimServer, rows: list[str], *, in_flight: int = 16, extra: str = ""
+    write_job: Callable[..., Path],
+    sim: SimServer,
+    rows: list[str],
+    *,
+    in_flight: int = 16,
+    extra: str = "",
+    name: str = "job.toml",
 ) -> Job:
-    path = write_job(structured_job(sim.base_url, limits=f"max_in_flight = {in_flight}\nmax_attempts = 4", extra=extra))
+    limits = f"max_in_flight = {in_flight}\nmax_attempts = 4"
+    path = write_job(structured_job(sim.base_url, limits=limits, extra=extra), name=name)
     write_rows(path.parent / "input.csv", rows)
     return load_job(path)
 
@@ -132,7 +140,7 @@ def test_quota_stop_then_resume_completes_without_paying_twice(
 def test_budget_stops_then_raising_it_continues(make_sim: SimFactory, write_job: Callable[..., Path]) -> None:
     sim = make_sim()
     rows = [f"text {i}" for i in range(300)]
-    clean_job = make(write_job, sim, rows)
+    clean_job = make(write_job, sim, rows, name="clean.toml")  # another job: its spend is its own
     clean = run(clean_job, cache="off")
     worst_per_row = (clean.prompt_tokens / 300 * 0.15 + 100 * 0.60) / 1e6
     budget = clean.cost_usd / 3
@@ -142,13 +150,13 @@ def test_budget_stops_then_raising_it_continues(make_sim: SimFactory, write_job:
     stopped = info.value.result  # type: ignore[attr-defined]
     assert 0 < stopped.by_status["ok"] < 300 and stopped.by_status["not_sent"] > 0
     assert stopped.cost_usd <= budget
-    ledger = Ledger(ledger_path(job.output_path))
+    ledger = Ledger(job.ledger_file, job=job.name)
     assert ledger.spent() <= budget
     ledger.close()
     raised = job.model_copy(update={"budget": job.budget.model_copy(update={"max_usd": clean.cost_usd * 2})})
     done = run(raised)
     assert done.by_status == {"ok": 300}
-    ledger = Ledger(ledger_path(job.output_path))
+    ledger = Ledger(job.ledger_file, job=job.name)
     assert ledger.spent() == pytest.approx(clean.cost_usd, abs=4 * worst_per_row)
     ledger.close()
 
@@ -157,8 +165,9 @@ def test_budget_needs_a_price(make_sim: SimFactory, write_job: Callable[..., Pat
     sim = make_sim(models=("acme-llm",))
     job = make(write_job, sim, ["a"], extra="\n[budget]\nmax_usd = 1\n")
     job = job.model_copy(update={"request": job.request.model_copy(update={"model": "acme-llm"})})
-    with pytest.raises(JobFileError, match="no price is known for 'acme-llm'"), pytest.warns(UserWarning):
+    with pytest.raises(JobFileError, match="no price is known for 'acme-llm'"):
         run(job)
+    assert sim.stats()["requests"] == 0
 
 
 def test_fault_mix_every_row_accounted_for(make_sim: SimFactory, write_job: Callable[..., Path]) -> None:

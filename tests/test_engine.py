@@ -16,7 +16,7 @@ import pytest
 import batchrun
 from batchrun.errors import EndpointError, QuotaExhausted
 from batchrun.jobs import Job, load_job
-from batchrun.runner import run_async
+from batchrun import arun as run_async
 from batchrun.sim import SimServer
 
 from .conftest import REPO, start_cli_run, structured_job, wait_for_ok
@@ -282,7 +282,7 @@ def test_api_key_never_appears_in_output_or_messages(make_sim: SimFactory, write
         env=env,
         timeout=60,
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 6, proc.stderr  # two rows failed: cron is told
     assert secret not in proc.stdout and secret not in proc.stderr
     for path in job.output_path.parent.rglob("*"):
         if path.is_file():

@@ -1,0 +1,266 @@
+"""The per-run objects, built once from the `Job` by the lifecycle and handed to the executors.
+
+An executor (online table, Batch API, document) never re-derives these from the job:
+it receives one frozen `RunContext` with the renderer-independent parts of a run —
+endpoint, price, limiter, ledger and cache policy, budget, audit log, the committer
+that makes answers durable, and the stopper that carries signals to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .endpoints import Endpoint
+from .engine import Budget, Engine, EngineOptions
+from .errors import BatchrunError, Interrupted, JobFileError
+from .jobs import Job
+from .ledger import COMMIT_SECONDS, CachePolicy, Ledger
+from .limits import RateLimiter
+from .pricing import ModelPrice
+from .replies import ReplyParser
+from .results import ACCEPTED_STATUSES, RunResult, percentile
+from .sinks import RowResult
+
+PROGRESS_SECONDS = 0.25
+"""Least time between two redraws of the progress bar's figures."""
+
+
+class AuditLog:
+    """Every request and response of a run, appended as JSONL by the committer (never on the event loop)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.lines: list[dict[str, Any]] = []
+
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.lines.append(record)
+
+    def take(self) -> list[dict[str, Any]]:
+        lines, self.lines = self.lines, []
+        return lines
+
+    def write(self, lines: list[dict[str, Any]]) -> None:
+        if not lines or self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            for rec in lines:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+class Committer:
+    """Makes received answers durable: the ledger's queued results and spend, and the audit records.
+
+    `timer()` commits at least every COMMIT_SECONDS whether or not results keep arriving, so a lull
+    of slow replies cannot hold answers in memory (a kill -9 then costs only the last window).
+    """
+
+    def __init__(self, ledger: Ledger, audit: AuditLog) -> None:
+        self.ledger = ledger
+        self.audit = audit
+        self.committed: list[str] = []
+        """Fingerprints committed since the online producer last looked (see online.OnlineRun)."""
+        self._lock = asyncio.Lock()
+
+    async def commit(self) -> None:
+        async with self._lock:  # one commit at a time, in order
+            taken = self.ledger.take()
+            lines = self.audit.take()
+            if taken[0] or taken[1] or lines:
+                await asyncio.to_thread(self._write, taken, lines)
+                self.committed.extend(row[0] for row in taken[0])
+
+    def _write(self, taken: Any, lines: list[dict[str, Any]]) -> None:
+        self.ledger.write(taken)
+        self.audit.write(lines)
+
+    async def timer(self) -> None:
+        while True:
+            await asyncio.sleep(COMMIT_SECONDS)
+            await self.commit()
+
+
+class Stopper:
+    """Carries a stop to whatever is running: the first signal stops dispatching (what is in flight
+    finishes), the second aborts in-flight requests. Engines and batch drivers attach to it."""
+
+    def __init__(self, say: Callable[[str], Any] | None = None) -> None:
+        self.say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.engines: list[Engine] = []
+        self.error: BatchrunError | None = None
+        self.signals = 0
+        self.requested = asyncio.Event()
+
+    def attach(self, engine: Engine) -> Engine:
+        self.engines.append(engine)
+        if self.error is not None:
+            engine.stop(self.error)
+        return engine
+
+    def signal(self, signum: int, name: str) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            self.say(f"batchrun: {name}: stopping — finishing requests in flight ({name} again to stop at once)")
+            self.error = Interrupted(f"stopped by {name}; every answer received is committed and written", signum)
+            for e in self.engines:
+                e.stop(self.error)
+            self.requested.set()
+        elif self.signals == 2:
+            self.say(f"batchrun: {name} again: abandoning requests in flight; writing what was answered")
+            assert self.error is not None
+            for e in self.engines:
+                e.abort(self.error)
+        else:
+            self.say("batchrun: already stopping; writing what was answered")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunContext:
+    """One run's objects, built once (lifecycle.build_context)."""
+
+    job: Job
+    endpoint: Endpoint
+    price: ModelPrice | None
+    """The model's price, or None when no price is known (costs are then unknown)."""
+    batch_discount: float
+    limiter: RateLimiter
+    ledger: Ledger
+    cache: CachePolicy
+    budget: Budget | None
+    audit: AuditLog
+    committer: Committer
+    stopper: Stopper
+    progress: bool
+    accepted: tuple[str, ...]
+    """Statuses that count as answered for the exit code."""
+    started: float
+    """time.monotonic() at the start of the run."""
+
+    @property
+    def context_window(self) -> int | None:
+        return self.price.context_window if self.price else None
+
+    @property
+    def endpoint_key(self) -> str:
+        return self.endpoint.cache_key
+
+    def engine(
+        self,
+        *,
+        kind: str,
+        parser: ReplyParser,
+        on_result: Callable[[int, RowResult], Any],
+        options: EngineOptions | None = None,
+        embedding_dims: int | None = None,
+    ) -> Engine:
+        """The online engine for this run, attached to the stopper and the spend record."""
+        limits = self.job.limits
+        key = self.endpoint_key
+        ledger = self.ledger
+        engine = Engine(
+            client=self.endpoint.client,
+            model=self.endpoint.model,
+            kind=kind,
+            limiter=self.limiter,
+            parser=parser,
+            price=self.price,
+            options=options or EngineOptions(max_in_flight=limits.max_in_flight, max_attempts=limits.max_attempts),
+            on_result=on_result,
+            embedding_dims=embedding_dims,
+            budget=self.budget,
+            audit=self.audit.add if self.audit.enabled else None,
+            on_spend=lambda usd: ledger.record_spend(usd, key),
+        )
+        return self.stopper.attach(engine)
+
+    def bar(self, total: int | None, unit: str) -> tqdm:
+        return tqdm(
+            total=total,
+            unit=unit,
+            disable=not self.progress,
+            dynamic_ncols=True,
+            mininterval=PROGRESS_SECONDS,
+            desc="simulated" if self.endpoint.simulated else self.job.name,
+            file=sys.stderr,
+        )
+
+    def engine_result(
+        self,
+        engine: Engine,
+        *,
+        by_status: dict[str, int],
+        cached_rows: int,
+        cached_usd: float,
+        notes: list[str],
+        **extra: Any,
+    ) -> RunResult:
+        """What an online run did, from its engine's statistics (table and document runs alike)."""
+        job = self.job
+        stats = engine.stats
+        limiter = engine.limiter
+        lat = sorted(stats.latencies_ms)
+        if limiter.slowdowns:
+            notes.append(f"the server asked to slow down {limiter.slowdowns} time(s); rates were lowered")
+        if limiter.limits != (job.limits.rpm, job.limits.tpm):
+            notes.append(
+                f"limits learned from the server: rpm {limiter.limits[0]}, tpm {limiter.limits[1]} "
+                f"(the job said rpm {job.limits.rpm}, tpm {job.limits.tpm})"
+            )
+        return RunResult(
+            job=job.name,
+            output_path=job.output_path,
+            rows=sum(by_status.values()),
+            by_status=by_status,
+            prompt_tokens=stats.prompt_tokens,
+            completion_tokens=stats.completion_tokens,
+            cost_usd=stats.cost_usd,
+            price_known=engine.price is not None,
+            latency_p50_ms=percentile(lat, 50),
+            latency_p95_ms=percentile(lat, 95),
+            latency_max_ms=lat[-1] if lat else None,
+            requests_sent=stats.requests_sent,
+            rate_limited=stats.rate_limited,
+            retries=stats.retries,
+            wall_seconds=time.monotonic() - self.started,
+            minimum_seconds=limiter.minimum_seconds(stats.requests_sent, stats.charged_tokens),
+            limits=limiter.limits,
+            simulated=self.endpoint.simulated,
+            cached_rows=cached_rows,
+            cached_usd=cached_usd,
+            ledger_path=self.ledger.path,
+            stopped=str(engine.stop_error) if engine.stop_error else None,
+            notes=notes,
+            accepted=self.accepted,
+            **extra,
+        )
+
+
+def job_budget(job: Job, price: ModelPrice | None, ledger: Ledger) -> Budget | None:
+    """The job's spend cap, counting what this job paid in earlier runs (its spend record); None without one."""
+    if job.budget.max_usd is None:
+        return None
+    if price is None:
+        raise JobFileError(
+            job.source_path,
+            "budget.max_usd",
+            f"no price is known for {job.request.model!r}, so a budget cannot be enforced; "
+            "add its price under [pricing.models] or remove the budget",
+        )
+    return Budget(job.budget.max_usd, ledger.spent())
+
+
+def accepted_statuses(job: Job, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((*ACCEPTED_STATUSES, *job.output.accept, *extra)))

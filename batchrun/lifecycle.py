@@ -1,0 +1,271 @@
+"""A run's lifecycle: the one owner of everything around the rows, for every kind of run.
+
+    lock ─▶ signals ─▶ mode ─▶ input, endpoint, ledger ─▶ RunContext ─▶ executor ─▶ commit ─▶ summary
+    (one run per       (TERM/   (auto:          (opened once)     (frozen)    online table,   (timer:   (ledger
+     ledger, fcntl)     INT/HUP) plan or ledger)                               Batch API, or   100 ms)   runs row)
+                                                                              document chains
+
+Executors (`online`, `batch_run`, `book`) receive the context and never import this module;
+what they return (a RunResult, and the error they stopped on) becomes the exit code here
+and in the CLI (README: Exit codes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from .context import AuditLog, Committer, RunContext, Stopper, accepted_statuses, job_budget
+from .endpoints import Endpoint, open_endpoint
+from .errors import BatchrunError, EndpointError, JobFileError
+from .jobs import Job
+from .ledger import CachePolicy, Ledger, adopt_legacy_ledger, legacy_ledger_path
+from .limits import RateLimiter
+from .locking import JobLock
+from .plan import price_table_for
+from .results import RunResult
+
+CacheMode = Literal["use", "refresh", "off"]
+SIGNAL_NAMES = {signal.SIGINT: "Ctrl+C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """How this invocation runs the job (the CLI's flags; the job file says what to run)."""
+
+    progress: bool = False
+    cache: CacheMode = "use"
+    """"use": reuse answers in the ledger (resume); "refresh": send every row again, replacing them;
+    "off": neither reuse nor keep answers (spend is still recorded)."""
+    wait: bool = False
+    """Batch mode: poll until the output is written, instead of one step."""
+    start: bool = True
+    """Batch mode: False for `collect` (move an existing batch run along; submit no new one)."""
+    retry: frozenset[str] = frozenset()
+    """Send rows again whose final answer has one of these statuses (`--retry failed,truncated`)."""
+    accept: tuple[str, ...] = ()
+    """More statuses that count as answered for the exit code (besides the job's [output] accept)."""
+    wait_lock: float = 0.0
+    """Seconds to wait for another run of the job to finish; 0: refuse at once."""
+
+    def __post_init__(self) -> None:
+        if self.cache not in ("use", "refresh", "off"):
+            raise ValueError(f"cache must be 'use', 'refresh' or 'off', not {self.cache!r}")
+
+
+@contextlib.contextmanager
+def signal_handlers(stopper: Stopper) -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP stop the run through `stopper` (first: finish in flight; second:
+    abandon it); never a traceback. Off the main thread (a notebook's worker) nothing is installed."""
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig, name in SIGNAL_NAMES.items():
+        try:
+            loop.add_signal_handler(sig, stopper.signal, int(sig), name)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            break  # not the main thread: signals behave as usual
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def choose_mode(job: Job) -> tuple[str, str]:
+    """The mode a job runs in, and why: its own, or for "auto" the plan's recommendation
+    (a batch run already under way is always continued)."""
+    if job.mode != "auto":
+        return job.mode, f'mode = "{job.mode}"'
+    if job.ledger_file.exists():
+        from .batch_run import BatchJob
+
+        if BatchJob.has_active_run(job.ledger_file):
+            return "batch", "a batch run of this job is under way"
+    from .plan import make_plan
+
+    plan = make_plan(job)
+    return plan.recommended_mode, plan.recommendation
+
+
+def build_context(job: Job, endpoint: Endpoint, ledger: Ledger, options: RunOptions, stopper: Stopper) -> RunContext:
+    """The per-run objects, once (runs in a thread: the price table and the ledger are files)."""
+    table = price_table_for(job)
+    price = table.lookup(job.request.model)
+    audit = AuditLog(job.output.audit)
+    cache = CachePolicy(
+        read=options.cache == "use",
+        write=options.cache != "off",
+        max_output_tokens=job.request.max_output_tokens,
+        retry=options.retry,
+        since=time.time(),
+    )
+    return RunContext(
+        job=job,
+        endpoint=endpoint,
+        price=price,
+        batch_discount=table.batch_discount,
+        limiter=RateLimiter(job.limits.rpm, job.limits.tpm),
+        ledger=ledger,
+        cache=cache,
+        budget=job_budget(job, price, ledger),
+        audit=audit,
+        committer=Committer(ledger, audit),
+        stopper=stopper,
+        progress=options.progress,
+        accepted=accepted_statuses(job, options.accept),
+        started=time.monotonic(),
+    )
+
+
+async def run_job(job: Job, options: RunOptions | None = None, *, endpoint: Endpoint | None = None) -> RunResult:
+    """Run a job (online, through the Batch API, or a document) under its lock; returns what it did.
+
+    Raises the error the run stopped on (quota, budget, endpoint, a signal) with `.result` set to
+    what it did before stopping; a run that finished with some rows unanswered returns normally
+    (`result.exit_code` says so).
+    """
+    options = options or RunOptions()
+    lock = JobLock(job.ledger_file)
+    await asyncio.to_thread(lock.acquire, options.wait_lock)
+    try:
+        notes: list[str] = []
+        legacy = legacy_ledger_path(job.output_path)
+        if job.output.ledger is None and await asyncio.to_thread(adopt_legacy_ledger, legacy, job.ledger_file):
+            notes.append(f"the ledger moved from beside the output to {job.ledger_file} (it belongs to the job)")
+        stopper = Stopper()
+        with signal_handlers(stopper):
+            result, error = await _run_locked(job, options, endpoint, stopper)
+        result.notes[:0] = notes
+    finally:
+        lock.release()
+    if error is not None:
+        error.result = result  # type: ignore[attr-defined]
+        raise error
+    return result
+
+
+async def _run_locked(
+    job: Job, options: RunOptions, endpoint: Endpoint | None, stopper: Stopper
+) -> tuple[RunResult, BatchrunError | None]:
+    mode, why = ("online", "") if job.mode == "online" else await asyncio.to_thread(choose_mode, job)
+    if not options.start and mode != "batch":
+        raise JobFileError(job.source_path, "mode", "`collect` moves a Batch API run along; this job runs online")
+    from .sources import open_source
+
+    source = None if job.input.is_document else await asyncio.to_thread(open_source, job.input)
+    own_endpoint = endpoint is None
+    endpoint = endpoint or await asyncio.to_thread(open_endpoint, job)
+    try:
+        if endpoint.banner:
+            stopper.say(endpoint.banner)
+        ledger = await asyncio.to_thread(
+            Ledger, job.ledger_file, job=job.name, max_output_tokens=job.request.max_output_tokens
+        )
+        try:
+            ctx = await asyncio.to_thread(build_context, job, endpoint, ledger, options, stopper)
+            await asyncio.to_thread(ledger.start_run)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    timer = tg.create_task(ctx.committer.timer())
+                    try:
+                        result, error = await _execute(ctx, mode, why, source, options)
+                    finally:
+                        timer.cancel()
+            except BaseExceptionGroup as group:
+                raise _single(group) from None
+            await ctx.committer.commit()
+            await asyncio.to_thread(ledger.finish_run, result.rows, result.summary())
+        finally:
+            await asyncio.to_thread(ledger.close)
+    finally:
+        if own_endpoint:
+            await endpoint.close()
+    return result, error or stopper.error
+
+
+def _single(group: BaseExceptionGroup) -> BaseException:
+    """The one error inside task-group wrapping (a user or run error raised by an executor), so callers
+    see a BatchrunError, not an ExceptionGroup; a real group of several errors stays as it is."""
+    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+        group = group.exceptions[0]  # type: ignore[assignment]
+    return group
+
+
+async def _execute(
+    ctx: RunContext, mode: str, why: str, source: object, options: RunOptions
+) -> tuple[RunResult, BatchrunError | None]:
+    """Drive the executor for `mode`; (what it did, the error it stopped on)."""
+    from .sources import Source
+
+    job = ctx.job
+    auto_note: str | None = None
+    if source is None:
+        from .book import run_document
+
+        return await run_document(ctx)
+    assert isinstance(source, Source)
+    if mode == "batch":
+        from .batch_run import drive_batch
+
+        auto_note = f'mode "auto" chose the Batch API: {why}' if job.mode == "auto" else None
+        try:
+            result, bj = await drive_batch(ctx, source, wait=options.wait, start=options.start)
+        except EndpointError as exc:
+            if job.mode != "auto" or "no Batch API" not in str(exc):
+                raise
+            auto_note = f'mode "auto" ran online: {exc}'
+        else:
+            if bj.go_online:  # the deadline is near: the rest goes online, in this same run
+                online = await _online(ctx, source)
+                await bj.finish_online()
+                online[0].notes[:0] = result.notes
+                return dataclasses.replace(online[0], mode="batch → online"), online[1]
+            if auto_note:
+                result.notes.insert(0, auto_note)
+            return result, None
+    elif job.mode == "auto":
+        auto_note = f'mode "auto" chose online: {why}'
+    result, error = await _online(ctx, source)
+    if auto_note:
+        result.notes.insert(0, auto_note)
+    return result, error
+
+
+async def _online(ctx: RunContext, source: object) -> tuple[RunResult, BatchrunError | None]:
+    from .online import OnlineRun
+    from .sources import Source
+
+    assert isinstance(source, Source)
+    state = await asyncio.to_thread(OnlineRun, ctx, source)
+    result = await state.run()
+    return result, state.engine.stop_error
+
+
+async def cancel_job(job: Job, *, wait_lock: float = 0.0) -> str:
+    """`batchrun cancel`: under the job's lock, cancel its pending batches and keep what they finished."""
+    from .batch_run import cancel_batches
+    from .sources import open_source
+
+    lock = JobLock(job.ledger_file)
+    await asyncio.to_thread(lock.acquire, wait_lock)
+    try:
+        source = await asyncio.to_thread(open_source, job.input)
+        endpoint = await asyncio.to_thread(open_endpoint, job)
+        try:
+            ledger = await asyncio.to_thread(Ledger, job.ledger_file, job=job.name)
+            try:
+                ctx = await asyncio.to_thread(build_context, job, endpoint, ledger, RunOptions(), Stopper())
+                return await cancel_batches(ctx, source)
+            finally:
+                await asyncio.to_thread(ledger.close)
+        finally:
+            await endpoint.close()
+    finally:
+        lock.release()

@@ -1,0 +1,273 @@
+"""The online executor for table jobs: source → renderer → engine → Parquet, in input order.
+
+Driven by the lifecycle (which owns the lock, ledger, budget, signals, commits and
+summary): this module only turns rows into work for the engine and results into
+output rows. Three stages in one task group:
+
+    producer (read, render, fingerprint, ledger lookup — in threads)
+      → engine (limiter, send, retries)
+      → writer (reorder, Parquet row groups — in a thread)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from .context import RunContext
+from .engine import EngineOptions, RunStats, WorkItem
+from .ledger import COMMIT_ROWS, FINAL_STATUSES
+from .plan import embedding_groups, too_long_reason
+from .prompts import Renderer, Request
+from .replies import ReplyParser
+from .results import RunResult
+from .sinks import ParquetSink, ReorderBuffer, RowResult, embedding_dims, job_layout
+from .sources import Source
+
+
+def _work_item(group: list[tuple[int, Request]]) -> WorkItem:
+    return WorkItem(tuple(seq for seq, _ in group), tuple(req for _, req in group))
+
+
+class OnlineRun:
+    """The state of one online table run, shared by its producer, engine and writer."""
+
+    def __init__(self, ctx: RunContext, source: Source) -> None:
+        job = ctx.job
+        self.ctx = ctx
+        self.job = job
+        self.source = source
+        self.renderer = Renderer(job, source.columns)
+        self.input_columns, self.layout = job_layout(job, source)
+        self.ledger = ctx.ledger
+        self.cache = ctx.cache
+        per_item = 2048 if job.request.kind == "embeddings" else 1
+        self.options = EngineOptions(
+            max_in_flight=job.limits.max_in_flight,
+            max_attempts=job.limits.max_attempts,
+            retry_bad_replies=job.request.retry_bad_replies,
+            window=max(20_000, 4 * job.limits.max_in_flight * per_item),
+        )
+        self.results: asyncio.Queue[tuple[int, RowResult] | None] = asyncio.Queue()
+        self.engine = ctx.engine(
+            kind=job.request.kind,
+            parser=ReplyParser(job.schema_strict, job.request.max_output_tokens),
+            options=self.options,
+            on_result=self._on_result,
+            embedding_dims=embedding_dims(job.request.model, job.request.dimensions)
+            if job.request.kind == "embeddings"
+            else None,
+        )
+        self.endpoint_key = ctx.endpoint_key
+        self.fingerprinter = self.renderer.fingerprinter(self.endpoint_key, ctx.endpoint.model)
+        self.fps: dict[int, str] = {}  # seq → fingerprint, for requests sent in this run
+        self.in_flight: set[str] = set()
+        self.followers: dict[str, list[tuple[int, Request]]] = {}
+        # results recorded in this run and not yet seen by a ledger lookup: committed ones are dropped
+        # only when the producer looks the next input batch up in the ledger, so an identical row
+        # whose lookup came before the commit still finds its answer here (and is not sent twice)
+        self.recent: dict[str, RowResult] = {}
+        # rows sent again (--refresh, --retry, a changed max_tokens) whose earlier answer is kept in
+        # case this run stops before a new one comes: a stopped run never leaves a row worse off
+        self.earlier: dict[int, RowResult] = {}
+        if job.request.dimensions:
+            self.engine.embedding_extra["dimensions"] = job.request.dimensions
+        self.window = asyncio.Semaphore(self.options.window)
+        self.inputs: dict[int, dict[str, Any]] = {}
+        self.total = source.rows  # counted when the input was checked: no second scan
+        self.bar = ctx.bar(self.total, "row")
+
+    def _on_result(self, seq: int, result: RowResult) -> None:
+        """A sent request's result: into the ledger, then out to this row and any identical rows."""
+        before = self.earlier.pop(seq, None)
+        if before is not None and result.status == "not_sent":
+            result = dataclasses.replace(before, row=result.row, row_id=result.row_id)
+        self.results.put_nowait((seq, result))
+        fp = self.fps.pop(seq, None)
+        if fp is None:
+            return
+        self.in_flight.discard(fp)
+        if result.status in FINAL_STATUSES and not result.retryable:
+            if self.cache.write:
+                self.ledger.record(fp, result, self.endpoint_key)
+            self.recent[fp] = result
+        for f_seq, f_req in self.followers.pop(fp, []):
+            self._emit_direct(
+                f_seq,
+                dataclasses.replace(
+                    result, row=f_req.row, row_id=f_req.row_id, from_cache=result.status in FINAL_STATUSES
+                ),
+            )
+
+    def _emit_direct(self, seq: int, result: RowResult) -> None:
+        self.engine.stats.add(result)
+        self.results.put_nowait((seq, result))
+
+    def _lookup(self, fps: list[str]) -> tuple[dict[str, RowResult], dict[str, RowResult]]:
+        """(answers this run reuses, earlier answers it sends again) — in a thread."""
+        if not self.cache.write and not self.cache.read:
+            return {}, {}  # --no-cache: the ledger keeps only this run's spend
+        earlier: dict[str, RowResult] = {}
+        cached = self.ledger.lookup(fps, policy=self.cache, rejected=earlier)
+        return cached, earlier
+
+    async def items(self) -> AsyncIterator[WorkItem]:
+        """Rows rendered and counted in a worker thread, in input order, as work items."""
+        it = iter(self.source.batches(5000))
+        seq = 0
+        cols = self.input_columns
+        committer = self.ctx.committer
+        # embedding rows wait here until they fill a request; the last, partial group is carried
+        # into the next batch so requests are grouped exactly as `plan` counted them
+        todo: list[tuple[int, Request]] = []
+        while (batch := await asyncio.to_thread(next, it, None)) is not None:
+            positions, ids, texts = await asyncio.to_thread(self.renderer.texts, batch)
+            inputs = await asyncio.to_thread(lambda b=batch: b.select(cols).to_dicts())
+            fps = await asyncio.to_thread(lambda t=texts: [self.fingerprinter.of(x) for x in t])
+            done, committer.committed = committer.committed, []
+            cached, earlier = await asyncio.to_thread(self._lookup, fps)
+            for fp in done:  # committed before this lookup: the ledger answers for them now
+                self.recent.pop(fp, None)
+            # tokens are counted only for rows that may be sent: a resumed run skips the rest
+            misses = [i for i, fp in enumerate(fps) if fp not in cached]
+            fresh = await asyncio.to_thread(
+                self.renderer.requests,
+                [positions[i] for i in misses],
+                [ids[i] for i in misses],
+                [texts[i] for i in misses],
+            )
+            by_index = dict(zip(misses, fresh, strict=True))
+            for i, (row_inputs, fp) in enumerate(zip(inputs, fps, strict=True)):
+                await self.window.acquire()
+                self.inputs[seq] = row_inputs
+                hit = cached.get(fp)
+                if hit is None and fp in self.recent:
+                    hit = dataclasses.replace(self.recent[fp], from_cache=True)
+                if hit is not None:  # answered before: the row's own columns come from its input
+                    self._emit_direct(seq, hit)
+                    seq += 1
+                    continue
+                req = by_index[i]
+                before = earlier.get(fp)
+                if fp in self.in_flight:  # an identical request is already on its way: share its answer
+                    self.followers.setdefault(fp, []).append((seq, req))
+                    seq += 1
+                    continue
+                reason = too_long_reason(self.job, req, self.ctx.context_window, self.engine.limiter.limits[1])
+                if self.engine.stopped.is_set():
+                    if before is not None:  # the earlier answer stands: this run did not replace it
+                        self._emit_direct(seq, dataclasses.replace(before, row=req.row, row_id=req.row_id))
+                    else:
+                        self._emit_direct(
+                            seq,
+                            RowResult(
+                                row=req.row, row_id=req.row_id, status="not_sent", error=self.engine.stopped_reason()
+                            ),
+                        )
+                elif reason:
+                    self._emit_direct(
+                        seq,
+                        RowResult(
+                            row=req.row,
+                            row_id=req.row_id,
+                            status="too_long",
+                            error=reason,
+                            prompt_tokens=req.prompt_tokens,
+                        ),
+                    )
+                else:
+                    self.fps[seq] = fp
+                    self.in_flight.add(fp)
+                    if before is not None:
+                        self.earlier[seq] = dataclasses.replace(before, from_cache=True)
+                    if self.job.request.kind == "chat":
+                        yield WorkItem((seq,), (req,))
+                    else:
+                        todo.append((seq, req))
+                seq += 1
+            groups = embedding_groups(todo, lambda pair: pair[1].prompt_tokens)
+            todo = groups.pop() if groups else []
+            for group in groups:
+                yield _work_item(group)
+        if todo:
+            yield _work_item(todo)
+
+    async def writer(self, sink: ParquetSink) -> None:
+        """Results into output rows in input order; the bar moves per row, its figures a few times a second."""
+        reorder = ReorderBuffer()
+        pending: list[dict[str, Any]] = []
+        last_postfix = 0.0
+        stats = self.engine.stats
+        ledger = self.ledger
+        while (got := await self.results.get()) is not None:
+            seq, result = got
+            released = 0
+            for res_seq, res in reorder.add(seq, result):
+                pending.append(self.layout.record(self.inputs.pop(res_seq), res))
+                self.window.release()
+                released += 1
+            if released:
+                self.bar.update(released)
+            if len(ledger.pending) >= COMMIT_ROWS:
+                await self.ctx.committer.commit()
+            if len(pending) >= sink.row_group_size:
+                await asyncio.to_thread(sink.write, pending)
+                pending = []
+            now = time.monotonic()
+            if now - last_postfix > 0.5:
+                last_postfix = now
+                self._postfix(stats, now)
+        await self.ctx.committer.commit()
+        await asyncio.to_thread(sink.write, pending)
+        stats.reorder_peak = reorder.peak
+        self._postfix(stats, time.monotonic())
+
+    def _postfix(self, stats: RunStats, now: float) -> None:
+        failed = sum(n for k, n in stats.by_status.items() if k not in self.ctx.accepted)
+        tpm_limit = self.engine.limiter.limits[1]
+        tpm_now = stats.tokens_last_minute(now)
+        self.bar.set_postfix_str(
+            f"ok {stats.by_status.get('ok', 0):,} not-ok {failed:,} | "
+            f"{tpm_now:,} tok/min" + (f" of {tpm_limit:,}" if tpm_limit else "") + f" | ${stats.cost_usd:,.4f}",
+            refresh=False,
+        )
+
+    async def run(self) -> RunResult:
+        sink = await asyncio.to_thread(ParquetSink, self.job.output_path, self.layout, self.job.output.row_group_size)
+        ok = False
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.writer(sink))
+
+                async def drive() -> None:
+                    try:
+                        await self.engine.run(self.items())
+                    finally:
+                        self.results.put_nowait(None)
+
+                tg.create_task(drive())
+            ok = True
+        finally:
+            self.bar.close()
+            # whatever happened, what was paid for is committed before we leave
+            await self.ctx.committer.commit()
+            await asyncio.to_thread(sink.close if ok else sink.abort)
+        return self._result()
+
+    def _result(self) -> RunResult:
+        stats = self.engine.stats
+        notes = []
+        if self.ctx.endpoint.simulated:
+            notes.append(
+                "simulated endpoint: replies are synthetic, nothing was billed; set the API key to run for real"
+            )
+        return self.ctx.engine_result(
+            self.engine,
+            by_status=dict(stats.by_status),
+            cached_rows=stats.cached_rows,
+            cached_usd=stats.cached_usd,
+            notes=notes,
+        )
