@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .batch_api import BatchInfo
-from .ledger import BatchBook, Ledger, ShardRecord
+from .batch_book import BatchBook, ShardRecord
+from .ledger import Ledger
 from .plan import too_long_reason
 from .prompts import Request
 from .replies import usage_tokens

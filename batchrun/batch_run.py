@@ -31,10 +31,11 @@ from typing import Any
 
 from . import failpoints
 from .batch_api import PENDING, BatchClient, BatchInfo
+from .batch_book import BatchBook, BatchRunRecord, ShardRecord
 from .batch_results import ResultsMixin, Tally
 from .context import RunContext
 from .errors import BudgetExceeded, EndpointError, JobFileError
-from .ledger import BatchBook, BatchRunRecord, CachePolicy, Fingerprinter, Ledger, ShardRecord
+from .ledger import CachePolicy, Fingerprinter, Ledger
 from .prompts import Renderer, Request
 from .replies import ReplyParser
 from .results import RunResult

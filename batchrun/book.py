@@ -22,7 +22,8 @@ import polars as pl
 
 from .chunks import Chunk, ChunkRenderer, Segment, check_reply, halves, load_glossary, plan_chunks
 from .context import RunContext
-from .documents import Document, Paragraph, Rendering, open_document, render_text, write_atomically
+from .document_input import open_document
+from .documents import Document, Paragraph, Rendering, render_text, write_atomically
 from .engine import WorkItem
 from .errors import BatchrunError
 from .ledger import FINAL_STATUSES

@@ -14,9 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
 from .jobs import DocumentSpec
-from .sources import check_input_file, check_utf8
 
 FAILED_MARK = "[not translated: {reason}]"
 
@@ -74,22 +72,6 @@ class Rendering:
 
     translation: str | None
     failure: str | None = None
-
-
-def open_document(path: Path, spec: DocumentSpec, fmt: str) -> Document:
-    """Read and check a document input; errors name the file and what to do."""
-    check_input_file(path)
-    if fmt == "epub":
-        from .epub import read_epub
-
-        doc = read_epub(path)
-    else:
-        check_utf8(path)
-        text = path.read_text(encoding="utf-8").replace("\r\n", "\n").replace("\r", "\n").removeprefix("\ufeff")
-        doc = read_markdown(path, text, spec.chapter_heading_level) if fmt == "md" else read_text(path, text, spec)
-    if not any(p.translatable for p in doc.paragraphs()):
-        raise InputError(f"{path}: no text to translate (every block is empty or has no letters)")
-    return doc
 
 
 def _has_letters(text: str) -> bool:

@@ -14,10 +14,8 @@ from .pricing import PriceTable, default_table, load_table
 from .prompts import Renderer, Request
 from .shards import CHAT_URL, EMBEDDINGS_URL, ShardCounter, ShardLimits, line_overhead, queue_limit
 from .sources import Source, open_source
+from .tokens import EMBED_MAX_INPUTS, EMBED_MAX_TOKENS_PER_INPUT, EMBED_MAX_TOKENS_PER_REQUEST
 
-EMBED_MAX_INPUTS = 2048
-EMBED_MAX_TOKENS_PER_REQUEST = 300_000
-EMBED_MAX_TOKENS_PER_INPUT = 8192
 LISTED_ISSUES = 20
 T = TypeVar("T")
 
@@ -129,7 +127,7 @@ def embedding_groups(items: Sequence[T], tokens: Callable[[T], int]) -> list[lis
 def make_document_plan(job: Job) -> Plan:
     """A document job's chunks built and counted as the run will send them (context estimated)."""
     from .chunks import ChunkRenderer, load_glossary, plan_chunks
-    from .documents import open_document
+    from .document_input import open_document
 
     doc = open_document(job.input.path, job.document, job.input.resolved_format)
     renderer = ChunkRenderer(job, load_glossary(job.document.glossary))

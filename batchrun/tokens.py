@@ -41,6 +41,11 @@ FALLBACK_ENCODING = "o200k_base"
 _BUNDLED = {"cl100k_base", "o200k_base"}
 _lock = threading.Lock()
 
+# the embeddings endpoint's limits (OpenAI API reference): inputs per request, tokens per input and per request
+EMBED_MAX_INPUTS = 2048
+EMBED_MAX_TOKENS_PER_REQUEST = 300_000
+EMBED_MAX_TOKENS_PER_INPUT = 8192
+
 
 class UnknownModelWarning(UserWarning):
     """The model is not in tiktoken's table; counts use o200k_base."""

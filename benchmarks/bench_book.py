@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import WORDS, SimProcess
 
+from batchrun import arun as run_async
 from batchrun.jobs import load_job
 from batchrun.plan import make_plan
-from batchrun import arun as run_async
 from batchrun.sim.content import sim_translate
 
 

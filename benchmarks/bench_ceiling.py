@@ -23,9 +23,9 @@ import aiohttp
 import openai
 from _common import SimProcess, make_job, texts
 
+from batchrun import arun as run_async
 from batchrun.engine import HTTP_RESPONSE
 from batchrun.prompts import Renderer
-from batchrun import arun as run_async
 from batchrun.sources import open_source
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from _common import SimProcess, make_job, texts
 
+from batchrun import arun as run_async
 from batchrun.ledger import Ledger
 from batchrun.prompts import Renderer
-from batchrun import arun as run_async
 from batchrun.sinks import RowResult
 from batchrun.sources import open_source
 

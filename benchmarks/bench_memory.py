@@ -23,8 +23,8 @@ from _common import SimProcess, make_job, texts
 
 
 def child(rows: int, base_url: str, tmp: Path) -> None:
-    from batchrun.jobs import load_job
     from batchrun import arun as run_async
+    from batchrun.jobs import load_job
 
     # the input was written by the parent: this process holds only what the run itself needs
     job = load_job(tmp / f"mem{rows}.toml")

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 import batchrun as runner
 from batchrun.batch_api import BatchInfo
 from batchrun.batch_results import describe_batches
-from batchrun.lifecycle import RunOptions, cancel_job, run_job
 from batchrun.errors import EndpointError
 from batchrun.jobs import load_job
+from batchrun.lifecycle import RunOptions, cancel_job, run_job
 from batchrun.plan import format_plan, make_plan
 from batchrun.retries import Action, line_failure
 from batchrun.shards import LineTooLarge, Shard, ShardLimits, ShardWriter

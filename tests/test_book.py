@@ -13,12 +13,12 @@ from pathlib import Path
 
 import polars as pl
 
+from batchrun import RunResult
+from batchrun import arun as run_async
 from batchrun.epub import epub_chapters, read_epub
 from batchrun.jobs import Job, load_job
 from batchrun.ledger import Ledger
 from batchrun.plan import make_plan
-from batchrun import RunResult
-from batchrun import arun as run_async
 from batchrun.sim import SimServer
 from batchrun.sim.content import sim_translate
 
@@ -190,7 +190,8 @@ def test_glossary_or_prompt_change_resends_only_what_it_affects(make_sim: SimFac
 def test_epub_in_epub_out(make_sim: SimFactory, tmp_path: Path) -> None:
     """An EPUB input keeps its chapters, metadata and files; the translation goes into the same blocks."""
     sim = make_sim()
-    from batchrun.documents import Rendering, open_document
+    from batchrun.document_input import open_document
+    from batchrun.documents import Rendering
     from batchrun.epub import build_epub
     from batchrun.jobs import DocumentSpec
 

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchrun.chunks import Glossary, check_reply, load_glossary, plan_chunks, segments_of
-from batchrun.documents import Document, Paragraph, Rendering, open_document, read_markdown, render_text
+from batchrun.document_input import open_document
+from batchrun.documents import Document, Paragraph, Rendering, read_markdown, render_text
 from batchrun.errors import InputError, JobFileError
 from batchrun.jobs import DocumentSpec, parse_job
 from batchrun.tokens import TokenCounter

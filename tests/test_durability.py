@@ -14,11 +14,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from batchrun import RunResult
+from batchrun import arun as run_async
 from batchrun.errors import BudgetExceeded, JobFileError, QuotaExhausted
 from batchrun.jobs import Job, load_job
 from batchrun.ledger import COMMIT_SECONDS, Ledger
-from batchrun import RunResult
-from batchrun import arun as run_async
 from batchrun.sim import SimServer
 
 from .conftest import start_cli_run, structured_job, wait_for_ok

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import batchrun
+from batchrun import arun as run_async
 from batchrun.errors import EndpointError, QuotaExhausted
 from batchrun.jobs import Job, load_job
-from batchrun import arun as run_async
 from batchrun.sim import SimServer
 
 from .conftest import REPO, start_cli_run, structured_job, wait_for_ok

@@ -16,9 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..plan import EMBED_MAX_INPUTS, EMBED_MAX_TOKENS_PER_INPUT, EMBED_MAX_TOKENS_PER_REQUEST
 from ..sinks import EMBED_DEFAULT_DIMS as DEFAULT_DIMS
-from ..tokens import TokenCounter
+from ..tokens import EMBED_MAX_INPUTS, EMBED_MAX_TOKENS_PER_INPUT, EMBED_MAX_TOKENS_PER_REQUEST, TokenCounter
 from . import content
 from .config import SimConfig
 
