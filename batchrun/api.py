@@ -28,6 +28,10 @@ def _sync(coro: Coroutine[Any, Any, T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        running = False
+    else:
+        running = True
+    if not running:  # (outside the except clause, so a run's own error is not chained to this one)
         return asyncio.run(coro)
     # a loop is running here (a notebook cell): asyncio.run would refuse, so run on a thread of its own
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batchrun") as pool:

@@ -204,13 +204,10 @@ class OnlineRun:
         ledger = self.ledger
         while (got := await self.results.get()) is not None:
             seq, result = got
-            released = 0
+            self.bar.update(1)  # a row is done when its answer arrives, whatever order it is written in
             for res_seq, res in reorder.add(seq, result):
                 pending.append(self.layout.record(self.inputs.pop(res_seq), res))
                 self.window.release()
-                released += 1
-            if released:
-                self.bar.update(released)
             if len(ledger.pending) >= COMMIT_ROWS:
                 await self.ctx.committer.commit()
             if len(pending) >= sink.row_group_size:
