@@ -115,7 +115,7 @@ def test_a_second_run_of_the_same_job_is_refused_with_the_holders_pid(make_sim: 
     assert second.returncode == ExitCode.LOCKED, second.stderr
     assert f"PID {first.pid}" in second.stderr and "already running" in second.stderr
     assert "Traceback" not in second.stderr
-    out, err = first.communicate(timeout=60)
+    _out, err = first.communicate(timeout=60)
     assert first.returncode == 0, err
     st = sim.stats()
     assert st["ok"] == 200 and st["duplicate_sends"] == 0  # every row paid once
@@ -158,7 +158,7 @@ def test_sigterm_finishes_in_flight_writes_the_output_and_exits_143(make_sim: Si
     proc = start("run", str(path), "-q")
     wait_for_ok(sim, 30, proc=proc)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.SIGTERM, err
     assert "Traceback" not in err and "SIGTERM" in err
     df = pl.read_parquet(job.output_path)
