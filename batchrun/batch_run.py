@@ -33,15 +33,14 @@ from . import failpoints
 from .batch_api import PENDING, BatchClient, BatchInfo
 from .batch_book import BatchBook, BatchRunRecord, ShardRecord
 from .batch_results import ResultsMixin, Tally
-from .context import RunContext
+from .context import RunContext, TableParts
 from .errors import BudgetExceeded, EndpointError, JobFileError
 from .ledger import CachePolicy, Fingerprinter, Ledger
-from .prompts import Renderer, Request
+from .prompts import Request
 from .replies import ReplyParser
 from .results import RunResult
 from .shards import CHAT_URL, EMBEDDINGS_URL, LineTooLarge, Shard, ShardLimits, ShardLine, ShardWriter
-from .sinks import RowResult, job_layout
-from .sources import Source
+from .sinks import RowResult
 
 OUTSTANDING = frozenset({"written", "uploading", "uploaded", "creating", "submitted"})
 
@@ -60,7 +59,7 @@ class TickReport:
 class BatchJob(ResultsMixin):
     """One job's Batch API state machine, driven tick by tick."""
 
-    def __init__(self, ctx: RunContext, source: Source) -> None:
+    def __init__(self, ctx: RunContext, parts: TableParts) -> None:
         job = ctx.job
         if not ctx.cache.write:
             raise JobFileError(
@@ -71,17 +70,17 @@ class BatchJob(ResultsMixin):
             )
         self.ctx = ctx
         self.job = job
-        self.source = source
+        self.source = parts.source
         self.endpoint = ctx.endpoint
         self.echo = ctx.stopper.say
-        self.renderer = Renderer(job, source.columns)
+        self.renderer = parts.renderer
         self.price = ctx.price
         self.discount = ctx.batch_discount
         self.context = ctx.context_window
-        self.input_columns, self.layout = job_layout(job, source)
+        self.input_columns, self.layout = parts.input_columns, parts.layout
         self.parser = ReplyParser(job.schema_strict, job.request.max_output_tokens)
         self.endpoint_key = ctx.endpoint_key
-        self.fingerprinter = self.renderer.fingerprinter(self.endpoint_key, ctx.endpoint.model)
+        self.fingerprinter = parts.fingerprinter
         self.ledger = ctx.ledger
         self.book = BatchBook(self.ledger)
         self.api = BatchClient(ctx.endpoint.client)
@@ -481,7 +480,7 @@ def _state_line(shards: tuple[ShardRecord, ...]) -> str:
     return ", ".join(f"{n} {k}" for k, n in sorted(by.items()))
 
 
-async def drive_batch(ctx: RunContext, source: Source, *, wait: bool, start: bool) -> tuple[RunResult, BatchJob]:
+async def drive_batch(ctx: RunContext, parts: TableParts, *, wait: bool, start: bool) -> tuple[RunResult, BatchJob]:
     """One invocation of a batch job: tick once (or, with `wait`, until done or a signal).
 
     `start=False` (the `collect` command) only moves an existing batch run along. When the
@@ -497,7 +496,7 @@ async def drive_batch(ctx: RunContext, source: Source, *, wait: bool, start: boo
         job = job.model_copy(update={"batch": job.batch.model_copy(update=fast)})
         ctx = replace(ctx, job=job)
         notes.append("simulated endpoint: waited for the batches (the simulator stops when batchrun exits)")
-    bj = BatchJob(ctx, source)
+    bj = BatchJob(ctx, parts)
     bar = None
     stop = ctx.stopper.requested
     try:
@@ -576,10 +575,10 @@ async def drive_batch(ctx: RunContext, source: Source, *, wait: bool, start: boo
     ), bj
 
 
-async def cancel_batches(ctx: RunContext, source: Source) -> str:
+async def cancel_batches(ctx: RunContext, parts: TableParts) -> str:
     """`batchrun cancel`: cancel the job's pending batches, collect what they finished, write the output."""
     job = ctx.job
-    bj = BatchJob(ctx, source)
+    bj = BatchJob(ctx, parts)
     run = await bj.open(start=False)
     if run is None:
         return f"{job.name}: no batch run under way; nothing to cancel"

@@ -33,7 +33,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace, **kw: object) -> RunOptions:
-    from .lifecycle import RunOptions
+    from .lifecycle import RunOptions, process_started
     from .results import RETRYABLE_BY_FLAG
 
     retry = frozenset(x.strip() for x in (getattr(args, "retry", None) or "").split(",") if x.strip())
@@ -46,7 +46,7 @@ def _options(args: argparse.Namespace, **kw: object) -> RunOptions:
     cache = "off" if getattr(args, "no_cache", False) else "refresh" if getattr(args, "refresh", False) else "use"
     return RunOptions(
         progress=not args.quiet, cache=cache, wait=args.wait, retry=retry, accept=accept,
-        wait_lock=args.wait_lock, **kw,  # type: ignore[arg-type]
+        wait_lock=args.wait_lock, started=process_started(), **kw,  # type: ignore[arg-type]
     )  # fmt: skip
 
 

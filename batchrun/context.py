@@ -23,12 +23,14 @@ from .endpoints import Endpoint
 from .engine import Budget, Engine, EngineOptions
 from .errors import BatchrunError, Interrupted, JobFileError
 from .jobs import Job
-from .ledger import COMMIT_SECONDS, CachePolicy, Ledger
+from .ledger import COMMIT_SECONDS, CachePolicy, Fingerprinter, Ledger
 from .limits import RateLimiter
 from .pricing import ModelPrice
+from .prompts import Renderer
 from .replies import ReplyParser
 from .results import ACCEPTED_STATUSES, RunResult, percentile
-from .sinks import RowResult
+from .sinks import OutputLayout, RowResult, job_layout
+from .sources import Source
 
 PROGRESS_SECONDS = 0.25
 """Least time between two redraws of the progress bar's figures."""
@@ -215,9 +217,11 @@ class RunContext:
         if limiter.slowdowns:
             notes.append(f"the server asked to slow down {limiter.slowdowns} time(s); rates were lowered")
         if limiter.limits != (job.limits.rpm, job.limits.tpm):
+            learned = ", ".join(f"{k} {v:,}" for k, v in zip(("rpm", "tpm"), limiter.limits, strict=True) if v)
+            said = ", ".join(f"{k} {v:,}" for k, v in (("rpm", job.limits.rpm), ("tpm", job.limits.tpm)) if v)
             notes.append(
-                f"limits learned from the server: rpm {limiter.limits[0]}, tpm {limiter.limits[1]} "
-                f"(the job said rpm {job.limits.rpm}, tpm {job.limits.tpm})"
+                f"limits learned from the server: {learned or 'none'}"
+                + (f" (the job said {said})" if said else " (the job gave no limits)")
             )
         return RunResult(
             job=job.name,
@@ -235,6 +239,7 @@ class RunContext:
             rate_limited=stats.rate_limited,
             retries=stats.retries,
             wall_seconds=time.monotonic() - self.started,
+            startup_seconds=(stats.first_send - self.started) if stats.first_send is not None else None,
             minimum_seconds=limiter.minimum_seconds(stats.requests_sent, stats.charged_tokens),
             limits=limiter.limits,
             simulated=self.endpoint.simulated,
@@ -245,6 +250,30 @@ class RunContext:
             notes=notes,
             accepted=self.accepted,
             **extra,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TableParts:
+    """What a table job's executors (online and Batch API) share, built once from the job and its input."""
+
+    source: Source
+    renderer: Renderer
+    input_columns: list[str]
+    """Input columns copied to the output."""
+    layout: OutputLayout
+    fingerprinter: Fingerprinter
+
+    @classmethod
+    def build(cls, ctx: RunContext, source: Source) -> TableParts:
+        renderer = Renderer(ctx.job, source.columns)
+        input_columns, layout = job_layout(ctx.job, source)
+        return cls(
+            source=source,
+            renderer=renderer,
+            input_columns=input_columns,
+            layout=layout,
+            fingerprinter=renderer.fingerprinter(ctx.endpoint_key, ctx.endpoint.model),
         )
 
 

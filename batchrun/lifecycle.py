@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from .context import AuditLog, Committer, RunContext, Stopper, accepted_statuses, job_budget
+from .context import AuditLog, Committer, RunContext, Stopper, TableParts, accepted_statuses, job_budget
 from .endpoints import Endpoint, open_endpoint
 from .errors import BatchrunError, EndpointError, JobFileError
 from .jobs import Job
@@ -53,6 +54,8 @@ class RunOptions:
     """More statuses that count as answered for the exit code (besides the job's [output] accept)."""
     wait_lock: float = 0.0
     """Seconds to wait for another run of the job to finish; 0: refuse at once."""
+    started: float | None = None
+    """time.monotonic() the run's wall time counts from (the CLI: its process start); default: now."""
 
     def __post_init__(self) -> None:
         if self.cache not in ("use", "refresh", "off"):
@@ -120,8 +123,22 @@ def build_context(job: Job, endpoint: Endpoint, ledger: Ledger, options: RunOpti
         stopper=stopper,
         progress=options.progress,
         accepted=accepted_statuses(job, options.accept),
-        started=time.monotonic(),
+        started=options.started if options.started is not None else time.monotonic(),
     )
+
+
+def process_started() -> float:
+    """time.monotonic() at this process's start (Linux: /proc), so the wall time a run reports includes
+    the interpreter's start-up and imports; elsewhere, now."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.monotonic()
+    return time.monotonic() - max(age, 0.0)
 
 
 async def run_job(job: Job, options: RunOptions | None = None, *, endpoint: Endpoint | None = None) -> RunResult:
@@ -211,19 +228,20 @@ async def _execute(
 
         return await run_document(ctx)
     assert isinstance(source, Source)
+    parts = await asyncio.to_thread(TableParts.build, ctx, source)
     if mode == "batch":
         from .batch_run import drive_batch
 
         auto_note = f'mode "auto" chose the Batch API: {why}' if job.mode == "auto" else None
         try:
-            result, bj = await drive_batch(ctx, source, wait=options.wait, start=options.start)
+            result, bj = await drive_batch(ctx, parts, wait=options.wait, start=options.start)
         except EndpointError as exc:
             if job.mode != "auto" or "no Batch API" not in str(exc):
                 raise
             auto_note = f'mode "auto" ran online: {exc}'
         else:
             if bj.go_online:  # the deadline is near: the rest goes online, in this same run
-                online = await _online(ctx, source)
+                online = await _online(ctx, parts)
                 await bj.finish_online()
                 online[0].notes[:0] = result.notes
                 return dataclasses.replace(online[0], mode="batch → online"), online[1]
@@ -232,18 +250,16 @@ async def _execute(
             return result, None
     elif job.mode == "auto":
         auto_note = f'mode "auto" chose online: {why}'
-    result, error = await _online(ctx, source)
+    result, error = await _online(ctx, parts)
     if auto_note:
         result.notes.insert(0, auto_note)
     return result, error
 
 
-async def _online(ctx: RunContext, source: object) -> tuple[RunResult, BatchrunError | None]:
+async def _online(ctx: RunContext, parts: TableParts) -> tuple[RunResult, BatchrunError | None]:
     from .online import OnlineRun
-    from .sources import Source
 
-    assert isinstance(source, Source)
-    state = await asyncio.to_thread(OnlineRun, ctx, source)
+    state = await asyncio.to_thread(OnlineRun, ctx, parts)
     result = await state.run()
     return result, state.engine.stop_error
 
@@ -262,7 +278,8 @@ async def cancel_job(job: Job, *, wait_lock: float = 0.0) -> str:
             ledger = await asyncio.to_thread(Ledger, job.ledger_file, job=job.name)
             try:
                 ctx = await asyncio.to_thread(build_context, job, endpoint, ledger, RunOptions(), Stopper())
-                return await cancel_batches(ctx, source)
+                parts = await asyncio.to_thread(TableParts.build, ctx, source)
+                return await cancel_batches(ctx, parts)
             finally:
                 await asyncio.to_thread(ledger.close)
         finally:

@@ -17,15 +17,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .context import RunContext
+from .context import RunContext, TableParts
 from .engine import EngineOptions, RunStats, WorkItem
 from .ledger import COMMIT_ROWS, FINAL_STATUSES
 from .plan import embedding_groups, too_long_reason
-from .prompts import Renderer, Request
+from .prompts import Request
 from .replies import ReplyParser
 from .results import RunResult
-from .sinks import ParquetSink, ReorderBuffer, RowResult, embedding_dims, job_layout
-from .sources import Source
+from .sinks import ParquetSink, ReorderBuffer, RowResult, embedding_dims
 
 
 def _work_item(group: list[tuple[int, Request]]) -> WorkItem:
@@ -35,13 +34,13 @@ def _work_item(group: list[tuple[int, Request]]) -> WorkItem:
 class OnlineRun:
     """The state of one online table run, shared by its producer, engine and writer."""
 
-    def __init__(self, ctx: RunContext, source: Source) -> None:
+    def __init__(self, ctx: RunContext, parts: TableParts) -> None:
         job = ctx.job
         self.ctx = ctx
         self.job = job
-        self.source = source
-        self.renderer = Renderer(job, source.columns)
-        self.input_columns, self.layout = job_layout(job, source)
+        self.source = parts.source
+        self.renderer = parts.renderer
+        self.input_columns, self.layout = parts.input_columns, parts.layout
         self.ledger = ctx.ledger
         self.cache = ctx.cache
         per_item = 2048 if job.request.kind == "embeddings" else 1
@@ -62,7 +61,7 @@ class OnlineRun:
             else None,
         )
         self.endpoint_key = ctx.endpoint_key
-        self.fingerprinter = self.renderer.fingerprinter(self.endpoint_key, ctx.endpoint.model)
+        self.fingerprinter = parts.fingerprinter
         self.fps: dict[int, str] = {}  # seq → fingerprint, for requests sent in this run
         self.in_flight: set[str] = set()
         self.followers: dict[str, list[tuple[int, Request]]] = {}
@@ -77,7 +76,7 @@ class OnlineRun:
             self.engine.embedding_extra["dimensions"] = job.request.dimensions
         self.window = asyncio.Semaphore(self.options.window)
         self.inputs: dict[int, dict[str, Any]] = {}
-        self.total = source.rows  # counted when the input was checked: no second scan
+        self.total = parts.source.rows  # counted when the input was checked: no second scan
         self.bar = ctx.bar(self.total, "row")
 
     def _on_result(self, seq: int, result: RowResult) -> None:

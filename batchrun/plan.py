@@ -92,6 +92,15 @@ def price_table_for(job: Job) -> PriceTable:
     return table
 
 
+def _binding(known: list[tuple[float, str]]) -> tuple[float | None, str | None]:
+    """Minutes the limits need, and the limit that binds — None when the job fits within what the
+    buckets hold at the start (neither limit binds then)."""
+    if not known:
+        return None, None
+    minutes, name = max(known)
+    return minutes, (name if minutes > 0 else None)
+
+
 def _minutes_needed(amount: int, per_minute: int | None) -> float | None:
     # the server's bucket starts full: the first minute's worth goes at once
     if per_minute is None:
@@ -182,7 +191,7 @@ def make_document_plan(job: Job) -> Plan:
     rpm, tpm = job.limits.rpm, job.limits.tpm
     m_rpm, m_tpm = _minutes_needed(len(chunks), rpm), _minutes_needed(charged, tpm)
     known = [(m, name) for m, name in ((m_rpm, "rpm"), (m_tpm, "tpm")) if m is not None]
-    minutes, binding = max(known) if known else (None, None)
+    minutes, binding = _binding(known)
     verbatim = sum(1 for p in doc.paragraphs() if not p.translatable)
     return Plan(
         job=job.name, model=job.request.model, encoding=counter.encoding_name, model_known=counter.model_known,
@@ -298,7 +307,7 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
     m_rpm = _minutes_needed(requests, rpm)
     m_tpm = _minutes_needed(charged_total, tpm)
     known = [(m, name) for m, name in ((m_rpm, "rpm"), (m_tpm, "tpm")) if m is not None]
-    minutes, binding = max(known) if known else (None, None)
+    minutes, binding = _binding(known)
     if not known:
         notes.append(
             "no limits.rpm / limits.tpm in the job: run time unknown (the engine learns the "

@@ -54,13 +54,29 @@ class ReplyParser:
         msg = choice.get("message") or {}
         text = msg.get("content")
         refusal = msg.get("refusal")
+        # every reply that carries text keeps it (raw_text → the raw_response column), and a plain-text
+        # job's output is that text whatever the status says of it: a truncated answer was paid for
+        plain = self.validator is None
         if refusal:
-            return Parsed("refused", raw_text=refusal, error=f"model refused: {refusal}", finish_reason=finish)
+            return Parsed(
+                "refused",
+                output=refusal if plain else None,
+                raw_text=refusal,
+                error=f"model refused: {refusal}",
+                finish_reason=finish,
+            )
         if finish == "content_filter":
-            return Parsed("filtered", raw_text=text, error="reply stopped by the content filter", finish_reason=finish)
+            return Parsed(
+                "filtered",
+                output=text if plain and text else None,
+                raw_text=text,
+                error="reply stopped by the content filter",
+                finish_reason=finish,
+            )
         if finish == "length":
             return Parsed(
                 "truncated",
+                output=text if plain else None,
                 raw_text=text,
                 error=f"reply cut off at max_tokens ({self.max_tokens}); raise request.max_tokens",
                 finish_reason=finish,
@@ -68,7 +84,7 @@ class ReplyParser:
         if text is None or (self.validator is None and text == ""):
             return Parsed("failed", raw_text=text, error="empty reply", finish_reason=finish)
         if self.validator is None:
-            return Parsed("ok", output=text, finish_reason=finish)
+            return Parsed("ok", output=text, raw_text=text, finish_reason=finish)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -78,7 +94,7 @@ class ReplyParser:
         if self.fast is not None:
             try:
                 self.fast(data)
-                return Parsed("ok", output=data, finish_reason=finish)
+                return Parsed("ok", output=data, raw_text=text, finish_reason=finish)
             except fastjsonschema.JsonSchemaException:
                 pass  # jsonschema says where and why, below
         error = jsonschema.exceptions.best_match(self.validator.iter_errors(data))
@@ -90,4 +106,4 @@ class ReplyParser:
                 error=f"reply breaks the schema at {where}: {error.message}",
                 finish_reason=finish,
             )
-        return Parsed("ok", output=data, finish_reason=finish)
+        return Parsed("ok", output=data, raw_text=text, finish_reason=finish)

@@ -59,6 +59,8 @@ class RunResult:
     documents: list[Path] = field(default_factory=list)
     """Document jobs: the translated documents written (the Parquet holds one row per paragraph)."""
 
+    startup_seconds: float | None = None
+    """From the start (of the process, for the CLI) to the first request sent."""
     accepted: tuple[str, ...] = ACCEPTED_STATUSES
     """Statuses that count as answered for the exit code (the job's [output] accept)."""
 
@@ -126,6 +128,16 @@ def format_summary(r: RunResult) -> str:
         if r.latency_p50_ms is None
         else (f"p50 {r.latency_p50_ms:,.0f} ms   p95 {r.latency_p95_ms:,.0f} ms   max {r.latency_max_ms:,.0f} ms")
     )
+    startup = (
+        f", of which {r.startup_seconds:,.1f} s start-up before the first request"
+        if r.startup_seconds is not None and r.startup_seconds > 1.0
+        else ""
+    )
+    if rpm or tpm:
+        given = ", ".join(f"{k} {v:,}" for k, v in (("rpm", rpm), ("tpm", tpm)) if v)
+        allow = f"the limits allow {r.minimum_seconds:,.1f} s at best; {given}"
+    else:
+        allow = "no rate limits known: neither the job nor the server gave any"
     lines = [
         f"{'SIMULATED run' if r.simulated else 'Run'} of {r.job!r} → {r.output_path}",
         f"  rows         {r.rows:,}   {statuses}",
@@ -135,8 +147,7 @@ def format_summary(r: RunResult) -> str:
         f"  requests     {r.requests_sent:,} sent   {r.rate_limited:,} rate-limited (429)   {r.retries:,} retries",
         f"  cache        {r.cached_rows:,} rows answered without a request (ledger, or an identical row) — "
         f"${r.cached_usd:,.4f} not spent again",
-        f"  wall time    {r.wall_seconds:,.1f} s   (the limits allow {r.minimum_seconds:,.1f} s at best; "
-        f"rpm {rpm or 'unlimited'}, tpm {tpm or 'unlimited'})",
+        f"  wall time    {r.wall_seconds:,.1f} s{startup}   ({allow})",
     ]
     if r.documents:
         lines[0] += " (one row per paragraph)"

@@ -61,7 +61,7 @@ class RowResult:
     output: Any = None
     """Parsed structured output (dict), reply text (str), or embedding (list of floats)."""
     raw_text: str | None = None
-    """The reply text when it could not be used as output (refused, schema_invalid, truncated)."""
+    """The reply text as the model sent it, for every reply that carries text (the raw_response column)."""
     from_cache: bool = False
     """Answered from the ledger (an earlier run, or an identical request in this run): not paid again."""
     retryable: bool = False
@@ -161,6 +161,7 @@ class OutputLayout:
             rec["raw_response"] = result.raw_text
         elif self.output_kind == "text":
             rec["output"] = result.output if isinstance(result.output, str) else None
+            rec["raw_response"] = result.raw_text
         else:
             rec["embedding"] = result.output
         for name, _ in META_FIELDS:
@@ -215,6 +216,7 @@ def make_layout(
         output_kind = "struct"
     else:
         out_fields.append(pa.field("output", pa.string()))
+        out_fields.append(pa.field("raw_response", pa.string()))
         output_kind = "text"
     reserved |= {f.name for f in out_fields}
     bad_meta = reserved & set(converters) - {f.name for f in out_fields}
