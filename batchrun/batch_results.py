@@ -155,7 +155,7 @@ class ResultsMixin:
         assert self.run is not None
         started = self.run.started_at
         tally = Tally()
-        sink = ParquetSink(self.job.output_path, self.layout, self.job.output.row_group_size)
+        sink = ParquetSink(self.job.table_path, self.layout, self.job.output.row_group_size)
         ok = False
         try:
             pending: list[dict[str, Any]] = []

@@ -278,7 +278,7 @@ class BookRun:
             schema={"type": "object", "properties": {"translation": {"type": "string"}}},
             model=self.job.request.model,
         )
-        sink = ParquetSink(self.job.output_path, layout, self.job.output.row_group_size)
+        sink = ParquetSink(self.job.table_path, layout, self.job.output.row_group_size)
         titles = {c.index: c.title for c in self.doc.chapters}
         records = [
             layout.record(

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .errors import BatchrunError, ExitCode, UserError
+from .redact import scrub
 
 if TYPE_CHECKING:
     from .jobs import Job
@@ -245,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = args.func(args)
         sys.stdout.flush()
     except BatchrunError as exc:
-        print(f"batchrun: {exc}", file=sys.stderr)
+        print(f"batchrun: {scrub(str(exc))}", file=sys.stderr)
         code = exc.exit_code
     except KeyboardInterrupt:  # before the run's own handlers were installed (or after they were removed)
         print("batchrun: interrupted", file=sys.stderr)

@@ -27,6 +27,7 @@ from .ledger import COMMIT_SECONDS, CachePolicy, Fingerprinter, Ledger
 from .limits import RateLimiter
 from .pricing import ModelPrice
 from .prompts import Renderer
+from .redact import scrub_obj
 from .replies import ReplyParser
 from .results import ACCEPTED_STATUSES, RunResult, percentile
 from .sinks import OutputLayout, RowResult, job_layout
@@ -60,7 +61,7 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             for rec in lines:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                f.write(json.dumps(scrub_obj(rec), ensure_ascii=False) + "\n")
 
 
 class Committer:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import openai
 
+from . import redact
 from .jobs import Job
 from .ledger import SIMULATOR
 from .sim import SimConfig, SimServer
@@ -51,6 +52,7 @@ def open_endpoint(job: Job, *, sim_config: SimConfig | None = None) -> Endpoint:
     """The client for the job's endpoint; the simulator when there is no key and no base_url."""
     ep = job.endpoint
     key = os.environ.get(ep.api_key_env)
+    redact.register(key)
     model = job.request.model
     if ep.azure_endpoint:
         if not key:

@@ -38,6 +38,11 @@ SUFFIX_FORMATS = {
 }
 
 
+OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+                  ".xlsx": "xlsx"}  # fmt: skip
+"""Output suffixes: typed Parquet is always written; the others are exported from it at the end of a run."""
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -151,6 +156,23 @@ class EndpointSpec(_Spec):
     azure_api_version: str | None = None
     azure_deployment: str | None = None
     timeout_s: float = Field(default=120.0, gt=0)
+
+    @field_validator("base_url", "azure_endpoint")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            example = f"http://{v}" if "://" not in v else "https://api.example.com/v1"
+            raise ValueError(f"{v!r} is not an absolute http(s) URL; write it in full, e.g. {example!r}")
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"{v!r}: {exc}") from None
+        return v
 
     @model_validator(mode="after")
     def _azure(self) -> EndpointSpec:
@@ -329,6 +351,19 @@ class Job(_Spec):
         return self.output.path
 
     @property
+    def output_format(self) -> str | None:
+        """ "parquet", "csv", "jsonl" or "xlsx" by the output's suffix; None for an unknown suffix."""
+        return OUTPUT_FORMATS.get(self.output_path.suffix.lower())
+
+    @property
+    def table_path(self) -> Path:
+        """Where the typed Parquet output is written: the output itself, or for CSV / JSONL / Excel
+        outputs a Parquet beside the ledger that the other format is exported from (and `frame()` reads)."""
+        if self.output_format == "parquet":
+            return self.output_path
+        return self.ledger_file.with_name(f"{self.name or 'job'}.output.parquet")
+
+    @property
     def ledger_file(self) -> Path:
         """The job's ledger: `[output] ledger`, else `.batchrun/<name>.sqlite` beside the job file."""
         if self.output.ledger is not None:
@@ -362,6 +397,12 @@ def _describe(exc: ValidationError) -> tuple[str, str]:
             lines.append(f"[{key}]: unknown key; allowed here: {allowed}")
         elif err["type"] == "missing":
             lines.append(f"[{key}]: required key is missing")
+        elif err["type"] in ("int_type", "float_type", "int_from_float", "bool_type", "string_type"):
+            want = {"int_type": "a whole number", "int_from_float": "a whole number", "float_type": "a number",
+                    "bool_type": "true or false", "string_type": "a string"}[err["type"]]  # fmt: skip
+            given = err["input"]
+            shown = json.dumps(given) if isinstance(given, bool | str) else repr(given)
+            lines.append(f"[{key}]: must be {want}, not {shown}")
         elif err["type"] == "literal_error":
             lines.append(f"[{key}]: {err['msg'].replace('Input should be', 'must be')}, not {err['input']!r}")
         else:
@@ -381,7 +422,9 @@ def _resolve(base: Path, p: Path | None) -> Path | None:
 def parse_job(data: Mapping[str, Any], source: Path) -> Job:
     """Turn a parsed TOML mapping into a Job; raises JobFileError naming the key."""
     try:
-        job = Job.model_validate(dict(data))
+        # strict, as JSON: a number must be a number (`max_tokens = true` or "5" is an error, not 1 or 5),
+        # while strings still become paths and arrays tuples, as a TOML file writes them
+        job = Job.model_validate_json(json.dumps(dict(data), default=str), strict=True)
     except ValidationError as exc:
         _key, problems = _describe(exc)
         raise JobFileError(source, "", problems if "\n" not in problems else "\n  " + problems) from exc

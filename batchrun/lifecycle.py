@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+from .checks import check_excel_rows, check_job_paths
 from .context import AuditLog, Committer, RunContext, Stopper, TableParts, accepted_statuses, job_budget
 from .endpoints import Endpoint, open_endpoint
 from .errors import BatchrunError, EndpointError, JobFileError
@@ -31,6 +32,7 @@ from .limits import RateLimiter
 from .locking import JobLock
 from .plan import price_table_for
 from .results import RunResult
+from .sinks import export_table
 
 CacheMode = Literal["use", "refresh", "off"]
 SIGNAL_NAMES = {signal.SIGINT: "Ctrl+C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
@@ -149,6 +151,7 @@ async def run_job(job: Job, options: RunOptions | None = None, *, endpoint: Endp
     (`result.exit_code` says so).
     """
     options = options or RunOptions()
+    await asyncio.to_thread(check_job_paths, job)  # before the lock: its folder must be writable too
     lock = JobLock(job.ledger_file)
     await asyncio.to_thread(lock.acquire, options.wait_lock)
     try:
@@ -177,6 +180,8 @@ async def _run_locked(
     from .sources import open_source
 
     source = None if job.input.is_document else await asyncio.to_thread(open_source, job.input)
+    if source is not None:
+        check_excel_rows(job, source.rows)
     own_endpoint = endpoint is None
     endpoint = endpoint or await asyncio.to_thread(open_endpoint, job)
     try:
@@ -198,6 +203,9 @@ async def _run_locked(
             except BaseExceptionGroup as group:
                 raise _single(group) from None
             await ctx.committer.commit()
+            result.table_path = job.table_path
+            if result.waiting is None and job.output_format != "parquet" and job.table_path.exists():
+                await asyncio.to_thread(export_table, job.table_path, job.output_path, job.output_format or "")
             await asyncio.to_thread(ledger.finish_run, result.rows, result.summary())
         finally:
             await asyncio.to_thread(ledger.close)

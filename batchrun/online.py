@@ -232,7 +232,7 @@ class OnlineRun:
         )
 
     async def run(self) -> RunResult:
-        sink = await asyncio.to_thread(ParquetSink, self.job.output_path, self.layout, self.job.output.row_group_size)
+        sink = await asyncio.to_thread(ParquetSink, self.job.table_path, self.layout, self.job.output.row_group_size)
         ok = False
         try:
             async with asyncio.TaskGroup() as tg:

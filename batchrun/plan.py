@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
+from .checks import check_excel_rows, check_job_paths
 from .jobs import Job
 from .pricing import PriceTable, default_table, load_table
 from .prompts import Renderer, Request
@@ -216,9 +217,11 @@ def make_document_plan(job: Job) -> Plan:
 
 def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_000) -> Plan:
     """Render and count every row of the job; price and time it at the job's limits."""
+    check_job_paths(job)  # the same checks a run makes first: a plan that passes is a job that can write
     if job.input.is_document:
         return make_document_plan(job)
     source = source or open_source(job.input)
+    check_excel_rows(job, source.rows)
     renderer = Renderer(job, source.columns)
     table = price_table_for(job)
     price = table.lookup(job.request.model)

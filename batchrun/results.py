@@ -59,13 +59,16 @@ class RunResult:
     documents: list[Path] = field(default_factory=list)
     """Document jobs: the translated documents written (the Parquet holds one row per paragraph)."""
 
+    table_path: Path | None = None
+    """The typed Parquet output (the output itself, or what a CSV / JSONL / Excel output was exported from)."""
     startup_seconds: float | None = None
     """From the start (of the process, for the CLI) to the first request sent."""
     accepted: tuple[str, ...] = ACCEPTED_STATUSES
     """Statuses that count as answered for the exit code (the job's [output] accept)."""
 
     def frame(self) -> pl.DataFrame:
-        return pl.read_parquet(self.output_path)
+        """The output as a polars DataFrame, typed (read from the Parquet whatever the output format)."""
+        return pl.read_parquet(self.table_path or self.output_path)
 
     def statuses(self) -> str:
         """Row counts by status, in the order of STATUS_ORDER."""
@@ -74,7 +77,9 @@ class RunResult:
     def summary(self) -> dict[str, Any]:
         """What the ledger keeps of a finished run (JSON-ready: paths left out)."""
         return {
-            k: v for k, v in dataclasses.asdict(self).items() if k not in ("output_path", "ledger_path", "documents")
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in ("output_path", "ledger_path", "documents", "table_path")
         }
 
     @property

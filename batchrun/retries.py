@@ -15,6 +15,7 @@ from typing import Any
 import openai
 
 from .headers import RateLimitHeaders, read_headers, try_again_in
+from .redact import scrub
 
 QUOTA_CODES = frozenset(
     {
@@ -49,6 +50,11 @@ class Failure:
     """"tokens" or "requests" for a rate limit."""
     slow_down: bool = False
     headers: RateLimitHeaders | None = None
+
+    def __post_init__(self) -> None:
+        # the one place a server's words become ours: from here they reach the ledger, the output,
+        # the audit log and the terminal, so no key may survive past it (a gateway may echo it)
+        object.__setattr__(self, "message", scrub(self.message))
 
 
 def _error_fields(exc: openai.APIStatusError) -> tuple[str, str, str]:

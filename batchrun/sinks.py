@@ -279,3 +279,42 @@ class ReorderBuffer:
             ready.append((self.next_seq, self.held.pop(self.next_seq)))
             self.next_seq += 1
         return ready
+
+
+def export_table(table: Path, out: Path, fmt: str) -> None:
+    """Write the typed Parquet `table` as `out` in `fmt` ("csv", "jsonl" or "xlsx"), through `<out>.partial`
+    and a rename. Row group by row group (Excel, which cannot be streamed, is limited to a sheet anyway).
+    CSV and Excel cells are flat: structs, lists and vectors become JSON text; JSONL keeps them nested."""
+    partial = out.with_name(out.name + ".partial")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pf = pq.ParquetFile(table)
+    if fmt == "xlsx":
+        _flat(pl.read_parquet(table)).write_excel(partial, worksheet="output")
+    else:
+        with partial.open("wb") as f:
+            for i in range(pf.num_row_groups):
+                frame = pl.from_arrow(pf.read_row_group(i))
+                assert isinstance(frame, pl.DataFrame)
+                if fmt == "csv":
+                    _flat(frame).write_csv(f, include_header=i == 0)
+                else:
+                    frame.write_ndjson(f)
+            if pf.num_row_groups == 0 and fmt == "csv":
+                _flat(pl.read_parquet(table)).write_csv(f)
+    os.replace(partial, out)
+
+
+def _flat(frame: pl.DataFrame) -> pl.DataFrame:
+    nested = [c for c, t in frame.schema.items() if isinstance(t, pl.Struct | pl.List | pl.Array)]
+    if not nested:
+        return frame
+    return frame.with_columns(
+        pl.col(c).map_elements(lambda v: json.dumps(_plain(v), ensure_ascii=False), return_dtype=pl.String)
+        for c in nested
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, pl.Series):
+        return value.to_list()
+    return value
