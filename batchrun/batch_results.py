@@ -19,7 +19,7 @@ from .plan import too_long_reason
 from .prompts import Request
 from .replies import usage_tokens
 from .retries import Action, line_failure
-from .sinks import ParquetSink, RowResult
+from .sinks import ParquetSink, RowResult, empty_result
 
 if TYPE_CHECKING:
     from .batch_run import BatchJob
@@ -161,12 +161,13 @@ class ResultsMixin:
             pending: list[dict[str, Any]] = []
             for batch in self.source.batches(5000):
                 positions, ids, texts = self.renderer.texts(batch)
+                empty = self.renderer.empty(batch, texts)
                 inputs = batch.select(self.input_columns).to_dicts()
                 fps = [self.fingerprinter.of(t) for t in texts]
                 origin: dict[str, tuple[str | None, float]] = {}
                 found = self.ledger.lookup(fps, origin)
-                missing = [i for i, fp in enumerate(fps) if fp not in found]
-                unsent: dict[int, RowResult] = {}
+                unsent: dict[int, RowResult] = {i: empty_result(positions[i], ids[i]) for i, e in enumerate(empty) if e}
+                missing = [i for i, fp in enumerate(fps) if fp not in found and i not in unsent]
                 if missing:
                     reqs = self.renderer.requests(
                         [positions[i] for i in missing], [ids[i] for i in missing], [texts[i] for i in missing]

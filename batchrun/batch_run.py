@@ -374,9 +374,10 @@ class BatchJob(ResultsMixin):
         body_of = self.renderer.json_body(self.endpoint.model)
         for batch in self.source.batches(5000):
             positions, ids, texts = self.renderer.texts(batch)
+            empty = self.renderer.empty(batch, texts)
             fps = [self.fingerprinter.of(t) for t in texts]
             final = self.ledger.answered(fps, policy)
-            todo = [i for i, fp in enumerate(fps) if fp not in final]
+            todo = [i for i, fp in enumerate(fps) if fp not in final and not empty[i]]
             if not todo:
                 continue
             known = self.book.items([fps[i] for i in todo])

@@ -8,6 +8,7 @@ ledger's place is checked first, each failure naming the key and what to do.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from .errors import JobFileError
@@ -76,8 +77,14 @@ def _writable_place(src: Path | None, key: str, path: Path) -> None:
         folder = folder.parent
     if not folder.is_dir():
         raise JobFileError(src, key, f"cannot create {path.parent}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise JobFileError(src, key, f"cannot write in {folder} (permission denied); choose a folder you can write to")
+    try:  # a real write, not os.access: ACLs, read-only mounts and root all answer truthfully
+        fd, probe = tempfile.mkstemp(prefix=".batchrun-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise JobFileError(
+            src, key, f"cannot write in {folder} ({exc.strerror or exc}); choose a folder you can write to"
+        ) from None
 
 
 def check_excel_rows(job: Job, rows: int) -> None:

@@ -61,6 +61,12 @@ class InputSpec(_Spec):
     """Input columns copied to the output (default: all)."""
     sheet: str | None = None
     separator: str | None = Field(default=None, min_length=1, max_length=1)
+    empty: Literal["skip", "send", "fail"] = "skip"
+    """A row whose template columns are empty (null) or whose prompt renders blank: "skip" writes it with
+    status empty_input and sends nothing; "send" sends it (null renders as ""); "fail" refuses the input."""
+    control_chars: Literal["reject", "strip"] = "reject"
+    """NUL and other C0 control characters in a text cell (tab, newline and CR aside): refuse the input,
+    naming the row, or strip them from the prompt."""
 
     @property
     def resolved_format(self) -> str:
@@ -523,6 +529,10 @@ def load_job(path: str | Path) -> Job:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise JobFileError(path, "", "job file not found") from exc
+    except IsADirectoryError as exc:
+        raise JobFileError(path, "", "is a folder; give the job file itself (e.g. jobs/x.toml)") from exc
+    except PermissionError as exc:
+        raise JobFileError(path, "", "cannot read the job file (permission denied)") from exc
     except UnicodeDecodeError as exc:
         raise JobFileError(path, "", f"job file is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     try:

@@ -34,7 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
 from .sinks import RowResult
+
+
+class LedgerUnavailable(UserError):
+    """The ledger file cannot be created or opened (a read-only folder, a file that is not SQLite)."""
+
 
 COMMIT_ROWS = 200
 COMMIT_SECONDS = 0.1
@@ -202,9 +208,14 @@ class Ledger:
         """The job whose spend this connection records (jobs may share a ledger; budgets are per job)."""
         self.max_output_tokens = max_output_tokens
         """The output-token limit recorded with each answer (see CachePolicy)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerUnavailable(
+                f"cannot open the ledger {path}: {exc}; make its folder writable or set [output] ledger"
+            ) from exc
         self.db.execute("PRAGMA synchronous=NORMAL")
         # fingerprints are random keys: a million-row job inserts all over the index, and with
         # SQLite's 2 MB default page cache those inserts slow down as the ledger grows

@@ -24,7 +24,7 @@ from .plan import embedding_groups, too_long_reason
 from .prompts import Request
 from .replies import ReplyParser
 from .results import RunResult
-from .sinks import ParquetSink, ReorderBuffer, RowResult, embedding_dims
+from .sinks import ParquetSink, ReorderBuffer, RowResult, embedding_dims, empty_result
 
 
 def _work_item(group: list[tuple[int, Request]]) -> WorkItem:
@@ -124,6 +124,7 @@ class OnlineRun:
         todo: list[tuple[int, Request]] = []
         while (batch := await asyncio.to_thread(next, it, None)) is not None:
             positions, ids, texts = await asyncio.to_thread(self.renderer.texts, batch)
+            empty = await asyncio.to_thread(self.renderer.empty, batch, texts)
             inputs = await asyncio.to_thread(lambda b=batch: b.select(cols).to_dicts())
             fps = await asyncio.to_thread(lambda t=texts: [self.fingerprinter.of(x) for x in t])
             done, committer.committed = committer.committed, []
@@ -131,7 +132,7 @@ class OnlineRun:
             for fp in done:  # committed before this lookup: the ledger answers for them now
                 self.recent.pop(fp, None)
             # tokens are counted only for rows that may be sent: a resumed run skips the rest
-            misses = [i for i, fp in enumerate(fps) if fp not in cached]
+            misses = [i for i, fp in enumerate(fps) if fp not in cached and not empty[i]]
             fresh = await asyncio.to_thread(
                 self.renderer.requests,
                 [positions[i] for i in misses],
@@ -142,6 +143,10 @@ class OnlineRun:
             for i, (row_inputs, fp) in enumerate(zip(inputs, fps, strict=True)):
                 await self.window.acquire()
                 self.inputs[seq] = row_inputs
+                if empty[i]:  # nothing to ask: never sent, never paid
+                    self._emit_direct(seq, empty_result(positions[i], ids[i]))
+                    seq += 1
+                    continue
                 hit = cached.get(fp)
                 if hit is None and fp in self.recent:
                     hit = dataclasses.replace(self.recent[fp], from_cache=True)

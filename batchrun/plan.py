@@ -62,6 +62,9 @@ class Plan:
     context_window: int | None
     too_long_count: int
     too_long: list[RowIssue] = field(default_factory=list)
+    empty_rows: int = 0
+    """Rows with nothing to ask (a template column null, or a blank prompt): status empty_input, never sent."""
+    empty_examples: list[str] = field(default_factory=list)
     batch_shards: int = 0
     batch_queue_limit: int | None = None
     batch_queue_source: str = ""
@@ -240,8 +243,17 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
     overhead = line_overhead(url)
     body_of = renderer.json_body(job.request.model)
     batch_tokens = 0
+    empty_rows = 0
+    empty_examples: list[str] = []
     for batch in source.batches(batch_size):
-        reqs = renderer.render(batch)
+        positions, ids, texts = renderer.texts(batch)
+        empty = renderer.empty(batch, texts)
+        if any(empty):
+            keep = [i for i, e in enumerate(empty) if not e]
+            empty_rows += len(texts) - len(keep)
+            empty_examples += [ids[i] for i, e in enumerate(empty) if e][: max(0, 5 - len(empty_examples))]
+            positions, ids, texts = [positions[i] for i in keep], [ids[i] for i in keep], [texts[i] for i in keep]
+        reqs = renderer.requests(positions, ids, texts)
         for r in reqs:
             counts.append(r.prompt_tokens)
             if too_long_reason(job, r, context, None) is None:
@@ -272,9 +284,9 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
         requests += 1
         charged_total += sum(r.prompt_tokens for r in pending_embed)
 
-    rows = len(counts)
+    rows = len(counts) + empty_rows
     total_prompt = sum(counts)
-    sendable = rows - issue_count
+    sendable = len(counts) - issue_count
     max_out = job.request.max_output_tokens or 0
     worst_out = sendable * max_out
     if job.request.kind == "embeddings":
@@ -326,7 +338,7 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
         rows=rows,
         requests=requests,
         prompt_tokens_total=total_prompt,
-        prompt_tokens_mean=total_prompt / rows if rows else 0.0,
+        prompt_tokens_mean=total_prompt / len(counts) if counts else 0.0,
         prompt_tokens_p95=_p95(counts),
         prompt_tokens_max=max(counts, default=0),
         output_tokens_worst=worst_out,
@@ -347,6 +359,8 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
         minutes_online=minutes,
         context_window=context,
         too_long_count=issue_count,
+        empty_rows=empty_rows,
+        empty_examples=empty_examples,
         too_long=issues,
         notes=notes,
         batch_shards=shard_counter.shards,
@@ -477,6 +491,12 @@ def format_plan(plan: Plan) -> str:
         if not plan.document
         else "  Batch API            not used for documents yet (cost shown for comparison)",
     ]
+    if plan.empty_rows:
+        shown = ", ".join(repr(i) for i in plan.empty_examples)
+        lines.append(
+            f"  empty rows           {plan.empty_rows:,} (a template column is empty, or the prompt is blank): "
+            f'status empty_input, not sent — e.g. row ids {shown}; [input] empty = "send" sends them'
+        )
     if plan.too_long_count:
         lines.append(f"  rows that cannot be sent: {plan.too_long_count:,} (status too_long in the output)")
         for issue in plan.too_long:

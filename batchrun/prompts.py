@@ -8,6 +8,7 @@ tokens the server will charge against TPM (prompt + max output).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,15 @@ def simple_parts(env: jinja2.Environment, template: str) -> list[tuple[bool, str
     return parts
 
 
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+"""C0 control characters but tab, newline and carriage return: never meant for a prompt."""
+
+
+def _text(value: Any) -> Any:
+    """Jinja2's finalize: a null cell renders as "", never as the word None."""
+    return "" if value is None else value
+
+
 def template_variables(template: str) -> set[str]:
     env = jinja2.Environment()
     return jinja2.meta.find_undeclared_variables(env.parse(template))
@@ -75,7 +85,9 @@ class Renderer:
 
     def __init__(self, job: Job, columns: Sequence[str], *, warn_unknown_model: bool = True) -> None:
         self.job = job
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+        env = jinja2.Environment(
+            undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False, finalize=_text
+        )
         try:
             self.template = env.from_string(job.template_text)
             self.parts = simple_parts(env, job.template_text)
@@ -89,6 +101,10 @@ class Renderer:
                 f"{job.input.path.name} lacks; its columns are {list(columns)}"
             )
         self.columns = list(columns)
+        self.used_columns = sorted(used & set(columns))
+        """The input columns the template names: a row with any of them null is empty (empty_input)."""
+        self.strip_controls = job.input.control_chars == "strip"
+        self.skip_empty = job.input.empty == "skip"
         req = job.request
         self.counter = TokenCounter(req.model, warn_unknown=warn_unknown_model)
         self.kind = req.kind
@@ -128,12 +144,29 @@ class Renderer:
         """(file positions, row ids, rendered user texts) of a batch of rows (from Source.batches)."""
         ids = batch[ID_COLUMN].to_list()
         positions = batch[ROW_COLUMN].to_list()
+        texts: list[str] | None = None
         if self.parts is not None:
             names = [name for is_name, name in self.parts if is_name]
             if all(c in batch.columns for c in names):
-                return positions, ids, self._join(batch, names)
-        rows = batch.select(self.columns).to_dicts()
-        return positions, ids, [self.render_text(r, i) for r, i in zip(rows, ids, strict=True)]
+                texts = self._join(batch, names)
+        if texts is None:
+            rows = batch.select(self.columns).to_dicts()
+            texts = [self.render_text(r, i) for r, i in zip(rows, ids, strict=True)]
+        if self.strip_controls:
+            texts = [CONTROL_CHARS.sub("", t) for t in texts]
+        return positions, ids, texts
+
+    def empty(self, batch: pl.DataFrame, texts: Sequence[str]) -> list[bool]:
+        """Which rows are empty — a template column null, or a blank prompt — and are not to be sent
+        ([input] empty = "skip", the default); all False when the job says to send them."""
+        if not self.skip_empty:
+            return [False] * len(texts)
+        if self.used_columns:
+            nulls = batch.select(pl.any_horizontal(pl.col(c).is_null() for c in self.used_columns)).to_series()
+            flags = nulls.to_list()
+        else:
+            flags = [False] * len(texts)
+        return [bool(f) or not t.strip() for f, t in zip(flags, texts, strict=True)]
 
     def _join(self, batch: pl.DataFrame, names: list[str]) -> list[str]:
         """Render a simple template by joining its text with each row's values (as Jinja2 would)."""
@@ -144,7 +177,12 @@ class Renderer:
         pieces = [(is_name, columns[text] if is_name else text) for is_name, text in self.parts]
         out = []
         for i in range(batch.height):
-            out.append("".join(str(part[i]) if is_name else part for is_name, part in pieces))  # type: ignore[index]
+            out.append(
+                "".join(
+                    ("" if part[i] is None else str(part[i])) if is_name else part  # type: ignore[index]
+                    for is_name, part in pieces
+                )
+            )
         return out
 
     def fingerprinter(self, endpoint: str, model: str) -> Fingerprinter:

@@ -42,6 +42,19 @@ MAX_ENUM_VALUES = 1000
 MAX_STRING_BUDGET = 120_000
 
 
+def resolve_ref(root: dict[str, Any], ref: str) -> Any:
+    """The node a local `$ref` ("#/$defs/Name", "#") points at, or None when it points at nothing."""
+    if not ref.startswith("#"):
+        return None  # remote references are not allowed in strict mode
+    node: Any = root
+    for part in ref.removeprefix("#").removeprefix("/").split("/") if ref not in ("#", "#/") else []:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def make_strict(schema: dict[str, Any]) -> dict[str, Any]:
     """A strict copy of an inline JSON schema (openai-python's own transformation)."""
     return _ensure_strict_json_schema(copy.deepcopy(schema), path=(), root=copy.deepcopy(schema))
@@ -94,6 +107,9 @@ class _Checker:
         for name, sub in (node.get("$defs") or {}).items():
             self.check(sub, f"{path}.$defs.{name}", depth)
         if "$ref" in node:
+            ref = node["$ref"]
+            if not isinstance(ref, str) or resolve_ref(self.root, ref) is None:
+                self.fail(path, f"$ref {ref!r} points at nothing in this schema (define it under $defs)")
             return
         types = node.get("type")
         type_list = types if isinstance(types, list) else [types] if types else []

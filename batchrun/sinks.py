@@ -68,6 +68,17 @@ class RowResult:
     """A failure that another run may fix (5xx, timeouts): not kept as the row's final answer."""
 
 
+EMPTY_ERROR = (
+    "not sent: the row's template columns are empty (null) or its prompt is blank; "
+    '[input] empty = "send" sends such rows'
+)
+
+
+def empty_result(row: int, row_id: str) -> RowResult:
+    """The result of a row with nothing to ask (status empty_input): never sent, never paid."""
+    return RowResult(row=row, row_id=row_id, status="empty_input", error=EMPTY_ERROR)
+
+
 def _as_json(value: Any) -> Any:
     return None if value is None else json.dumps(value, ensure_ascii=False)
 

@@ -10,6 +10,7 @@ position.
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,7 +114,103 @@ def _explain(spec: InputSpec, exc: Exception) -> InputError:
     text = str(exc).split("\n", 1)[0]
     if "empty" in text.lower():
         return InputError(f"{path}: the file is empty; it needs a header row and at least one data row")
+    if "more fields than defined" in text or "ragged" in text.lower():
+        where = _ragged_line(spec)
+        if where is not None:
+            line, got, want = where
+            return InputError(
+                f"{path}: line {line} has {got} fields where the header has {want}; fix that line (a stray "
+                f"separator, or a value with the separator that needs quotes)"
+            )
     return InputError(f"{path}: cannot read as {spec.resolved_format}: {text}")
+
+
+def _ragged_line(spec: InputSpec) -> tuple[int, int, int] | None:
+    """(line, fields, header fields) of the first CSV line whose field count differs from the header's
+    (polars does not say which line): read once more with the csv module, only when it failed."""
+    import csv
+
+    sep = spec.separator or ("\t" if spec.resolved_format == "tsv" else ",")
+    with spec.path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter=sep)
+        header = next(reader, None)
+        if header is None:
+            return None
+        for fields in reader:
+            if fields and len(fields) != len(header):
+                return reader.line_num, len(fields), len(header)
+    return None
+
+
+MAGIC = {"xlsx": (b"PK\x03\x04", "an Excel workbook (.xlsx is a zip file)"), "parquet": (b"PAR1", "a Parquet file")}
+
+
+def check_format(spec: InputSpec) -> None:
+    """The file is the format its suffix (or [input] format) says, by its first bytes, before a parser
+    gives a message only its authors understand."""
+    fmt = spec.resolved_format
+    if fmt not in MAGIC:
+        return
+    magic, what = MAGIC[fmt]
+    with spec.path.open("rb") as f:
+        head = f.read(512)
+    if head.startswith(magic):
+        return
+    guess = ""
+    try:
+        sample = head.decode("utf-8")
+        first = sample.splitlines()[0] if sample else ""
+        if first.lstrip().startswith("{"):
+            guess = ' It looks like JSON lines: set [input] format = "jsonl".'
+        elif "\t" in first:
+            guess = ' It looks like tab-separated text: set [input] format = "tsv".'
+        elif first:
+            guess = ' It looks like CSV text: set [input] format = "csv" (or rename the file).'
+    except UnicodeDecodeError:
+        pass
+    raise InputError(f"{spec.path}: is not {what}.{guess}")
+
+
+def check_filter(spec: InputSpec, schema: pl.Schema) -> None:
+    """input.filter parses as SQL and names real columns; the error names the key, not the file."""
+    if not spec.filter:
+        return
+    try:
+        expr = pl.sql_expr(spec.filter)
+        pl.LazyFrame(schema=schema).filter(expr).collect_schema()
+    except (pl.exceptions.PolarsError, ValueError) as exc:
+        detail = str(exc).split("\n", 1)[0]
+        raise InputError(
+            f"the job's [input] filter = {spec.filter!r} is not a valid SQL condition over the columns "
+            f"{schema.names()}: {detail}"
+        ) from None
+
+
+def check_control_chars(spec: InputSpec, lf: pl.LazyFrame, schema: pl.Schema) -> None:
+    """No NUL or other C0 control character in a text cell (unless the job strips them): such bytes are
+    nearly always a broken export, and a model is paid to read them."""
+    if spec.control_chars == "strip":
+        return
+    texts = [c for c, t in schema.items() if t == pl.String]
+    if not texts:
+        return
+    pattern = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"
+    bad = (
+        lf.filter(pl.any_horizontal(pl.col(c).str.contains(pattern) for c in texts))
+        .select([ROW_COLUMN, ID_COLUMN, *texts])
+        .head(1)
+        .collect(engine="streaming")
+    )
+    if bad.height:
+        row = bad.row(0, named=True)
+        col = next(c for c in texts if row[c] is not None and re.search(pattern, row[c]))
+        char = re.search(pattern, row[col])
+        code = f"U+{ord(char.group(0)):04X}" if char else "a control character"
+        raise InputError(
+            f"{spec.path}: data row {row[ROW_COLUMN] + 1} (id {row[ID_COLUMN]!r}), column {col!r} holds {code} "
+            "(a control character, e.g. NUL); "
+            'remove it from the file, or set [input] control_chars = "strip" to drop such characters from prompts'
+        )
 
 
 def check_input_file(path: Path) -> None:
@@ -145,17 +242,24 @@ def open_source(spec: InputSpec) -> Source:
         # polars reads only the columns a query needs, so a bad byte in an unused column would
         # surface mid-run; checking the bytes up front costs one fast pass
         check_utf8(path)
+    check_format(spec)
     try:
         schema = _scan(spec).collect_schema()
+        check_filter(spec, schema)
         lf = _frame(spec)
         stats = _id_stats(spec, lf, schema)
         if spec.resolved_format in ("csv", "tsv", "jsonl"):
             # polars parses only the columns a query touches; parse them all once now, so a ragged
             # line or a bad value fails here and not halfway through a paid run
             _scan(spec).select(pl.all().null_count()).collect(engine="streaming")
+        check_control_chars(spec, lf, schema)
     except InputError:
         raise
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        raise _explain(spec, exc) from exc
+    except Exception as exc:  # the Excel reader's own errors (fastexcel) are not polars errors
+        if spec.resolved_format != "xlsx":
+            raise
         raise _explain(spec, exc) from exc
     if stats["rows"] == 0:
         what = "after input.filter/limit" if spec.filter or spec.limit else "below its header"

@@ -137,5 +137,5 @@ WriteJob = Callable[..., Path]
 
 def test_ragged_csv_line_fails_before_the_run(tmp_path: Path) -> None:
     p = write(tmp_path, "a.csv", "id,text\n1,fine\n2,one, too many\n")
-    with pytest.raises(InputError, match=r"a.csv: cannot read as csv"):
+    with pytest.raises(InputError, match=r"a.csv: line 3 has 3 fields where the header has 2"):
         open_source(spec(p, id_column="id"))

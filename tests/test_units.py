@@ -212,4 +212,4 @@ def test_simple_templates_render_exactly_as_jinja2(tmp_path: Path) -> None:
     fast = renderer.texts(batch)[2]
     renderer.parts = None  # the Jinja2 path
     assert renderer.texts(batch)[2] == fast
-    assert fast[1] == "S=None N=None F=2.5 B=False S again None"
+    assert fast[1] == "S= N= F=2.5 B=False S again "  # null renders as "", never as the word None
