@@ -21,6 +21,10 @@ def check_job_paths(job: Job) -> None:
     """Refuse outputs that would destroy an input or could not be written, and an unusable ledger place."""
     src = job.source_path
     out = job.output_path
+    if out.is_dir():
+        raise JobFileError(
+            src, "output.path", f"{out} is a folder; give a file path inside it (e.g. {out / 'out.parquet'})"
+        )
     if job.output_format is None:
         raise JobFileError(
             src,

@@ -268,6 +268,7 @@ class TableParts:
     @classmethod
     def build(cls, ctx: RunContext, source: Source) -> TableParts:
         renderer = Renderer(ctx.job, source.columns)
+        renderer.check_no_empty(source)
         input_columns, layout = job_layout(ctx.job, source)
         return cls(
             source=source,

@@ -226,6 +226,7 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
     source = source or open_source(job.input)
     check_excel_rows(job, source.rows)
     renderer = Renderer(job, source.columns)
+    renderer.check_no_empty(source)
     table = price_table_for(job)
     price = table.lookup(job.request.model)
     context = price.context_window if price else None

@@ -17,10 +17,10 @@ import jinja2
 import jinja2.meta
 import polars as pl
 
-from .errors import TemplateError
+from .errors import InputError, TemplateError
 from .jobs import Job
 from .ledger import Fingerprinter
-from .sources import ID_COLUMN, ROW_COLUMN
+from .sources import ID_COLUMN, ROW_COLUMN, Source
 from .tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, TokenCounter
 
 
@@ -155,6 +155,20 @@ class Renderer:
         if self.strip_controls:
             texts = [CONTROL_CHARS.sub("", t) for t in texts]
         return positions, ids, texts
+
+    def check_no_empty(self, source: Source) -> None:
+        """[input] empty = "fail": refuse the input, naming the first row, if a template column is null."""
+        if self.job.input.empty != "fail" or not self.used_columns:
+            return
+        nulls = pl.any_horizontal(pl.col(c).is_null() for c in self.used_columns)
+        first = source.lazy().filter(nulls).select(ROW_COLUMN, ID_COLUMN).head(1).collect(engine="streaming")
+        if first.height:
+            row, rid = first.row(0)
+            cols = ", ".join(self.used_columns)
+            raise InputError(
+                f"{source.path}: data row {row + 1} (id {rid!r}) has an empty value in a template column ({cols}), "
+                'and [input] empty = "fail"; fill it in, or use empty = "skip" (status empty_input) or "send"'
+            )
 
     def empty(self, batch: pl.DataFrame, texts: Sequence[str]) -> list[bool]:
         """Which rows are empty — a template column null, or a blank prompt — and are not to be sent

@@ -157,6 +157,7 @@ class Simulator:
         self.marker_seen: Counter[tuple[bytes, str]] = Counter()
         # the system prompts of recent chat requests, for tests of what reached the model (glossaries)
         self.system_prompts: deque[str] = deque(maxlen=10_000)
+        self.user_prompts: deque[str] = deque(maxlen=10_000)  # the last user message of each chat request
 
     def configure(self, changes: dict[str, Any]) -> None:
         old = self.config
@@ -373,6 +374,9 @@ class Simulator:
             m["content"] for m in body["messages"] if isinstance(m, dict) and m.get("role") == "system"
             and isinstance(m.get("content"), str)
         )  # fmt: skip
+        users = [m for m in body["messages"] if isinstance(m, dict) and m.get("role") == "user"]
+        if users and isinstance(users[-1].get("content"), str):
+            self.user_prompts.append(users[-1]["content"])
         prompt_tokens = self.responder.chat_prompt_tokens(body)
         max_out = body.get("max_completion_tokens") or body.get("max_tokens") or 0
         limited = self.admit(body["model"], prompt_tokens + max_out)
