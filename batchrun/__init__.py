@@ -17,7 +17,8 @@ from .errors import (
     UserError,
 )
 from .jobs import Job, load_job
-from .plan import Plan, format_plan, make_plan
+from .plan import Plan, make_plan
+from .plan_format import format_plan
 from .results import RunResult, format_summary
 
 __all__ = [

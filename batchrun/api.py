@@ -38,8 +38,12 @@ def _sync(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-def _options(progress: bool, cache: CacheMode, wait: bool, retry: Iterable[str], wait_lock: float) -> RunOptions:
-    return RunOptions(progress=progress, cache=cache, wait=wait, retry=frozenset(retry), wait_lock=wait_lock)
+def _options(
+    progress: bool, cache: CacheMode, wait: bool, retry: Iterable[str], wait_lock: float, over_budget: bool = False
+) -> RunOptions:
+    return RunOptions(
+        progress=progress, cache=cache, wait=wait, retry=frozenset(retry), wait_lock=wait_lock, over_budget=over_budget
+    )
 
 
 async def arun(
@@ -50,6 +54,7 @@ async def arun(
     wait: bool = False,
     retry: Iterable[str] = (),
     wait_lock: float = 0.0,
+    over_budget: bool = False,
 ) -> RunResult:
     """Run a job (a Job or a job-file path) and return what it did; output is in result.output_path.
 
@@ -59,10 +64,11 @@ async def arun(
     cache: "use" (resume: rows with a final answer in the ledger are not sent again), "refresh"
     (send every row again and replace the ledger's answers) or "off" (no answers kept; spend is).
     retry: statuses whose rows are sent again (e.g. {"failed", "truncated"}).
+    over_budget: start even when the plan expects the budget to run out (it then stops at it).
     Raises the stop error (with `.result`) if the run had to stop; `result.exit_code` is what the
     CLI would exit with otherwise.
     """
-    options = _options(progress, cache, wait, retry, wait_lock)
+    options = _options(progress, cache, wait, retry, wait_lock, over_budget)
     if not isinstance(job, Job):
         job = await asyncio.to_thread(load_job, job)
     return await run_job(job, options)
@@ -76,10 +82,13 @@ def run(
     wait: bool = False,
     retry: Iterable[str] = (),
     wait_lock: float = 0.0,
+    over_budget: bool = False,
 ) -> RunResult:
     """`arun` from sync code (a script, or a notebook cell: see the module docstring)."""
-    _options(progress, cache, wait, retry, wait_lock)  # bad arguments fail here, in the caller's thread
-    return _sync(arun(job, progress=progress, cache=cache, wait=wait, retry=retry, wait_lock=wait_lock))
+    _options(progress, cache, wait, retry, wait_lock, over_budget)  # bad arguments fail here, in the caller's thread
+    return _sync(
+        arun(job, progress=progress, cache=cache, wait=wait, retry=retry, wait_lock=wait_lock, over_budget=over_budget)
+    )
 
 
 def _map_job(

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 def _plan(args: argparse.Namespace) -> int:
     from .jobs import load_job
-    from .plan import format_plan, make_plan
+    from .plan import make_plan
+    from .plan_format import format_plan
 
     job = load_job(args.job)
     plan = make_plan(job)
@@ -47,7 +48,8 @@ def _options(args: argparse.Namespace, **kw: object) -> RunOptions:
     cache = "off" if getattr(args, "no_cache", False) else "refresh" if getattr(args, "refresh", False) else "use"
     return RunOptions(
         progress=not args.quiet, cache=cache, wait=args.wait, retry=retry, accept=accept,
-        wait_lock=args.wait_lock, started=process_started(), **kw,  # type: ignore[arg-type]
+        wait_lock=args.wait_lock, started=process_started(), over_budget=getattr(args, "over_budget", False),
+        **kw,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
@@ -193,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", action="store_true", help="batch mode: poll until every batch is collected and the output written"
     )
     r.add_argument("--mode", choices=["online", "batch", "auto"], help="override the job's mode")
+    r.add_argument(
+        "--over-budget", action="store_true", help="start even if the plan expects the budget to run out first"
+    )
     lock_flag(r)
     r.set_defaults(func=_run)
 

@@ -283,14 +283,19 @@ def job_budget(job: Job, price: ModelPrice | None, ledger: Ledger) -> Budget | N
     """The job's spend cap, counting what this job paid in earlier runs (its spend record); None without one."""
     if job.budget.max_usd is None:
         return None
-    if price is None:
+    require_price(job, price)
+    return Budget(job.budget.max_usd, ledger.spent())
+
+
+def require_price(job: Job, price: ModelPrice | None) -> None:
+    """A budget needs a price: refuse the job (before anything is read or sent) when none is known."""
+    if price is None and job.budget.max_usd is not None:
         raise JobFileError(
             job.source_path,
             "budget.max_usd",
             f"no price is known for {job.request.model!r}, so a budget cannot be enforced; "
             "add its price under [pricing.models] or remove the budget",
         )
-    return Budget(job.budget.max_usd, ledger.spent())
 
 
 def accepted_statuses(job: Job, extra: tuple[str, ...] = ()) -> tuple[str, ...]:

@@ -232,6 +232,9 @@ class BatchSpec(_Spec):
     """When the deadline is near, cancel what is still queued and send the rest online (full price)."""
     delete_files: bool = True
     """Delete uploaded shards and downloaded result files from the server once collected."""
+    typical_hours: float = Field(default=6.0, gt=0, le=24)
+    """What a plan assumes one wave of batches takes (the API promises 24 h at most; most finish sooner):
+    used to compare the Batch API with online when the enqueued-token limit needs several waves."""
     keep_shards: bool = False
     """Keep the shard JSONL files on disk (beside the output, in <output>.shards/) for inspection."""
 

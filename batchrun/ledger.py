@@ -26,16 +26,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 from .sinks import RowResult
+
+if TYPE_CHECKING:
+    from .jobs import Job
 
 
 class LedgerUnavailable(UserError):
@@ -455,6 +459,18 @@ class Ledger:
                 "UPDATE runs SET finished_at = ?, rows = ?, summary = ? WHERE id = ?",
                 (time.time(), rows, json.dumps(summary), self.run_id),
             )
+
+
+def endpoint_key(job: Job) -> tuple[str, str]:
+    """(endpoint key, model as sent) a run of `job` would record answers under, without opening a client
+    (for `plan`): the same as endpoints.Endpoint.cache_key and .model."""
+    ep = job.endpoint
+    if ep.azure_endpoint:
+        return ep.azure_endpoint.rstrip("/"), ep.azure_deployment or job.request.model
+    if ep.base_url is None and not os.environ.get(ep.api_key_env):
+        return SIMULATOR, job.request.model
+    base = ep.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+    return base.rstrip("/"), job.request.model
 
 
 def legacy_ledger_path(output: Path) -> Path:

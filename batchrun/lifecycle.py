@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .checks import check_excel_rows, check_job_paths
-from .context import AuditLog, Committer, RunContext, Stopper, TableParts, accepted_statuses, job_budget
+from .context import AuditLog, Committer, RunContext, Stopper, TableParts, accepted_statuses, job_budget, require_price
 from .endpoints import Endpoint, open_endpoint
-from .errors import BatchrunError, EndpointError, JobFileError
+from .errors import BatchrunError, BudgetExceeded, EndpointError, JobFileError
 from .jobs import Job
 from .ledger import CachePolicy, Ledger, adopt_legacy_ledger, legacy_ledger_path
 from .limits import RateLimiter
@@ -56,6 +56,8 @@ class RunOptions:
     """More statuses that count as answered for the exit code (besides the job's [output] accept)."""
     wait_lock: float = 0.0
     """Seconds to wait for another run of the job to finish; 0: refuse at once."""
+    over_budget: bool = False
+    """Start even when the plan expects the budget to run out before the job is done (it then stops at it)."""
     started: float | None = None
     """time.monotonic() the run's wall time counts from (the CLI: its process start); default: now."""
 
@@ -182,6 +184,8 @@ async def _run_locked(
     source = None if job.input.is_document else await asyncio.to_thread(open_source, job.input)
     if source is not None:
         check_excel_rows(job, source.rows)
+    if job.budget.max_usd is not None and not options.over_budget and options.start and options.cache == "use":
+        await asyncio.to_thread(_check_budget, job, source)
     own_endpoint = endpoint is None
     endpoint = endpoint or await asyncio.to_thread(open_endpoint, job)
     try:
@@ -213,6 +217,22 @@ async def _run_locked(
         if own_endpoint:
             await endpoint.close()
     return result, error or stopper.error
+
+
+def _check_budget(job: Job, source: object) -> None:
+    """Refuse a run the budget cannot finish on the plan's expected cost (one planning pass over the input)."""
+    from .plan import make_plan
+    from .sources import Source
+
+    require_price(job, price_table_for(job).lookup(job.request.model))
+    plan = make_plan(job, source if isinstance(source, Source) else None)
+    if plan.over_budget:
+        raise BudgetExceeded(
+            f"the plan expects ${plan.finish_cost_expected or 0:,.4f} to finish {plan.finish_rows:,} row(s), but "
+            f"budget.max_usd ${plan.budget_usd or 0:,.4f} has ${plan.budget_left or 0:,.4f} left "
+            f"(${plan.spent_usd:,.4f} spent). Nothing was sent. Raise the budget, or pass --over-budget to run "
+            "until it is reached (finished rows are kept)"
+        )
 
 
 def _single(group: BaseExceptionGroup) -> BaseException:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from .checks import check_excel_rows, check_job_paths
 from .jobs import Job
+from .ledger import CachePolicy, Ledger, endpoint_key
 from .pricing import PriceTable, default_table, load_table
 from .prompts import Renderer, Request
 from .shards import CHAT_URL, EMBEDDINGS_URL, ShardCounter, ShardLimits, line_overhead, queue_limit
@@ -71,6 +72,23 @@ class Plan:
     batch_largest_shard_tokens: int = 0
     batch_prompt_tokens: int = 0
     batch_over_queue: int = 0
+    batch_waves: int = 0
+    """Rounds of batches the enqueued-token limit forces (each waits for the one before to finish)."""
+    batch_hours_typical: float | None = None
+    batch_hours_worst: float | None = None
+    answered_rows: int = 0
+    """Rows the ledger already holds a final answer for (not sent again)."""
+    spent_usd: float = 0.0
+    """What this job has paid so far (its spend record in the ledger; the simulator's excluded)."""
+    finish_rows: int = 0
+    finish_cost_expected: float | None = None
+    """Online cost of the rows still to send, expected and worst case."""
+    finish_cost_worst: float | None = None
+    budget_usd: float | None = None
+    budget_left: float | None = None
+    over_budget: bool = False
+    """The expected cost to finish is more than the budget has left: `run` refuses unless --over-budget."""
+    over_budget_worst: bool = False
     recommended_mode: str = "online"
     recommendation: str = ""
     notes: list[str] = field(default_factory=list)
@@ -246,6 +264,13 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
     batch_tokens = 0
     empty_rows = 0
     empty_examples: list[str] = []
+    # the ledger, when there is one: which rows are answered already, and what was spent
+    ledger = Ledger(job.ledger_file, job=job.name) if job.ledger_file.exists() else None
+    policy = CachePolicy(max_output_tokens=job.request.max_output_tokens)
+    fingerprinter = renderer.fingerprinter(*endpoint_key(job))
+    answered_rows = 0
+    finish_rows = 0
+    finish_prompt = 0
     for batch in source.batches(batch_size):
         positions, ids, texts = renderer.texts(batch)
         empty = renderer.empty(batch, texts)
@@ -255,6 +280,16 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
             empty_examples += [ids[i] for i, e in enumerate(empty) if e][: max(0, 5 - len(empty_examples))]
             positions, ids, texts = [positions[i] for i in keep], [ids[i] for i in keep], [texts[i] for i in keep]
         reqs = renderer.requests(positions, ids, texts)
+        done: set[int] = set()
+        if ledger is not None:
+            fps = [fingerprinter.of(t) for t in texts]
+            found = ledger.answered(fps, policy)
+            done = {i for i, fp in enumerate(fps) if fp in found}
+            answered_rows += len(done)
+        for i, r in enumerate(reqs):
+            if i not in done and too_long_reason(job, r, context, tpm) is None:
+                finish_rows += 1
+                finish_prompt += r.prompt_tokens
         for r in reqs:
             counts.append(r.prompt_tokens)
             if too_long_reason(job, r, context, None) is None:
@@ -371,6 +406,31 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
         batch_prompt_tokens=batch_tokens,
         batch_over_queue=shard_counter.too_large,
     )
+    spent = ledger.spent() if ledger is not None else 0.0
+    if ledger is not None:
+        ledger.close()
+    waves = -(-batch_tokens // queue) if queue and batch_tokens else (1 if batch_tokens else 0)
+    finish_expected = finish_worst = None
+    if price is not None:
+        finish_expected = price.cost(finish_prompt, finish_rows * min(expected_each, max_out))
+        finish_worst = price.cost(finish_prompt, finish_rows * max_out)
+    budget = job.budget.max_usd
+    left = None if budget is None else max(budget - spent, 0.0)
+    plan = _with(
+        plan,
+        batch_waves=waves,
+        batch_hours_typical=waves * job.batch.typical_hours if waves else None,
+        batch_hours_worst=waves * 24.0 if waves else None,
+        answered_rows=answered_rows,
+        spent_usd=spent,
+        finish_rows=finish_rows,
+        finish_cost_expected=finish_expected,
+        finish_cost_worst=finish_worst,
+        budget_usd=budget,
+        budget_left=left,
+        over_budget=left is not None and finish_expected is not None and finish_expected > left + 1e-12,
+        over_budget_worst=left is not None and finish_worst is not None and finish_worst > left + 1e-12,
+    )
     mode, why = recommend(job, plan)
     return _with(plan, recommended_mode=mode, recommendation=why)
 
@@ -403,6 +463,27 @@ def recommend(job: Job, plan: Plan) -> tuple[str, str]:
     if plan.cost_online_expected is not None and plan.cost_batch_expected is not None:
         saving = plan.cost_online_expected - plan.cost_batch_expected
     long_online = plan.minutes_online is not None and plan.minutes_online > 60
+    waves = plan.batch_waves
+    if waves > 1 and plan.batch_hours_typical is not None:
+        batch_h, worst_h = plan.batch_hours_typical, plan.batch_hours_worst or 0.0
+        online_h = plan.minutes_online / 60 if plan.minutes_online is not None else None
+        if job.deadline_hours is not None and worst_h > job.deadline_hours:
+            return "online", (
+                f"the enqueued-token limit needs {waves} waves of batches, one after another: up to {worst_h:,.0f} h, "
+                f"past the job's {job.deadline_hours:g} h deadline"
+            )
+        if online_h is not None and online_h < batch_h:
+            return "online", (
+                f"the enqueued-token limit needs {waves} waves of batches, one after another: about {batch_h:,.0f} h "
+                f"at {job.batch.typical_hours:g} h a wave (up to {worst_h / 24:,.1f} days), while online takes "
+                f"{online_h:,.1f} h at your limits; raise [batch] enqueued_token_limit if your tier allows more"
+            )
+        if saving is not None and saving >= 1.0:
+            return "batch", (
+                f"the Batch API saves about ${saving:,.2f}, but the enqueued-token limit needs {waves} waves of "
+                f"batches one after another: about {batch_h:,.0f} h at {job.batch.typical_hours:g} h a wave, up to "
+                f"{worst_h / 24:,.1f} days; split the job or raise your tier if that is too slow"
+            )
     if saving is not None and saving >= 1.0:
         return "batch", f"the Batch API saves about ${saving:,.2f} ({1 - 0.5:.0%}) if results can wait up to 24 h"
     if long_online:
@@ -413,100 +494,3 @@ def recommend(job: Job, plan: Plan) -> tuple[str, str]:
     if saving is None:
         return "online", "cost unknown; online gives results as they come"
     return "online", f"the Batch API would save only ${saving:,.2f}; online finishes sooner"
-
-
-def _money(v: float | None) -> str:
-    return "unknown" if v is None else f"${v:,.4f}" if v < 1 else f"${v:,.2f}"
-
-
-def _minutes(v: float | None) -> str:
-    if v is None:
-        return "unknown"
-    if v < 1:
-        return f"{v * 60:.0f} s"
-    if v < 120:
-        return f"{v:.1f} min"
-    return f"{v / 60:.1f} h"
-
-
-def _queue_line(plan: Plan) -> str:
-    limit = plan.batch_queue_limit
-    if limit is None:
-        return f"enqueued-token limit {plan.batch_queue_source}"
-    waves = -(-plan.batch_prompt_tokens // limit) if plan.batch_prompt_tokens else 0
-    line = f"enqueued-token limit {limit:,} ({plan.batch_queue_source}): "
-    if plan.batch_over_queue:
-        line += f"{plan.batch_over_queue:,} request(s) alone exceed it and cannot be batched; "
-    if waves <= 1:
-        return line + f"all {plan.batch_prompt_tokens:,} prompt tokens fit in the queue at once"
-    return line + (
-        f"{plan.batch_prompt_tokens:,} prompt tokens go in about {waves} waves, each submitted when the last "
-        "one's batches finish (up to 24 h each)"
-    )
-
-
-def _document_lines(d: dict[str, Any]) -> list[str]:
-    chains = (
-        f"the previous {d['context_paragraphs']} paragraph(s) as context: each chapter a chain, chapters in parallel"
-        if d["context_paragraphs"]
-        else "no context: every chunk independent"
-    )
-    return [
-        f"  document             {d['name']}: {d['chapters']} chapter(s), {d['paragraphs']:,} paragraph(s) to "
-        f"translate, {d['verbatim_blocks']} block(s) kept as they are, {d['split_paragraphs']} paragraph(s) longer "
-        "than a chunk (cut at sentence ends)",
-        f"  chunks               {d['chunks']:,} request(s) of ≤ {d['chunk_tokens']:,} source tokens (largest "
-        f"{d['largest_chunk_tokens']:,}); {chains}; glossary {d['glossary_terms']} term(s)",
-    ]
-
-
-def format_plan(plan: Plan) -> str:
-    """The plan as the text `batchrun plan` prints."""
-    lines = [
-        f"Plan for job {plan.job!r}: {plan.kind} on {plan.model} (tokenizer {plan.encoding}) — nothing is sent",
-        *(_document_lines(plan.document) if plan.document else []),
-        f"  {'paragraphs' if plan.document else 'rows':<20} {plan.rows:,}   requests {plan.requests:,}",
-        f"  prompt tokens        total {plan.prompt_tokens_total:,}   mean {plan.prompt_tokens_mean:,.1f}   "
-        f"p95 {plan.prompt_tokens_p95:,}   max {plan.prompt_tokens_max:,}",
-    ]
-    if plan.kind == "chat":
-        lines.append(
-            f"  output tokens        worst case {plan.output_tokens_worst:,}   expected "
-            f"{plan.output_tokens_expected:,} ({plan.expected_basis})"
-        )
-    lines += [
-        f"  cost (prices as of {plan.price_as_of})",
-        f"    online             expected {_money(plan.cost_online_expected)}   worst case {_money(plan.cost_online_worst)}",
-        f"    Batch API          expected {_money(plan.cost_batch_expected)}   worst case {_money(plan.cost_batch_worst)}",
-        f"  time online at your limits (rpm {plan.rpm or '?'}, tpm {plan.tpm or '?'})",
-        f"    requests/min bound {_minutes(plan.minutes_at_rpm)}   tokens/min bound {_minutes(plan.minutes_at_tpm)}"
-        f"   → {_minutes(plan.minutes_online)}"
-        + (f", {plan.binding_limit.upper()} binds" if plan.binding_limit else "")
-        + (
-            " — the whole job fits in the first minute's allowance (the buckets start full)"
-            if plan.minutes_online == 0
-            else ""
-        ),
-        f"    tokens charged against TPM: {plan.charged_tokens_total:,} (prompt + max output per request)",
-        f"  Batch API            {plan.batch_shards:,} shard file(s); {_queue_line(plan)}"
-        if not plan.document
-        else "  Batch API            not used for documents yet (cost shown for comparison)",
-    ]
-    if plan.empty_rows:
-        shown = ", ".join(repr(i) for i in plan.empty_examples)
-        lines.append(
-            f"  empty rows           {plan.empty_rows:,} (a template column is empty, or the prompt is blank): "
-            f'status empty_input, not sent — e.g. row ids {shown}; [input] empty = "send" sends them'
-        )
-    if plan.too_long_count:
-        lines.append(f"  rows that cannot be sent: {plan.too_long_count:,} (status too_long in the output)")
-        for issue in plan.too_long:
-            lines.append(f"    id {issue.row_id} (data row {issue.row + 1}): {issue.reason}")
-        if plan.too_long_count > len(plan.too_long):
-            lines.append(f"    ... and {plan.too_long_count - len(plan.too_long):,} more")
-    else:
-        lines.append("  rows that cannot be sent: none")
-    lines.append(f"  recommended mode     {plan.recommended_mode}: {plan.recommendation}")
-    for note in plan.notes:
-        lines.append(f"  note: {note}")
-    return "\n".join(lines)

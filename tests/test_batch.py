@@ -25,7 +25,8 @@ from batchrun.batch_results import describe_batches
 from batchrun.errors import EndpointError
 from batchrun.jobs import load_job
 from batchrun.lifecycle import RunOptions, cancel_job, run_job
-from batchrun.plan import format_plan, make_plan
+from batchrun.plan import make_plan
+from batchrun.plan_format import format_plan
 from batchrun.retries import Action, line_failure
 from batchrun.shards import LineTooLarge, Shard, ShardLimits, ShardWriter
 from batchrun.sim import SimServer

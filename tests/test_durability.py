@@ -145,8 +145,11 @@ def test_budget_stops_then_raising_it_continues(make_sim: SimFactory, write_job:
     worst_per_row = (clean.prompt_tokens / 300 * 0.15 + 100 * 0.60) / 1e6
     budget = clean.cost_usd / 3
     job = make(write_job, sim, rows, in_flight=4, extra=f"\n[budget]\nmax_usd = {budget}\n")
+    with pytest.raises(BudgetExceeded, match="Nothing was sent"):
+        run(job)  # the plan expects more than the budget: refused before anything is sent
+    assert sim.stats()["ok"] == 300  # only the clean run's
     with pytest.raises(BudgetExceeded, match=r"raise budget\.max_usd") as info:
-        run(job)
+        run(job, over_budget=True)
     stopped = info.value.result  # type: ignore[attr-defined]
     assert 0 < stopped.by_status["ok"] < 300 and stopped.by_status["not_sent"] > 0
     assert stopped.cost_usd <= budget
@@ -154,7 +157,7 @@ def test_budget_stops_then_raising_it_continues(make_sim: SimFactory, write_job:
     assert ledger.spent() <= budget
     ledger.close()
     raised = job.model_copy(update={"budget": job.budget.model_copy(update={"max_usd": clean.cost_usd * 2})})
-    done = run(raised)
+    done = run(raised, over_budget=True)  # enough in fact, though the plan's half-of-max_tokens guess says not
     assert done.by_status == {"ok": 300}
     ledger = Ledger(job.ledger_file, job=job.name)
     assert ledger.spent() == pytest.approx(clean.cost_usd, abs=4 * worst_per_row)

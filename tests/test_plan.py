@@ -10,7 +10,8 @@ import openai
 import pytest
 
 from batchrun.jobs import load_job
-from batchrun.plan import format_plan, make_plan
+from batchrun.plan import make_plan
+from batchrun.plan_format import format_plan
 from batchrun.prompts import Renderer
 from batchrun.sim import SimServer
 from batchrun.sources import open_source
@@ -106,3 +107,78 @@ def test_cli_bad_job_exits_2_with_message(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert "x.toml: job file not found" in out.stderr
+
+
+def test_plan_of_a_half_answered_job_shows_what_is_left_to_pay(sim: SimServer, tmp_path: Path) -> None:
+    import batchrun
+
+    rows = [f"review number {i} says it works" for i in range(40)]
+    (tmp_path / "input.csv").write_text("id,text\n" + "\n".join(f"r{i},{t}" for i, t in enumerate(rows)) + "\n")
+    job_text = (
+        BASIC_JOB.replace("max_tokens = 50", "max_tokens = 100")
+        + f'\n[endpoint]\nbase_url = "{sim.base_url}"\napi_key_env = "BATCHRUN_TEST_KEY"\n'
+    )
+    (tmp_path / "job.toml").write_text(job_text)
+    half = tmp_path / "half.csv"
+    half.write_text("id,text\n" + "\n".join(f"r{i},{t}" for i, t in enumerate(rows[:20])) + "\n")
+    # the first 20 rows answered by a run (same job name, so same ledger) over a file holding only them
+    (tmp_path / "first.toml").write_text('name = "job"\n' + job_text.replace('path = "input.csv"', 'path = "half.csv"'))
+    first = load_job(tmp_path / "first.toml")
+    done = batchrun.run(first)
+    assert done.by_status == {"ok": 20}
+    job = load_job(tmp_path / "job.toml")
+    full = make_plan(job)
+    assert full.answered_rows == 20 and full.finish_rows == 20
+    assert full.finish_cost_expected is not None and full.cost_online_expected is not None
+    assert full.finish_cost_expected == pytest.approx(full.cost_online_expected / 2, rel=0.05)
+    assert full.spent_usd == pytest.approx(done.cost_usd)  # what the first run paid, from its spend record
+    proc = subprocess.run(
+        [sys.executable, "-m", "batchrun", "plan", str(tmp_path / "job.toml"), "--json"],
+        capture_output=True, text=True, env={"BATCHRUN_TEST_KEY": "sk-test", "PATH": ""},
+    )  # fmt: skip
+    data = json.loads(proc.stdout)
+    assert data["answered_rows"] == 20 and data["finish_rows"] == 20 and "finish_cost_expected" in data
+    assert "to finish            20 row(s)" in format_plan(full)
+
+
+def test_plan_checks_the_budget_and_run_refuses_without_over_budget(sim: SimServer, tmp_path: Path) -> None:
+    import batchrun
+    from batchrun.errors import BudgetExceeded
+
+    (tmp_path / "input.csv").write_text("id,text\n" + "\n".join(f"r{i},text {i}" for i in range(50)) + "\n")
+    base = BASIC_JOB + f'\n[endpoint]\nbase_url = "{sim.base_url}"\napi_key_env = "BATCHRUN_TEST_KEY"\n'
+    (tmp_path / "job.toml").write_text(base + "\n[budget]\nmax_usd = 0.0000001\n")
+    plan = make_plan(load_job(tmp_path / "job.toml"))
+    assert plan.over_budget and plan.budget_left == pytest.approx(0.0000001)
+    assert "`batchrun run` refuses to start" in format_plan(plan)
+    with pytest.raises(BudgetExceeded, match="Nothing was sent"):
+        batchrun.run(tmp_path / "job.toml")
+    assert sim.stats()["requests"] == 0
+    (tmp_path / "job.toml").write_text(base + "\n[budget]\nmax_usd = 100\n")
+    assert "enough even for the worst case" in format_plan(make_plan(load_job(tmp_path / "job.toml")))
+
+
+def test_a_plan_that_needs_many_queue_waves_says_so(write_job: Callable[..., Path]) -> None:
+    csv = "id,text\n" + "\n".join(f"r{i},{'long text ' * 40}{i}" for i in range(400)) + "\n"
+    job = load_job(
+        write_job(
+            BASIC_JOB.replace("max_tokens = 50", "max_tokens = 2000")
+            + "\n[limits]\nrpm = 5000\ntpm = 4000000\n[batch]\nenqueued_token_limit = 2000\n",
+            csv=csv,
+        )
+    )
+    plan = make_plan(job)
+    assert plan.batch_waves >= 20 and plan.batch_hours_typical == plan.batch_waves * 6
+    assert plan.recommended_mode == "online"
+    assert f"{plan.batch_waves} waves" in plan.recommendation and "online takes" in plan.recommendation
+    slow_online = load_job(
+        write_job(
+            BASIC_JOB.replace("max_tokens = 50", "max_tokens = 2000")
+            + "\n[limits]\nrpm = 1\n[batch]\nenqueued_token_limit = 2000\n",
+            csv=csv,
+            name="slow.toml",
+        )
+    )
+    p2 = make_plan(slow_online)
+    if p2.recommended_mode == "batch":  # if batch is chosen, the plan still says how many waves it takes
+        assert "waves" in format_plan(p2)
