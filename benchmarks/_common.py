@@ -89,7 +89,11 @@ class SimProcess:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(10)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:  # requests still sleeping in it (slow-reply trials)
+            self.proc.kill()
+            self.proc.wait(10)
 
     def __enter__(self) -> SimProcess:
         return self

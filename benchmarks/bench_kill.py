@@ -82,6 +82,42 @@ def trial(src: Path | None, in_flight: int, args: argparse.Namespace) -> dict[st
     return {"kills": done, "resent": resent, "per_kill": resent / max(done, 1), "answered": st["ok"]}
 
 
+def lull_trial(src: Path | None, fast: int, wait_s: float, seed: int) -> tuple[int, int]:
+    """`fast` rows answered at once, then 20 rows that take 30 s: a lull. Kill -9 `wait_s` after the fast
+    answers were all sent back; (answered by the server, kept in the ledger)."""
+    import sqlite3
+
+    env = {**os.environ, "BATCHRUN_BENCH_KEY": "sk-bench"}
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    # replies spread over ~0.6 s (300 ms ± 90 %), then the lull: the last of them land just before it
+    with (
+        SimProcess(latency_ms=300, jitter=0.9, slow_seconds=30, seed=seed) as sim,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        d = Path(tmp)
+        texts_ = [f"fast row {i} seed {seed}" for i in range(fast)] + [f"slow {i} [[sim:slow]]" for i in range(20)]
+        pl.DataFrame({"id": [f"r{i}" for i in range(len(texts_))], "text": texts_}).write_parquet(d / "input.parquet")
+        (d / "kill.toml").write_text(JOB.format(in_flight=256, base_url=sim.base_url))
+        cmd = [sys.executable, "-m", "batchrun", "run", str(d / "kill.toml"), "-q"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while sim.stats()["ok"] < fast and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(wait_s)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        answered = sim.stats()["ok"]
+        kept = 0
+        for db_path in d.rglob("*.sqlite"):
+            db = sqlite3.connect(db_path)
+            try:
+                kept += db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+            finally:
+                db.close()
+    return answered, kept
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--in-flight", type=int, nargs="+", default=[256, 16])
@@ -93,10 +129,20 @@ def main() -> None:
     ap.add_argument("--segment", type=float, nargs=2, default=(1.0, 3.0), help="seconds from start to kill")
     ap.add_argument("--src", type=Path, help="run the CLI from this checkout instead (PYTHONPATH)")
     ap.add_argument("--compare", type=Path, help="a second checkout: both run, alternating, same seeds")
+    ap.add_argument("--lull", type=int, default=0, help="instead: this many kill-in-a-lull trials per version")
+    ap.add_argument("--lull-wait", type=float, default=0.25, help="seconds between the last fast answer and the kill")
     args = ap.parse_args()
     sides: list[tuple[str, Path | None]] = [("this", args.src)]
     if args.compare:
         sides.append((str(args.compare), args.compare))
+    if args.lull:
+        print(f"kill -9 {args.lull_wait:g} s into a lull, 100 answers received before it; {args.lull} trials")
+        print(f"{'version':<28} {'answered':>9} {'in ledger':>10} {'lost':>6}")
+        for trial_no in range(args.lull):
+            for label, src in sides:
+                answered, kept = lull_trial(src, 100, args.lull_wait, args.seed + trial_no)
+                print(f"{label:<28} {answered:>9} {kept:>10} {answered - kept:>6}", flush=True)
+        return
     print(f"{'version':<28} {'in flight':>9} {'kills':>6} {'re-sent':>8} {'per kill':>9} {'answered':>9}")
     for n in args.in_flight:
         for label, src in sides:
