@@ -333,6 +333,11 @@ class Job(_Spec):
             )
         if not self.prompt.system:
             raise ValueError(f'a {fmt} document job needs prompt.system, e.g. "Translate into French."')
+        if "{{" in self.prompt.system or "{%" in self.prompt.system:
+            raise ValueError(
+                f"prompt.system of a {fmt} document job is sent as written (a document has no columns to fill "
+                "it from): remove the {{ }} / {% %}"
+            )
         if self.output_schema is not None:
             raise ValueError(
                 "a document job's replies have a fixed schema ({id, translation} items, checked against "

@@ -290,11 +290,10 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
             if i not in done and too_long_reason(job, r, context, tpm) is None:
                 finish_rows += 1
                 finish_prompt += r.prompt_tokens
-        for r in reqs:
+        for r, text in zip(reqs, texts, strict=True):
             counts.append(r.prompt_tokens)
             if too_long_reason(job, r, context, None) is None:
                 # the shard line as batch mode writes it (custom_id is a 32-character fingerprint)
-                text = r.body["input"] if job.request.kind == "embeddings" else r.body["messages"][-1]["content"]
                 shard_counter.add(overhead + len(body_of(text)), r.prompt_tokens)
                 batch_tokens += r.prompt_tokens
             reason = too_long_reason(job, r, context, tpm)

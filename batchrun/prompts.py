@@ -66,6 +66,9 @@ def simple_parts(env: jinja2.Environment, template: str) -> list[tuple[bool, str
     return parts
 
 
+ROW_KEY = "\x00batchrun-row\x00"
+"""Prefix of a row's text when its system prompt is rendered per row: ROW_KEY + JSON [system, user]
+(so the fingerprint, the token count and the request all carry the row's own system prompt)."""
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 """C0 control characters but tab, newline and carriage return: never meant for a prompt."""
 
@@ -101,6 +104,32 @@ class Renderer:
                 f"{job.input.path.name} lacks; its columns are {list(columns)}"
             )
         self.columns = list(columns)
+        # [prompt] system is a template too: per row when it names columns (or row / row_id)
+        self.system_template: jinja2.Template | None = None
+        system = job.prompt.system
+        if system and ("{{" in system or "{%" in system):
+            try:
+                tmpl = env.from_string(system)
+            except jinja2.TemplateSyntaxError as exc:
+                raise TemplateError(f"{job.source_path}: [prompt.system], line {exc.lineno}: {exc.message}") from exc
+            names = template_variables(system)
+            unknown = sorted(names - set(columns) - {"row", "row_id"})
+            if unknown:
+                raise TemplateError(
+                    f"{job.source_path}: [prompt.system] uses {unknown}, which the input {job.input.path.name} "
+                    f"lacks (it would be sent literally); its columns are {list(columns)}"
+                )
+            if names:
+                self.system_template = tmpl
+                used |= names - {"row", "row_id"}
+            else:
+                system = tmpl.render()
+        for i, m in enumerate(job.prompt.examples):
+            if template_variables(m.content):
+                raise TemplateError(
+                    f"{job.source_path}: [prompt.examples] #{i + 1} names columns "
+                    f"{sorted(template_variables(m.content))}: few-shot examples are sent as written"
+                )
         self.used_columns = sorted(used & set(columns))
         """The input columns the template names: a row with any of them null is empty (empty_input)."""
         self.strip_controls = job.input.control_chars == "strip"
@@ -109,8 +138,8 @@ class Renderer:
         self.counter = TokenCounter(req.model, warn_unknown=warn_unknown_model)
         self.kind = req.kind
         self.fixed_messages: list[dict[str, Any]] = []
-        if job.prompt.system:
-            self.fixed_messages.append({"role": "system", "content": job.prompt.system})
+        if system and self.system_template is None:
+            self.fixed_messages.append({"role": "system", "content": system})
         for m in job.prompt.examples:
             self.fixed_messages.append(m.model_dump(exclude_none=True))
         # constant messages are counted once; only the rendered user message varies per row
@@ -152,9 +181,32 @@ class Renderer:
         if texts is None:
             rows = batch.select(self.columns).to_dicts()
             texts = [self.render_text(r, i) for r, i in zip(rows, ids, strict=True)]
+        if self.system_template is not None:
+            rows = batch.select(self.columns).to_dicts()
+            systems = [self._render(self.system_template, "system", r, i) for r, i in zip(rows, ids, strict=True)]
+            texts = [ROW_KEY + json.dumps([sy, t], ensure_ascii=False) for sy, t in zip(systems, texts, strict=True)]
         if self.strip_controls:
             texts = [CONTROL_CHARS.sub("", t) for t in texts]
         return positions, ids, texts
+
+    def _render(self, tmpl: jinja2.Template, key: str, row: dict[str, Any], row_id: str) -> str:
+        try:
+            return tmpl.render(**row, row=row, row_id=row_id)
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"{self.job.source_path}: [prompt.{key}] row id {row_id!r}: {exc}") from exc
+
+    @staticmethod
+    def split(text: str) -> tuple[str | None, str]:
+        """(per-row system prompt or None, user text) of what `texts` returned for a row."""
+        if text.startswith(ROW_KEY):
+            system, user = json.loads(text[len(ROW_KEY) :])
+            return system, user
+        return None, text
+
+    def messages(self, text: str) -> list[dict[str, Any]]:
+        system, user = self.split(text)
+        head = [{"role": "system", "content": system}] if system is not None else []
+        return [*head, *self.fixed_messages, {"role": "user", "content": user}]
 
     def check_no_empty(self, source: Source) -> None:
         """[input] empty = "fail": refuse the input, naming the first row, if a template column is null."""
@@ -180,7 +232,7 @@ class Renderer:
             flags = nulls.to_list()
         else:
             flags = [False] * len(texts)
-        return [bool(f) or not t.strip() for f, t in zip(flags, texts, strict=True)]
+        return [bool(f) or not self.split(t)[1].strip() for f, t in zip(flags, texts, strict=True)]
 
     def _join(self, batch: pl.DataFrame, names: list[str]) -> list[str]:
         """Render a simple template by joining its text with each row's values (as Jinja2 would)."""
@@ -211,12 +263,16 @@ class Renderer:
 
     def prompt_tokens(self, texts: Sequence[str]) -> list[int]:
         """Prompt tokens of each rendered row's request, as the server counts them."""
-        counts = self.counter.count_texts(texts)
         if self.kind == "embeddings":
-            return counts
+            return self.counter.count_texts(texts)
         # "user" is one token in every encoding; counted like any other string field
         base = self.fixed_tokens + TOKENS_PER_MESSAGE + REPLY_PRIMING + self.schema_tokens + self.role_tokens
-        return [base + n for n in counts]
+        if self.system_template is None:
+            return [base + n for n in self.counter.count_texts(texts)]
+        pairs = [self.split(t) for t in texts]
+        users = self.counter.count_texts([u for _, u in pairs])
+        systems = [self.counter.count_message({"role": "system", "content": sy or ""}) for sy, _ in pairs]
+        return [base + n + m for n, m in zip(users, systems, strict=True)]
 
     def requests(self, positions: Sequence[int], ids: Sequence[str], texts: Sequence[str]) -> list[Request]:
         """Requests for rendered rows, their prompt tokens counted in one batch."""
@@ -229,7 +285,7 @@ class Renderer:
         out: list[Request] = []
         for pos, rid, text, n in zip(positions, ids, texts, counts, strict=True):
             body = dict(self.params)
-            body["messages"] = [*self.fixed_messages, {"role": "user", "content": text}]
+            body["messages"] = self.messages(text)
             out.append(Request(row=pos, row_id=rid, body=body, prompt_tokens=n, max_output_tokens=self.max_output))
         return out
 
@@ -248,6 +304,15 @@ class Renderer:
                 "model": model,
                 "messages": [*self.fixed_messages, {"role": "user", "content": sentinel}],
             }
+        if self.system_template is not None and self.kind != "embeddings":
+            # the system prompt differs per row: no constant part to serialise once
+            params = {**self.params, "model": model}
+
+            def per_row(text: str) -> bytes:
+                return json.dumps({**params, "messages": self.messages(text)}, ensure_ascii=False,
+                                  separators=(",", ":")).encode("utf-8")  # fmt: skip
+
+            return per_row
         whole = json.dumps(head, ensure_ascii=False, separators=(",", ":"))
         prefix, suffix = whole.split(json.dumps(sentinel, ensure_ascii=False))
         pre, post = prefix.encode("utf-8"), suffix.encode("utf-8")

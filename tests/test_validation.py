@@ -320,3 +320,41 @@ def test_corrupted_inputs_never_traceback_and_never_send_what_was_not_written(
     text = bytes(data).decode("utf-8")
     for prompt in sim.sim.user_prompts:
         assert prompt.replace('"', "") in text.replace('"', "").replace('""', "")  # every prompt was in the file
+
+
+# -- templated system prompts ----------------------------------------------------------------------
+
+
+def test_a_templated_system_prompt_is_rendered_per_row_and_counted_exactly(
+    make_sim: SimFactory, tmp_path: Path
+) -> None:
+    sim = make_sim()
+    (tmp_path / "input.csv").write_text("id,text,lang\na,hello,French\nb,hello,German\nc,bye,French\n")
+    path = job_file(tmp_path, sim.base_url, input_extra='id_column = "id"')
+    text = path.read_text().replace("[prompt]", '[prompt]\nsystem = "Answer in {{ lang }}."')
+    path.write_text(text)
+    plan = batchrun.make_plan(load_job(path))
+    result = batchrun.run(path)
+    assert result.by_status == {"ok": 3} and result.requests_sent == 3  # "hello" twice, but two languages
+    assert sorted(sim.sim.system_prompts) == ["Answer in French.", "Answer in French.", "Answer in German."]
+    assert result.prompt_tokens == plan.prompt_tokens_total == sim.stats()["prompt_tokens"]
+    again = batchrun.run(path)
+    assert again.cached_rows == 3 and sim.stats()["ok"] == 3
+
+
+def test_a_system_prompt_naming_no_column_is_refused_not_sent_literally(make_sim: SimFactory, tmp_path: Path) -> None:
+    sim = make_sim()
+    (tmp_path / "input.csv").write_text("text\nhello\n")
+    path = job_file(tmp_path, sim.base_url)
+    path.write_text(path.read_text().replace("[prompt]", '[prompt]\nsystem = "Answer in {{ lang }}."'))
+    refused(sim, cli("run", str(path), "-q"), "[prompt.system] uses ['lang']", "sent literally")
+
+
+def test_a_templated_system_prompt_goes_through_the_batch_api(make_sim: SimFactory, tmp_path: Path) -> None:
+    sim = make_sim(batch_validate_seconds=0.05, batch_run_seconds=0.2, batch_finalize_seconds=0.05)
+    (tmp_path / "input.csv").write_text("id,text,lang\na,hello,French\nb,hello,German\n")
+    path = job_file(tmp_path, sim.base_url, input_extra='id_column = "id"', extra="[batch]\npoll_seconds = 0.05")
+    text = path.read_text().replace("[prompt]", '[prompt]\nsystem = "Answer in {{ lang }}."')
+    path.write_text('mode = "batch"\n' + text)
+    result = batchrun.run(path, wait=True)
+    assert result.by_status == {"ok": 2} and result.mode == "batch"
