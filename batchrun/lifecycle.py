@@ -25,7 +25,7 @@ from typing import Literal
 from .checks import check_excel_rows, check_job_paths
 from .context import AuditLog, Committer, RunContext, Stopper, TableParts, accepted_statuses, job_budget, require_price
 from .endpoints import Endpoint, open_endpoint
-from .errors import BatchrunError, BudgetExceeded, EndpointError, JobFileError
+from .errors import BatchrunError, BudgetExceeded, EndpointError, Interrupted, JobFileError
 from .jobs import Job
 from .ledger import CachePolicy, Ledger, adopt_legacy_ledger, legacy_ledger_path
 from .limits import RateLimiter
@@ -216,7 +216,13 @@ async def _run_locked(
     finally:
         if own_endpoint:
             await endpoint.close()
-    return result, error or stopper.error
+    error = error or stopper.error
+    if isinstance(error, Interrupted) and result.waiting is None and not result.by_status.get("not_sent"):
+        # the signal came after every row was done: the run is complete, and its exit code says so
+        result.stopped = None
+        result.notes.append(f"{str(error).split(';')[0]} after every row was done: nothing was left unsent")
+        error = None
+    return result, error
 
 
 def _check_budget(job: Job, source: object) -> None:

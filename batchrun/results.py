@@ -140,7 +140,11 @@ def format_summary(r: RunResult) -> str:
     )
     if rpm or tpm:
         given = ", ".join(f"{k} {v:,}" for k, v in (("rpm", rpm), ("tpm", tpm)) if v)
-        allow = f"the limits allow {r.minimum_seconds:,.1f} s at best; {given}"
+        allow = (
+            f"the limits allow {r.minimum_seconds:,.1f} s at best; {given}"
+            if r.minimum_seconds > 0
+            else f"all of it fits in the limits' first minute; {given}"
+        )
     else:
         allow = "no rate limits known: neither the job nor the server gave any"
     lines = [
