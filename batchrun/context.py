@@ -269,6 +269,7 @@ class TableParts:
     def build(cls, ctx: RunContext, source: Source) -> TableParts:
         renderer = Renderer(ctx.job, source.columns)
         renderer.check_no_empty(source)
+        renderer.check_row_params(source)
         input_columns, layout = job_layout(ctx.job, source)
         return cls(
             source=source,

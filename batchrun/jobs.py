@@ -119,6 +119,9 @@ class RequestSpec(_Spec):
     (a truncated reply is retried with max tokens doubled). Each retry is paid for."""
     params: dict[str, Any] = Field(default_factory=dict)
     """Passed through to the request body as is (top_p, stop, reasoning_effort, ...)."""
+    params_from: dict[str, str] = Field(default_factory=dict)
+    """Per-row parameters: request parameter → the input column holding each row's value, e.g.
+    { max_tokens = "max_tok", temperature = "t" }. A null cell falls back to the job's own value."""
 
     @model_validator(mode="after")
     def _check(self) -> RequestSpec:
@@ -128,6 +131,16 @@ class RequestSpec(_Spec):
         clash = sorted(reserved & self.params.keys())
         if clash:
             raise ValueError(f"params may not set {clash}: batchrun sets those itself (stream and n unsupported)")
+        if "model" in self.params_from:
+            raise ValueError(
+                "params_from cannot set `model` yet: each model has its own price, limits and Batch API files; "
+                "split the job by model (e.g. with [input] filter) until per-row models are built"
+            )
+        clash = sorted((reserved - {"model"}) & self.params_from.keys())
+        if clash:
+            raise ValueError(f"params_from may not set {clash}: batchrun sets those itself")
+        if self.kind == "embeddings" and self.params_from:
+            raise ValueError("params_from is for chat jobs (embeddings requests take no per-row parameters)")
         if self.kind == "chat" and self.dimensions is not None:
             raise ValueError("`dimensions` is for embeddings jobs only")
         if self.kind == "chat" and self.max_output_tokens is None:

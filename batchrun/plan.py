@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from array import array
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -245,6 +246,7 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
     check_excel_rows(job, source.rows)
     renderer = Renderer(job, source.columns)
     renderer.check_no_empty(source)
+    renderer.check_row_params(source)
     table = price_table_for(job)
     price = table.lookup(job.request.model)
     context = price.context_window if price else None
@@ -271,6 +273,9 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
     answered_rows = 0
     finish_rows = 0
     finish_prompt = 0
+    # requests by their output-token limit (one value unless [request] params_from sets it per row)
+    outs: Counter[int] = Counter()
+    finish_outs: Counter[int] = Counter()
     for batch in source.batches(batch_size):
         positions, ids, texts = renderer.texts(batch)
         empty = renderer.empty(batch, texts)
@@ -287,9 +292,12 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
             done = {i for i, fp in enumerate(fps) if fp in found}
             answered_rows += len(done)
         for i, r in enumerate(reqs):
-            if i not in done and too_long_reason(job, r, context, tpm) is None:
-                finish_rows += 1
-                finish_prompt += r.prompt_tokens
+            if too_long_reason(job, r, context, tpm) is None:
+                outs[r.max_output_tokens] += 1
+                if i not in done:
+                    finish_rows += 1
+                    finish_prompt += r.prompt_tokens
+                    finish_outs[r.max_output_tokens] += 1
         for r, text in zip(reqs, texts, strict=True):
             counts.append(r.prompt_tokens)
             if too_long_reason(job, r, context, None) is None:
@@ -321,17 +329,22 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
 
     rows = len(counts) + empty_rows
     total_prompt = sum(counts)
-    sendable = len(counts) - issue_count
-    max_out = job.request.max_output_tokens or 0
-    worst_out = sendable * max_out
     if job.request.kind == "embeddings":
-        expected_each, basis = 0, "embeddings produce no output tokens"
+        basis = "embeddings produce no output tokens"
     elif job.request.expected_output_tokens is not None:
-        expected_each, basis = job.request.expected_output_tokens, "request.expected_output_tokens"
+        basis = "request.expected_output_tokens"
     else:
-        expected_each = max_out // 2
         basis = "assumed half of max_tokens; set request.expected_output_tokens for a better estimate"
-    expected_out = sendable * min(expected_each, max_out) if max_out else 0
+
+    def expected_of(limit: int) -> int:
+        if job.request.kind == "embeddings":
+            return 0
+        if job.request.expected_output_tokens is not None:
+            return min(job.request.expected_output_tokens, limit)
+        return limit // 2
+
+    worst_out = sum(limit * n for limit, n in outs.items())
+    expected_out = sum(expected_of(limit) * n for limit, n in outs.items())
     sendable_prompt = total_prompt - issue_prompt
 
     notes: list[str] = []
@@ -411,8 +424,8 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
     waves = -(-batch_tokens // queue) if queue and batch_tokens else (1 if batch_tokens else 0)
     finish_expected = finish_worst = None
     if price is not None:
-        finish_expected = price.cost(finish_prompt, finish_rows * min(expected_each, max_out))
-        finish_worst = price.cost(finish_prompt, finish_rows * max_out)
+        finish_expected = price.cost(finish_prompt, sum(expected_of(lim) * n for lim, n in finish_outs.items()))
+        finish_worst = price.cost(finish_prompt, sum(lim * n for lim, n in finish_outs.items()))
     budget = job.budget.max_usd
     left = None if budget is None else max(budget - spent, 0.0)
     plan = _with(

@@ -67,8 +67,8 @@ def simple_parts(env: jinja2.Environment, template: str) -> list[tuple[bool, str
 
 
 ROW_KEY = "\x00batchrun-row\x00"
-"""Prefix of a row's text when its system prompt is rendered per row: ROW_KEY + JSON [system, user]
-(so the fingerprint, the token count and the request all carry the row's own system prompt)."""
+"""Prefix of a row's text when its system prompt or parameters are its own: ROW_KEY + JSON [system, user,
+params] (so the fingerprint, the token count and the request all carry the row's own values)."""
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 """C0 control characters but tab, newline and carriage return: never meant for a prompt."""
 
@@ -130,6 +130,13 @@ class Renderer:
                     f"{job.source_path}: [prompt.examples] #{i + 1} names columns "
                     f"{sorted(template_variables(m.content))}: few-shot examples are sent as written"
                 )
+        self.row_params = dict(job.request.params_from)
+        missing_params = sorted({c for c in self.row_params.values()} - set(columns))
+        if missing_params:
+            raise TemplateError(
+                f"{job.source_path}: [request.params_from] names {missing_params}, which the input "
+                f"{job.input.path.name} lacks; its columns are {list(columns)}"
+            )
         self.used_columns = sorted(used & set(columns))
         """The input columns the template names: a row with any of them null is empty (empty_input)."""
         self.strip_controls = job.input.control_chars == "strip"
@@ -181,10 +188,18 @@ class Renderer:
         if texts is None:
             rows = batch.select(self.columns).to_dicts()
             texts = [self.render_text(r, i) for r, i in zip(rows, ids, strict=True)]
-        if self.system_template is not None:
+        if self.system_template is not None or self.row_params:
             rows = batch.select(self.columns).to_dicts()
-            systems = [self._render(self.system_template, "system", r, i) for r, i in zip(rows, ids, strict=True)]
-            texts = [ROW_KEY + json.dumps([sy, t], ensure_ascii=False) for sy, t in zip(systems, texts, strict=True)]
+            systems: list[str | None] = [None] * len(texts)
+            if self.system_template is not None:
+                systems = [self._render(self.system_template, "system", r, i) for r, i in zip(rows, ids, strict=True)]
+            params = [
+                {k: r[c] for k, c in self.row_params.items() if r[c] is not None} for r in rows
+            ]  # a null cell: the job's own value
+            texts = [
+                ROW_KEY + json.dumps([sy, t, pr], ensure_ascii=False, sort_keys=True)
+                for sy, t, pr in zip(systems, texts, params, strict=True)
+            ]
         if self.strip_controls:
             texts = [CONTROL_CHARS.sub("", t) for t in texts]
         return positions, ids, texts
@@ -199,9 +214,28 @@ class Renderer:
     def split(text: str) -> tuple[str | None, str]:
         """(per-row system prompt or None, user text) of what `texts` returned for a row."""
         if text.startswith(ROW_KEY):
-            system, user = json.loads(text[len(ROW_KEY) :])
+            system, user, _params = json.loads(text[len(ROW_KEY) :])
             return system, user
         return None, text
+
+    @staticmethod
+    def params_of(text: str) -> dict[str, Any]:
+        """The row's own request parameters ([request] params_from) in what `texts` returned."""
+        if text.startswith(ROW_KEY):
+            return json.loads(text[len(ROW_KEY) :])[2]
+        return {}
+
+    def body(self, text: str, model: str | None = None) -> dict[str, Any]:
+        """A chat row's whole request body."""
+        body = {**self.params, **self.params_of(text)}
+        if model is not None:
+            body["model"] = model
+        body["messages"] = self.messages(text)
+        return body
+
+    def max_output_of(self, body: dict[str, Any]) -> int:
+        value = body.get("max_completion_tokens", body.get("max_tokens"))
+        return int(value) if value is not None else self.max_output
 
     def messages(self, text: str) -> list[dict[str, Any]]:
         system, user = self.split(text)
@@ -267,12 +301,51 @@ class Renderer:
             return self.counter.count_texts(texts)
         # "user" is one token in every encoding; counted like any other string field
         base = self.fixed_tokens + TOKENS_PER_MESSAGE + REPLY_PRIMING + self.schema_tokens + self.role_tokens
-        if self.system_template is None:
+        if self.system_template is None and not self.row_params:
             return [base + n for n in self.counter.count_texts(texts)]
         pairs = [self.split(t) for t in texts]
         users = self.counter.count_texts([u for _, u in pairs])
+        if self.system_template is None:
+            return [base + n for n in users]
         systems = [self.counter.count_message({"role": "system", "content": sy or ""}) for sy, _ in pairs]
         return [base + n + m for n, m in zip(users, systems, strict=True)]
+
+    def check_row_params(self, source: Source) -> None:
+        """Every per-row parameter value is one the API takes, checked over the whole input before anything
+        is sent (a bad cell found mid-run would come after money was spent): names the row and column."""
+        rules: dict[str, tuple[Any, str]] = {
+            "max_tokens": ((pl.col("v") > 0), "a whole number above 0"),
+            "max_completion_tokens": ((pl.col("v") > 0), "a whole number above 0"),
+            "temperature": (pl.col("v").is_between(0, 2), "a number from 0 to 2"),
+            "top_p": (pl.col("v").is_between(0, 1), "a number from 0 to 1"),
+            "seed": (pl.lit(True), "a whole number"),
+        }
+        ints = ("max_tokens", "max_completion_tokens", "seed")
+        schema = dict(zip(source.columns, source.dtypes, strict=True))
+        for param, col in self.row_params.items():
+            if param not in rules:
+                continue  # passed through as is, like [request] params
+            ok, want = rules[param]
+            dtype = schema[col]
+            numeric = dtype.is_integer() if param in ints else dtype.is_numeric()
+            if not numeric or dtype == pl.Boolean:
+                raise InputError(
+                    f"{source.path}: column {col!r} ([request.params_from] {param}) holds {dtype}; "
+                    f"each value must be {want}"
+                )
+            bad = (
+                source.lazy()
+                .select(ROW_COLUMN, ID_COLUMN, pl.col(col).alias("v"))
+                .filter(pl.col("v").is_not_null() & ~ok)
+                .head(1)
+                .collect(engine="streaming")
+            )
+            if bad.height:
+                row, rid, value = bad.row(0)
+                raise InputError(
+                    f"{source.path}: data row {row + 1} (id {rid!r}), column {col!r} ([request.params_from] "
+                    f"{param}) is {value!r}; it must be {want}"
+                )
 
     def requests(self, positions: Sequence[int], ids: Sequence[str], texts: Sequence[str]) -> list[Request]:
         """Requests for rendered rows, their prompt tokens counted in one batch."""
@@ -284,9 +357,10 @@ class Renderer:
             ]
         out: list[Request] = []
         for pos, rid, text, n in zip(positions, ids, texts, counts, strict=True):
-            body = dict(self.params)
-            body["messages"] = self.messages(text)
-            out.append(Request(row=pos, row_id=rid, body=body, prompt_tokens=n, max_output_tokens=self.max_output))
+            body = self.body(text)
+            out.append(
+                Request(row=pos, row_id=rid, body=body, prompt_tokens=n, max_output_tokens=self.max_output_of(body))
+            )
         return out
 
     def json_body(self, model: str) -> Callable[[str], bytes]:
@@ -304,13 +378,10 @@ class Renderer:
                 "model": model,
                 "messages": [*self.fixed_messages, {"role": "user", "content": sentinel}],
             }
-        if self.system_template is not None and self.kind != "embeddings":
-            # the system prompt differs per row: no constant part to serialise once
-            params = {**self.params, "model": model}
-
+        if (self.system_template is not None or self.row_params) and self.kind != "embeddings":
+            # the system prompt or the parameters differ per row: no constant part to serialise once
             def per_row(text: str) -> bytes:
-                return json.dumps({**params, "messages": self.messages(text)}, ensure_ascii=False,
-                                  separators=(",", ":")).encode("utf-8")  # fmt: skip
+                return json.dumps(self.body(text, model), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
             return per_row
         whole = json.dumps(head, ensure_ascii=False, separators=(",", ":"))

@@ -358,3 +358,41 @@ def test_a_templated_system_prompt_goes_through_the_batch_api(make_sim: SimFacto
     path.write_text('mode = "batch"\n' + text)
     result = batchrun.run(path, wait=True)
     assert result.by_status == {"ok": 2} and result.mode == "batch"
+
+
+# -- per-row parameters ----------------------------------------------------------------------------
+
+
+def test_per_row_parameters_reach_the_requests_counts_and_costs(make_sim: SimFactory, tmp_path: Path) -> None:
+    sim = make_sim(text_tokens=(40, 60))
+    (tmp_path / "input.csv").write_text("id,text,mt,t\na,one,5,0.1\nb,two,,\nc,three,500,1.5\n")
+    path = job_file(
+        tmp_path, sim.base_url, input_extra='id_column = "id"',
+        extra="",
+    )  # fmt: skip
+    text = path.read_text().replace(
+        "max_tokens = 150", 'max_tokens = 150\nparams_from = { max_tokens = "mt", temperature = "t" }'
+    )
+    path.write_text(text)
+    plan = batchrun.make_plan(load_job(path))
+    assert plan.output_tokens_worst == 5 + 150 + 500  # each row's own limit; a null cell takes the job's
+    result = batchrun.run(path)
+    df = result.frame()
+    assert df["status"].to_list() == ["truncated", "ok", "ok"]  # row a was cut at its own 5 tokens
+    assert df["completion_tokens"][0] == 5
+    assert result.prompt_tokens == plan.prompt_tokens_total == sim.stats()["prompt_tokens"]
+    cost = (sim.stats()["prompt_tokens"] * 0.15 + sim.stats()["completion_tokens"] * 0.60) / 1e6
+    assert result.cost_usd == pytest.approx(cost)
+    assert batchrun.run(path).cached_rows == 3  # the per-row values are part of each row's fingerprint
+
+
+def test_bad_per_row_parameter_values_are_refused_before_sending(make_sim: SimFactory, tmp_path: Path) -> None:
+    sim = make_sim()
+    (tmp_path / "input.csv").write_text("id,text,mt\na,one,5\nb,two,-3\n")
+    path = job_file(tmp_path, sim.base_url, input_extra='id_column = "id"')
+    path.write_text(
+        path.read_text().replace("max_tokens = 150", 'max_tokens = 150\nparams_from = { max_tokens = "mt" }')
+    )
+    refused(sim, cli("run", str(path), "-q"), "data row 2 (id 'b')", "column 'mt'", "is -3")
+    path.write_text(path.read_text().replace('params_from = { max_tokens = "mt" }', 'params_from = { model = "mt" }'))
+    refused(sim, cli("run", str(path), "-q"), "params_from cannot set `model` yet")
