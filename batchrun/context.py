@@ -180,7 +180,12 @@ class RunContext:
             limiter=self.limiter,
             parser=parser,
             price=self.price,
-            options=options or EngineOptions(max_in_flight=limits.max_in_flight, max_attempts=limits.max_attempts),
+            options=options
+            or EngineOptions(
+                max_in_flight=limits.max_in_flight,
+                max_attempts=limits.max_attempts,
+                fail_fast_rows=limits.fail_fast_rows,
+            ),
             on_result=on_result,
             embedding_dims=embedding_dims,
             budget=self.budget,

@@ -100,6 +100,8 @@ class EngineOptions:
     max_attempts: int = 6
     retry_bad_replies: int = 0
     window: int = 20_000
+    fail_fast_rows: int = 10
+    """Distinct rows failing the same way in a row, no success between, that stop the run (0: never)."""
     backoff: Backoff = field(default_factory=Backoff)
     seed: int = 0
 
@@ -214,6 +216,9 @@ class Engine:
         self.completions: deque[float] = deque()
         self.aborted = False
         self._active: set[asyncio.Task[Any]] = set()
+        # the circuit breaker: the same failure, row after row, with no success between
+        self._streak_key: tuple[Any, ...] | None = None
+        self._streak_rows: set[int] = set()
 
     # -- public --------------------------------------------------------------------------------
 
@@ -367,6 +372,9 @@ class Engine:
                     self.budget.settle(worst, 0.0)  # a request that got no reply is not billed
                 failure = classify(exc)
                 self._audit(item, max_tokens, getattr(exc, "response", None), None, failure.message)
+                if failure.action in (Action.RETRY, Action.ROW_FAILED) and self._tripped(item, failure):
+                    self._emit_all(item, "failed", failure.message, attempts, retryable=True)
+                    return
                 if failure.headers is not None:
                     self.limiter.observe(failure.headers)
                 last_error = failure.message
@@ -413,6 +421,7 @@ class Engine:
                 self._emit_all(item, status, last_error, attempts, retryable=failure.action is Action.RETRY)
                 return
             latency = (time.monotonic() - t0) * 1000
+            self._streak_key, self._streak_rows = None, set()  # a reply: the endpoint works
             self._audit(item, max_tokens, raw, reply, None)
             cost = self._reply_cost(reply, item)
             if self.budget is not None:
@@ -436,6 +445,29 @@ class Engine:
                 continue
             self._emit(item.seqs[0], result)
             return
+
+    def _tripped(self, item: WorkItem, failure: Any) -> bool:
+        """Count a failure towards the breaker; True (and the run stopped) when it trips."""
+        limit = self.options.fail_fast_rows
+        if not limit:
+            return False
+        key = (failure.status, failure.message[:120])
+        if key != self._streak_key:
+            self._streak_key, self._streak_rows = key, set()
+        self._streak_rows.add(item.seqs[0])
+        if len(self._streak_rows) < limit:
+            return False
+        if self.stop_error is None:
+            what = "could not be reached" if failure.status is None else "failed"
+            self.stop(
+                EndpointError(
+                    f"the endpoint {what} the same way for {len(self._streak_rows)} different rows in a row, with no "
+                    f"success between ({failure.message}); stopped instead of retrying every row. Finished rows "
+                    "are kept; check [endpoint] base_url and the server, then run the job again "
+                    "([limits] fail_fast_rows = 0 turns this off)"
+                )
+            )
+        return True
 
     def _worst_cost(self, item: WorkItem, extra_tokens: int) -> float:
         if self.price is None:

@@ -33,6 +33,45 @@ def parse_duration(text: str) -> float | None:
     return total if pos == len(text) else None
 
 
+MAX_WAIT_SECONDS = 600.0
+"""No wait a server asks for is slept longer than this in one go: past it, the next request asks again."""
+_EPOCH_AFTER = 1e8  # seconds: a "reset" this large is a Unix timestamp (1973 on), not a delay
+_EPOCH_MS_AFTER = 1e11
+
+
+def parse_reset(text: str, now: float | None = None) -> float | None:
+    """Seconds until a reset or retry time, in every form servers send: a Go duration or bare seconds
+    ("6m0s", "8.64s", "120ms", "30"), a Unix timestamp in seconds or milliseconds, an RFC 3339 time
+    ("2026-12-02T01:00:00Z", as Anthropic-style headers have it) or an HTTP date (Retry-After). Never
+    negative; None when unreadable."""
+    import time
+    from datetime import datetime
+    from email.utils import parsedate_to_datetime
+
+    text = text.strip()
+    if not text:
+        return None
+    now = time.time() if now is None else now
+    seconds = parse_duration(text)
+    if seconds is not None:
+        if seconds >= _EPOCH_MS_AFTER:
+            return max(seconds / 1000 - now, 0.0)
+        if seconds >= _EPOCH_AFTER:
+            return max(seconds - now, 0.0)
+        return max(seconds, 0.0)
+    when = None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+    if when.tzinfo is None:
+        return None
+    return max(when.timestamp() - now, 0.0)
+
+
 def format_duration(seconds: float) -> str:
     """A Go-style duration as OpenAI writes it: "120ms", "8.64s", "6m0s", "1h0m0s"."""
     seconds = max(seconds, 0.0)
@@ -91,7 +130,8 @@ def read_headers(headers: Mapping[str, str]) -> RateLimitHeaders:
 
     def dur(name: str) -> float | None:
         v = get(name)
-        return parse_duration(v) if v is not None else None
+        seconds = parse_reset(v) if v is not None else None
+        return None if seconds is None else min(seconds, MAX_WAIT_SECONDS)
 
     limit_tokens = _int(get("x-ratelimit-limit-tokens"))
     retry_after = None
@@ -101,10 +141,7 @@ def read_headers(headers: Mapping[str, str]) -> RateLimitHeaders:
         except ValueError:
             retry_after = None
     if retry_after is None and (ra := get("retry-after")) is not None:
-        try:
-            retry_after = float(ra)
-        except ValueError:
-            retry_after = None  # an HTTP date: rare here, and the 429 message says it too
+        retry_after = parse_reset(ra)  # seconds, or an HTTP date
     return RateLimitHeaders(
         limit_requests=_int(get("x-ratelimit-limit-requests")),
         limit_tokens=limit_tokens if limit_tokens else None,

@@ -209,6 +209,10 @@ class LimitsSpec(_Spec):
     tpm: int | None = Field(default=None, gt=0)
     max_in_flight: int = Field(default=256, gt=0, le=10_000)
     max_attempts: int = Field(default=6, gt=0, le=50)
+    fail_fast_rows: int = Field(default=10, ge=0)
+    """Stop the run (exit 5, finished rows kept) when this many different rows in a row fail the same way
+    with no success between — a dead endpoint or a server-side bug — instead of retrying every row
+    max_attempts times. 0 turns it off."""
 
 
 class BudgetSpec(_Spec):

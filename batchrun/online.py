@@ -49,6 +49,7 @@ class OnlineRun:
             max_attempts=job.limits.max_attempts,
             retry_bad_replies=job.request.retry_bad_replies,
             window=max(20_000, 4 * job.limits.max_in_flight * per_item),
+            fail_fast_rows=job.limits.fail_fast_rows,
         )
         self.results: asyncio.Queue[tuple[int, RowResult] | None] = asyncio.Queue()
         self.engine = ctx.engine(

@@ -14,7 +14,7 @@ from typing import Any
 
 import openai
 
-from .headers import RateLimitHeaders, read_headers, try_again_in
+from .headers import MAX_WAIT_SECONDS, RateLimitHeaders, read_headers, try_again_in
 from .redact import scrub
 
 QUOTA_CODES = frozenset(
@@ -87,6 +87,10 @@ def classify(exc: BaseException) -> Failure:
             if wait is None:
                 wait = headers.reset_tokens if type_ == "tokens" else headers.reset_requests
             kind = type_ if type_ in ("tokens", "requests") else None
+            if wait is not None and wait > MAX_WAIT_SECONDS:
+                # never slept blindly: wait the cap, then the next request asks the server again
+                message = f"{message} (the server asked to wait {wait:,.0f} s; waiting {MAX_WAIT_SECONDS:,.0f} s, then asking again)"
+                wait = MAX_WAIT_SECONDS
             return Failure(Action.RATE_LIMITED, message, status, wait=wait, limit_kind=kind, headers=headers)
         if status in (401, 403):
             return Failure(Action.STOP_ENDPOINT, f"{status} {message}", status, headers=headers)

@@ -40,7 +40,7 @@ def test_paths_resolve_against_the_job_folder(write_job: WriteJob, tmp_path: Pat
         ("[input\npath=1", "not valid TOML"),
         (
             BASIC_JOB + "\n[limits]\nrpn = 5\n",
-            r"\[limits.rpn\]: unknown key; allowed here: max_attempts, max_in_flight, rpm, tpm",
+            r"\[limits.rpn\]: unknown key; allowed here: fail_fast_rows, max_attempts, max_in_flight, rpm, tpm",
         ),
         (BASIC_JOB.replace('model = "gpt-4o-mini"', ""), r"\[request.model\]: required key is missing"),
         ('mode = "fast"\n' + BASIC_JOB, r"\[mode\]: must be 'online', 'batch' or 'auto', not 'fast'"),
