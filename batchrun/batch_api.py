@@ -124,10 +124,12 @@ class BatchClient:
         what: str,
         op: Callable[[], Awaitable[T]],
         recover: Callable[[], Awaitable[T | None]] | None = None,
+        attempts: int | None = None,
     ) -> T:
         """Run `op`, retrying what is worth retrying; after an ambiguous failure, `recover` looks
         for what the failed call may have created before `op` is sent again."""
-        for attempt in range(1, self.max_attempts + 1):
+        max_attempts = attempts or self.max_attempts
+        for attempt in range(1, max_attempts + 1):
             self.calls += 1
             try:
                 return await op()
@@ -138,14 +140,19 @@ class BatchClient:
                     f"{what}: the account is out of quota ({failure.message}). What was collected is kept; "
                     "add credit, then run the job again."
                 )
-            if failure.action in (Action.RETRY, Action.RATE_LIMITED) and attempt < self.max_attempts:
+            if failure.action in (Action.RETRY, Action.RATE_LIMITED) and attempt < max_attempts:
                 await self.sleep(self.backoff.delay(attempt, self.rng, failure.wait))
                 if recover is not None and failure.action is Action.RETRY:
                     found = await recover()
                     if found is not None:
                         return found
                 continue
-            raise EndpointError(f"{what} failed: {failure.message}")
+            if failure.status is None:
+                raise EndpointError(
+                    f"{what} failed: could not reach the server at {self.client.base_url} ({failure.message}); "
+                    "check [endpoint] base_url and that the server is running. Nothing submitted is lost."
+                )
+            raise EndpointError(f"{what} answered {failure.message}")
         raise AssertionError("unreachable")
 
     async def _json(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
@@ -160,8 +167,18 @@ class BatchClient:
 
     async def probe(self) -> None:
         """Fail early, before anything is uploaded, when the server has no Batch API."""
+
+        async def op() -> Any:
+            return await self._json("GET", "/batches", params={"limit": 1})
+
         try:
-            await self._json("GET", "/batches", params={"limit": 1})
+            await op()
+        except openai.APIConnectionError:
+            # nothing submitted yet: a few quick tries, then a clear error, not a minute of backoff
+            await self._call("GET /batches (is there a Batch API?)", op, attempts=3)
+        except openai.InternalServerError:
+            # "Batch API broken right now", not "no Batch API": retried with backoff, then named
+            await self._call("GET /batches (is there a Batch API?)", op)
         except openai.NotFoundError as exc:
             raise EndpointError(
                 f"this server has no Batch API (GET {self.client.base_url}batches answered 404). "

@@ -131,3 +131,14 @@ def test_the_same_server_error_for_every_row_stops_the_run(make_sim: SimFactory,
     assert sim.stats()["requests"] < 150  # not 6 tries × 300 rows
     again = _run(_job(tmp_path, sim.base_url, 300, limits="fail_fast_rows = 0\nmax_attempts = 1"))[0]
     assert again.returncode == ExitCode.ROWS_FAILED  # the breaker off: every row tried (once here)
+
+
+def test_batch_mode_with_nothing_listening_is_a_message_not_a_traceback(make_sim: SimFactory, tmp_path: Path) -> None:
+    sim = make_sim()
+    port = sim.port
+    sim.stop()
+    path = _job(tmp_path, f"http://127.0.0.1:{port}/v1", 5)
+    path.write_text('mode = "batch"\n' + path.read_text())
+    proc, _ = _run(path)
+    assert proc.returncode == ExitCode.ENDPOINT, proc.stderr
+    assert "could not reach the server" in proc.stderr and "Traceback" not in proc.stderr
