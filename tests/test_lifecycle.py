@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -294,12 +295,14 @@ def test_jobs_sharing_a_ledger_keep_their_own_budgets(make_sim: SimFactory, tmp_
     # finish on its own, and would stop b half way if a's spend counted against it
     shared = f'\n[output]\nledger = "shared.sqlite"\npath = "{{}}.parquet"\n[budget]\nmax_usd = {cost * 1.5}\n'
     a = load_job(write(tmp_path, sim.base_url, rows, name="a", in_flight=1, extra=shared.format("a")))
-    b_rows = [r + " b" for r in rows]  # its own rows: a shared ledger is a shared cache too
-    b = load_job(write(tmp_path, sim.base_url, b_rows, name="b", in_flight=1, extra=shared.format("b")))
     assert batchrun.run(a, over_budget=True).by_status == {"ok": 30}
-    assert batchrun.run(b, over_budget=True).by_status == {"ok": 30}  # a's spend is not b's
-    status = cli("status", str(a.source_path))
-    assert "a " in status.stdout and "b " in status.stdout and "paid request" in status.stdout
+    b_rows = [r + " b" for r in rows]  # its own rows (written after a ran: both read input.csv)
+    b = load_job(write(tmp_path, sim.base_url, b_rows, name="b", in_flight=1, extra=shared.format("b")))
+    result = batchrun.run(b, over_budget=True)
+    assert result.by_status == {"ok": 30} and result.requests_sent == 30  # a's spend is not b's
+    status = cli("status", str(a.source_path)).stdout
+    assert re.search(r"^\s+a\s+\$[0-9.]+ for 30 paid request\(s\)$", status, re.M), status
+    assert re.search(r"^\s+b\s+\$[0-9.]+ for 30 paid request\(s\)$", status, re.M), status
 
 
 # -- what the cache reuses -------------------------------------------------------------------------
