@@ -243,10 +243,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings() -> None:
+    """Warnings reach the user as one clear line each, once — not Python's `path:line: Category:` form."""
+    seen: set[str] = set()
+
+    def show(message: Warning | str, *_: object, **__: object) -> None:
+        text = f"batchrun: warning: {scrub(str(message))}"
+        if text not in seen:
+            seen.add(text)
+            print(text, file=sys.stderr)
+
+    warnings.showwarning = show  # type: ignore[assignment]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
+    _one_line_warnings()
     try:
         code = args.func(args)
         sys.stdout.flush()

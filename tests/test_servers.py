@@ -142,3 +142,15 @@ def test_batch_mode_with_nothing_listening_is_a_message_not_a_traceback(make_sim
     proc, _ = _run(path)
     assert proc.returncode == ExitCode.ENDPOINT, proc.stderr
     assert "could not reach the server" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_warnings_are_one_clear_line_each_once(tmp_path: Path) -> None:
+    pl.DataFrame({"text": ["a", "b"]}).write_csv(tmp_path / "input.csv")
+    path = tmp_path / "job.toml"
+    path.write_text(JOB.format(base_url="http://127.0.0.1:9/v1", limits="").replace("gpt-4o-mini", "acme-llm"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "batchrun", "plan", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines == ["batchrun: warning: model 'acme-llm' is unknown to tiktoken; counting tokens with o200k_base"]
