@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .ledger import Ledger
+from .ledger import Ledger, select_in
 
 SHARD_FIELDS = (
     "id", "run_id", "round", "number", "path", "lines", "bytes", "tokens", "sha256", "state", "file_id",
@@ -181,15 +181,13 @@ class BatchBook:
         """fingerprint → (shard id, attempts, last error, shard state) for requests already sharded."""
         found: dict[str, tuple[int, int, str | None, str]] = {}
         with self.ledger.lock:
-            for start in range(0, len(fingerprints), 900):
-                chunk = list(fingerprints[start : start + 900])
-                marks = ",".join("?" * len(chunk))
-                for fp, sid, attempts, err, state in self.db.execute(
-                    "SELECT i.fingerprint, i.shard_id, i.attempts, i.last_error, s.state FROM batch_items i "
-                    f"JOIN shards s ON s.id = i.shard_id WHERE i.fingerprint IN ({marks})",
-                    chunk,
-                ):
-                    found[fp] = (sid, attempts, err, state)
+            for fp, sid, attempts, err, state in select_in(
+                self.db,
+                "SELECT i.fingerprint, i.shard_id, i.attempts, i.last_error, s.state FROM batch_items i "
+                "JOIN shards s ON s.id = i.shard_id WHERE i.fingerprint IN ({marks})",
+                fingerprints,
+            ):
+                found[fp] = (sid, attempts, err, state)
         return found
 
     def shard_items(self, shard_id: int) -> dict[str, str | None]:

@@ -30,7 +30,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -168,6 +168,14 @@ class CachePolicy:
 OUTPUT_LIMIT_KEYS = frozenset({"max_tokens", "max_completion_tokens"})
 
 
+def select_in(db: sqlite3.Connection, sql: str, keys: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+    """Rows of `sql` (whose `{marks}` is an IN list) for every key, 900 keys per statement: SQLite's
+    bound-parameter limit. The caller holds whatever lock the connection needs."""
+    for start in range(0, len(keys), 900):
+        chunk = list(keys[start : start + 900])
+        yield from db.execute(sql.format(marks=",".join("?" * len(chunk))), chunk)
+
+
 class Fingerprinter:
     """The cache key of a request: a hash of what is actually sent, and where.
 
@@ -283,55 +291,51 @@ class Ledger:
         policy: CachePolicy | None,
         rejected: dict[str, RowResult] | None = None,
     ) -> None:
-        for start in range(0, len(fingerprints), 900):  # SQLite's bound-parameter limit
-            chunk = list(fingerprints[start : start + 900])
-            marks = ",".join("?" * len(chunk))
-            for row in self.db.execute(
-                "SELECT fingerprint, status, error, attempts, prompt_tokens, completion_tokens, cost_usd, "
-                "latency_ms, finish_reason, model, request_id, output, raw_text, row_id, created_at, "
-                f"max_output_tokens FROM results WHERE fingerprint IN ({marks})",
-                chunk,
-            ):
-                fp, status, error, attempts, pt, ct, cost, lat, finish, model, rid, output, raw, row_id, at, mx = row
-                into = found
-                if policy is not None and not policy.accepts(status, ct, mx, at):
-                    if rejected is None:
-                        continue
-                    into = rejected
-                if origin is not None:
-                    origin[fp] = (row_id, at)
-                into[fp] = RowResult(
-                    row=-1,
-                    row_id="",
-                    status=status,
-                    error=error,
-                    attempts=attempts,
-                    prompt_tokens=pt,
-                    completion_tokens=ct,
-                    cost_usd=cost,
-                    latency_ms=lat,
-                    finish_reason=finish,
-                    model=model,
-                    request_id=rid,
-                    output=json.loads(output) if output is not None else None,
-                    raw_text=raw,
-                    from_cache=True,
-                )
+        for row in select_in(
+            self.db,
+            "SELECT fingerprint, status, error, attempts, prompt_tokens, completion_tokens, cost_usd, "
+            "latency_ms, finish_reason, model, request_id, output, raw_text, row_id, created_at, "
+            "max_output_tokens FROM results WHERE fingerprint IN ({marks})",
+            fingerprints,
+        ):
+            fp, status, error, attempts, pt, ct, cost, lat, finish, model, rid, output, raw, row_id, at, mx = row
+            into = found
+            if policy is not None and not policy.accepts(status, ct, mx, at):
+                if rejected is None:
+                    continue
+                into = rejected
+            if origin is not None:
+                origin[fp] = (row_id, at)
+            into[fp] = RowResult(
+                row=-1,
+                row_id="",
+                status=status,
+                error=error,
+                attempts=attempts,
+                prompt_tokens=pt,
+                completion_tokens=ct,
+                cost_usd=cost,
+                latency_ms=lat,
+                finish_reason=finish,
+                model=model,
+                request_id=rid,
+                output=json.loads(output) if output is not None else None,
+                raw_text=raw,
+                from_cache=True,
+            )
 
     def answered(self, fingerprints: Sequence[str], policy: CachePolicy | None = None) -> dict[str, float]:
         """Fingerprint → time recorded, for those with a final answer `policy` accepts (nothing decoded)."""
         found: dict[str, float] = {}
         with self.lock:
-            for start in range(0, len(fingerprints), 900):
-                chunk = list(fingerprints[start : start + 900])
-                marks = ",".join("?" * len(chunk))
-                for fp, status, ct, mx, at in self.db.execute(
-                    "SELECT fingerprint, status, completion_tokens, max_output_tokens, created_at FROM results "
-                    f"WHERE fingerprint IN ({marks})",
-                    chunk,
-                ):
-                    if policy is None or policy.accepts(status, ct, mx, at):
-                        found[fp] = at
+            for fp, status, ct, mx, at in select_in(
+                self.db,
+                "SELECT fingerprint, status, completion_tokens, max_output_tokens, created_at FROM results "
+                "WHERE fingerprint IN ({marks})",
+                fingerprints,
+            ):
+                if policy is None or policy.accepts(status, ct, mx, at):
+                    found[fp] = at
         return found
 
     def spent(self, job: str | None = None) -> float:

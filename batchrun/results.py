@@ -125,7 +125,6 @@ def format_summary(r: RunResult) -> str:
         return "\n".join([head, f"  batches      {r.waiting}", *(f"  note         {n}" for n in r.notes)])
     if r.mode != "online":
         return _format_batch(r)
-    statuses = r.statuses()
     cost = f"${r.cost_usd:,.4f}" if r.price_known else "unknown (no price for this model)"
     rpm, tpm = r.limits
     lat = (
@@ -148,10 +147,7 @@ def format_summary(r: RunResult) -> str:
     else:
         allow = "no rate limits known: neither the job nor the server gave any"
     lines = [
-        f"{'SIMULATED run' if r.simulated else 'Run'} of {r.job!r} → {r.output_path}",
-        f"  rows         {r.rows:,}   {statuses}",
-        f"  tokens       prompt {r.prompt_tokens:,}   completion {r.completion_tokens:,}",
-        f"  cost         {cost}" + ("   (simulated: nothing billed)" if r.simulated else ""),
+        *_head(r, "run", cost),
         f"  latency      {lat}",
         f"  requests     {r.requests_sent:,} sent   {r.rate_limited:,} rate-limited (429)   {r.retries:,} retries",
         f"  cache        {r.cached_rows:,} rows answered without a request (ledger, or an identical row) — "
@@ -163,26 +159,34 @@ def format_summary(r: RunResult) -> str:
         lines += [f"  document     {p}" for p in r.documents]
     if r.stopped:
         lines.append(f"  STOPPED      {r.stopped}")
-    lines += _unanswered_lines(r)
-    lines += [f"  note         {n}" for n in r.notes]
-    return "\n".join(lines)
+    return "\n".join([*lines, *_tail(r)])
 
 
 def _format_batch(r: RunResult) -> str:
-    statuses = r.statuses()
     cost = f"${r.cost_usd:,.4f} at the Batch API price" if r.price_known else "unknown (no price for this model)"
     lines = [
-        f"{'SIMULATED batch run' if r.simulated else 'Batch run'} of {r.job!r} → {r.output_path}",
-        f"  rows         {r.rows:,}   {statuses}",
-        f"  tokens       prompt {r.prompt_tokens:,}   completion {r.completion_tokens:,}",
-        f"  cost         {cost}" + ("   (simulated: nothing billed)" if r.simulated else ""),
+        *_head(r, "batch run", cost),
         f"  requests     {r.requests_sent:,} in {len(r.batch_ids)} batch(es)   {r.retries:,} sent again",
         f"  cache        {r.cached_rows:,} rows answered from the ledger — ${r.cached_usd:,.4f} not spent again",
         f"  wall time    {r.wall_seconds:,.1f} s (this invocation)",
     ]
-    lines += _unanswered_lines(r)
-    lines += [f"  note         {n}" for n in r.notes]
-    return "\n".join(lines)
+    return "\n".join([*lines, *_tail(r)])
+
+
+def _head(r: RunResult, what: str, cost: str) -> list[str]:
+    """The title, rows, tokens and cost lines every summary opens with."""
+    title = f"SIMULATED {what}" if r.simulated else what.capitalize()
+    return [
+        f"{title} of {r.job!r} → {r.output_path}",
+        f"  rows         {r.rows:,}   {r.statuses()}",
+        f"  tokens       prompt {r.prompt_tokens:,}   completion {r.completion_tokens:,}",
+        f"  cost         {cost}" + ("   (simulated: nothing billed)" if r.simulated else ""),
+    ]
+
+
+def _tail(r: RunResult) -> list[str]:
+    """What every summary closes with: the unanswered rows and the notes."""
+    return [*_unanswered_lines(r), *(f"  note         {n}" for n in r.notes)]
 
 
 def _unanswered_lines(r: RunResult) -> list[str]:
