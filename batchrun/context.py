@@ -19,8 +19,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from .budget import Budget
 from .endpoints import Endpoint
-from .engine import Budget, Engine, EngineOptions
+from .engine import Engine, EngineOptions
 from .errors import BatchrunError, Interrupted, JobFileError
 from .jobs import Job
 from .ledger import COMMIT_SECONDS, CachePolicy, Fingerprinter, Ledger

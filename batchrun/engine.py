@@ -27,7 +27,9 @@ from typing import Any
 
 import openai
 
+from .budget import Budget
 from .errors import BatchrunError, BudgetExceeded, EndpointError, QuotaExhausted
+from .gate import Gate
 from .headers import read_headers
 from .limits import RateLimiter, RequestTooLarge
 from .pricing import ModelPrice
@@ -104,71 +106,6 @@ class EngineOptions:
     """Distinct rows failing the same way in a row, no success between, that stop the run (0: never)."""
     backoff: Backoff = field(default_factory=Backoff)
     seed: int = 0
-
-
-class Budget:
-    """A spend cap enforced by reservation: each send reserves its worst-case cost (prompt + max
-    output tokens at the model's price) and settles with the real cost when the reply comes."""
-
-    def __init__(self, max_usd: float, spent_before: float = 0.0) -> None:
-        self.max_usd = max_usd
-        self.spent_before = spent_before
-        self.spent = 0.0
-        self.reserved = 0.0
-
-    def reserve(self, worst: float) -> bool:
-        if self.spent_before + self.spent + self.reserved + worst > self.max_usd + 1e-12:
-            return False
-        self.reserved += worst
-        return True
-
-    def settle(self, worst: float, actual: float) -> None:
-        self.reserved -= worst
-        self.spent += actual
-
-    def message(self) -> str:
-        total = self.spent_before + self.spent + self.reserved
-        return (
-            f"budget.max_usd = ${self.max_usd:,.4f} reached: ${total:,.4f} spent or in flight "
-            f"(${self.spent_before:,.4f} in earlier runs). Finished rows are kept; raise budget.max_usd "
-            "and run the job again to continue."
-        )
-
-
-class Gate:
-    """An adjustable concurrency limit (Little's law: in flight = rate × latency)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.active = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    async def __aenter__(self) -> None:
-        while self.active >= self.limit:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
-            try:
-                await fut
-            finally:
-                if fut in self._waiters:
-                    self._waiters.remove(fut)
-        self.active += 1
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.active -= 1
-        self._wake()
-
-    def set_limit(self, limit: int) -> None:
-        self.limit = limit
-        self._wake()
-
-    def _wake(self) -> None:
-        free = self.limit - self.active
-        while free > 0 and self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                free -= 1
 
 
 class Engine:

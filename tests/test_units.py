@@ -18,7 +18,7 @@ try:
 except ImportError:  # pragma: no cover
     import httpx  # type: ignore[no-redef]
 
-from batchrun.engine import Gate
+from batchrun.gate import Gate
 from batchrun.replies import ReplyParser
 from batchrun.retries import Action, Backoff, classify
 from batchrun.sinks import ReorderBuffer, arrow_field_type
