@@ -8,6 +8,7 @@ fingerprint) and the output layout (typed columns fixed before the first row).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from .retries import Action, line_failure
 from .sinks import ParquetSink, RowResult, empty_result
 
 if TYPE_CHECKING:
-    from .batch_run import BatchJob
+    from .batch_job import BatchJob
 
 
 @dataclass
@@ -41,8 +42,9 @@ class Tally:
         self.rows += 1
         self.by_status[r.status] = self.by_status.get(r.status, 0) + 1
         if r.from_cache:
-            self.cached_rows += 1
-            self.cached_usd += r.cost_usd or 0.0
+            if r.status != "failed":  # a failure reused is not an answer
+                self.cached_rows += 1
+                self.cached_usd += r.cost_usd or 0.0
             return
         self.prompt_tokens += r.prompt_tokens or 0
         self.completion_tokens += r.completion_tokens or 0
@@ -50,7 +52,7 @@ class Tally:
 
 
 class ResultsMixin:
-    """BatchJob's reading and writing of results (see batch_run.BatchJob for the attributes)."""
+    """BatchJob's reading and writing of results (see batch_job.BatchJob for the attributes)."""
 
     def _ingest(
         self: BatchJob, shard: ShardRecord, info: BatchInfo, files: list[Path], line_errors: list[dict[str, Any]]
@@ -59,8 +61,10 @@ class ResultsMixin:
         ids = self.book.shard_items(shard.id)
         seen: set[str] = set()
         retry: list[tuple[str, str]] = []
-        counts = {"ok": 0, "failed": 0, "retry": 0}
+        counts: dict[str, int] = {}  # by the status each line's answer got, as the output will say
         ledger = self.ledger
+        audit = self.ctx.audit
+        trail: list[dict[str, Any]] = []  # [output] audit: every result line as the server sent it
         for path in files:
             with path.open("rb") as f:
                 for raw in f:
@@ -71,22 +75,24 @@ class ResultsMixin:
                     if cid not in ids or cid in seen:
                         continue  # not ours (or a repeat): never let it overwrite an answer
                     seen.add(cid)
+                    if audit.enabled:
+                        trail.append({"time": time.time(), "mode": "batch", "batch_id": info.id, "custom_id": cid,
+                                      "row_ids": [ids[cid]], "shard_file": shard.filename,
+                                      "response": line.get("response"), "error": line.get("error")})  # fmt: skip
                     response = line.get("response") or None
                     status_code = response.get("status_code") if response else None
                     body = response.get("body") if response else None
                     if status_code == 200 and isinstance(body, dict):
                         result = self._result(body, response.get("request_id"), ids[cid] or "")
                         ledger.record_spend(result.cost_usd or 0.0, self.endpoint_key)  # paid, whatever it says
-                        counts["ok"] += 1
                     else:
                         failure = line_failure(status_code, body, line.get("error"))
                         if failure.action is not Action.ROW_FAILED:
                             retry.append((cid, failure.message))
-                            counts["retry"] += 1
                             continue
                         result = RowResult(row=-1, row_id=ids[cid] or "", status="failed", error=failure.message,
                                            attempts=1)  # fmt: skip
-                        counts["failed"] += 1
+                    counts[result.status] = counts.get(result.status, 0) + 1
                     ledger.record(cid, result, self.endpoint_key)
                     if len(ledger.pending) >= 5000:
                         ledger.flush()
@@ -100,12 +106,14 @@ class ResultsMixin:
                     ledger.record(
                         cid, RowResult(row=-1, row_id=ids[cid] or "", status="failed", error=msg), self.endpoint_key
                     )
-                    counts["failed"] += 1
+                    counts["failed"] = counts.get("failed", 0) + 1
         ledger.flush()
+        audit.write(trail)  # in this thread, as the ledger is: nothing else writes batch audit lines
         why = f"no result in batch {info.id} ({info.status})"
         retry += [(cid, why) for cid in ids.keys() - seen]
         self.book.note_failures(retry)
-        return f"{counts['ok']:,} ok, {counts['failed']:,} failed, {len(retry):,} to send again"
+        got = ", ".join(f"{n:,} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        return f"{got or 'no answers'}; {len(retry):,} to send again"
 
     def _shard_lines(self: BatchJob, shard: ShardRecord) -> dict[int, str]:
         """Line number → custom_id, read back from the shard file (for validation errors)."""

@@ -332,7 +332,7 @@ class BookRun:
         return self.ctx.engine_result(
             self.engine,
             by_status=dict(by_status),
-            cached_rows=sum(1 for _, r in rows if r.from_cache),
+            cached_rows=sum(1 for _, r in rows if r.from_cache and r.status != "failed"),
             cached_usd=self.cached_usd,
             notes=notes,
             documents=documents,

@@ -115,9 +115,13 @@ def _status(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     statuses = "   ".join(f"{k} {n:,}" for k, n in sorted(st.by_status.items()))
+    modes = ", ".join(f"{n} {k}" for k, n in sorted(st.runs_by_mode.items()))
     print(f"{job.name}: ledger {path}")
-    print(f"  answers kept   {st.results:,}   {statuses}")
-    print(f"  spent          ${st.cost_usd:,.4f} by this job in {st.runs} run(s) on this ledger")
+    print(f"  answers kept   {st.results:,}   {statuses}" + ("   (every job on this ledger)" if len(spend) > 1 else ""))
+    print(
+        f"  spent          ${st.cost_usd:,.4f} by this job in {st.runs} invocation(s)"
+        + (f" ({modes})" if modes else "")
+    )
     for name, (n, usd) in spend.items():
         label = name or "(before 0.2, unattributed)"
         print(f"    {label:<20} ${usd:,.4f} for {n:,} paid request(s)")

@@ -247,7 +247,7 @@ class RunContext:
             retries=stats.retries,
             wall_seconds=time.monotonic() - self.started,
             startup_seconds=(stats.first_send - self.started) if stats.first_send is not None else None,
-            minimum_seconds=limiter.minimum_seconds(stats.requests_sent, stats.charged_tokens),
+            minimum_seconds=limiter.minimum_seconds(*stats.admitted),
             limits=limiter.limits,
             simulated=self.endpoint.simulated,
             cached_rows=cached_rows,

@@ -65,6 +65,8 @@ class RunStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     charged_tokens: int = 0
+    refused_tokens: int = 0
+    """Of `charged_tokens`, what was asked for by requests the server refused with a rate-limit 429."""
     cost_usd: float = 0.0
     requests_sent: int = 0
     requests_ok: int = 0
@@ -80,8 +82,9 @@ class RunStats:
     def add(self, r: RowResult) -> None:
         self.by_status[r.status] = self.by_status.get(r.status, 0) + 1
         if r.from_cache:
-            self.cached_rows += 1
-            self.cached_usd += r.cost_usd or 0.0
+            if r.status != "failed":  # "answered without a request": a copied failure answered nothing
+                self.cached_rows += 1
+                self.cached_usd += r.cost_usd or 0.0
         else:
             self.spend(r.prompt_tokens, r.completion_tokens, r.cost_usd)
 
@@ -89,6 +92,12 @@ class RunStats:
         self.prompt_tokens += prompt or 0
         self.completion_tokens += completion or 0
         self.cost_usd += cost or 0.0
+
+    @property
+    def admitted(self) -> tuple[int, int]:
+        """Requests and tokens the server took (sent, less what a rate-limit 429 refused): the work
+        the limits had to allow."""
+        return self.requests_sent - self.rate_limited, self.charged_tokens - self.refused_tokens
 
     def tokens_last_minute(self, now: float) -> int:
         while self.recent and self.recent[0][0] < now - 60:
@@ -317,6 +326,7 @@ class Engine:
                 last_error = failure.message
                 if failure.action is Action.RATE_LIMITED:
                     self.stats.rate_limited += 1
+                    self.stats.refused_tokens += item.charged + extra_tokens
                     self.limiter.pause(failure.wait if failure.wait is not None else 1.0, kind=failure.limit_kind)
                     budget_used -= 1
                     rate_waits += 1

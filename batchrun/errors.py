@@ -126,3 +126,7 @@ class Interrupted(RunError):
         super().__init__(message)
         self.signum = signum
         self.exit_code = SIGNAL_EXIT.get(signal.Signals(signum), ExitCode.SIGINT)
+
+
+class JobKeyIgnored(UserWarning):
+    """A job-file key that the mode the job runs in cannot use: warned, not silently dropped."""

@@ -68,6 +68,15 @@ class InputSpec(_Spec):
     """NUL and other C0 control characters in a text cell (tab, newline and CR aside): refuse the input,
     naming the row, or strip them from the prompt."""
 
+    @model_validator(mode="after")
+    def _format_keys(self) -> InputSpec:
+        fmt = self.resolved_format
+        if self.sheet is not None and fmt and fmt != "xlsx":
+            raise ValueError(f"`sheet` picks a worksheet of an Excel file; {self.path.name} is {fmt}: remove it")
+        if self.separator is not None and fmt and fmt not in ("csv", "tsv"):
+            raise ValueError(f"`separator` applies to CSV files; {self.path.name} is {fmt}: remove it")
+        return self
+
     @property
     def resolved_format(self) -> str:
         if self.format:
@@ -141,6 +150,11 @@ class RequestSpec(_Spec):
             raise ValueError(f"params_from may not set {clash}: batchrun sets those itself")
         if self.kind == "embeddings" and self.params_from:
             raise ValueError("params_from is for chat jobs (embeddings requests take no per-row parameters)")
+        if self.kind == "embeddings":
+            chat_only = [k for k in ("temperature", "seed", "max_tokens", "max_completion_tokens") if getattr(self, k)]
+            chat_only += ["retry_bad_replies"] if self.retry_bad_replies else []
+            if chat_only:
+                raise ValueError(f"{', '.join(chat_only)} apply to chat requests; an embeddings request has none")
         if self.kind == "chat" and self.dimensions is not None:
             raise ValueError("`dimensions` is for embeddings jobs only")
         if self.kind == "chat" and self.max_output_tokens is None:
@@ -375,6 +389,22 @@ class Job(_Spec):
                 f'document jobs run online for now: set mode = "online" (the Batch API path for {fmt} '
                 "documents is not built yet)"
             )
+
+    def ignored_keys(self, mode: str) -> list[str]:
+        """What the job file sets that a run in `mode` cannot use (said as a warning, never silently)."""
+        out: list[str] = []
+        if mode == "batch" and self.mode == "batch" and not self.batch.online_fallback:
+            keys = sorted(self.limits.model_fields_set & {"rpm", "tpm", "max_in_flight", "fail_fast_rows"})
+            if keys:
+                out.append(
+                    f"[limits] {', '.join(keys)} do not apply to the Batch API (it has no per-minute limits; its "
+                    "queue is [batch] enqueued_token_limit): ignored in batch mode"
+                )
+        # a [batch] table in an online job is not warned about: it is kept to switch `mode` back and forth
+        if mode == "online" and self.mode == "online":
+            if self.deadline_hours is not None:
+                out.append('deadline_hours applies to mode = "batch" or "auto"; this job runs online')
+        return out
 
     @property
     def output_path(self) -> Path:

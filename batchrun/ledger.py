@@ -31,7 +31,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -209,6 +209,8 @@ class LedgerStats:
     cost_usd: float
     runs: int
     last_run: dict[str, Any] | None
+    runs_by_mode: dict[str, int] = field(default_factory=dict)
+    """This job's invocations by mode ("online", "batch", "unfinished")."""
 
 
 class Ledger:
@@ -338,6 +340,15 @@ class Ledger:
                     found[fp] = at
         return found
 
+    def statuses(self, fingerprints: Sequence[str]) -> dict[str, str]:
+        """Fingerprint → status of its recorded answer, for those that have one."""
+        with self.lock:
+            return dict(
+                select_in(
+                    self.db, "SELECT fingerprint, status FROM results WHERE fingerprint IN ({marks})", fingerprints
+                )
+            )
+
     def spent(self, job: str | None = None) -> float:
         """Dollars recorded as paid by `job` (default: this ledger's job) in every run, the simulator's
         excluded; spend carried over from a version-1 ledger (job '') counts for every job."""
@@ -361,9 +372,20 @@ class Ledger:
 
     def stats(self) -> LedgerStats:
         by_status = dict(self.db.execute("SELECT status, COUNT(*) FROM results GROUP BY status").fetchall())
-        (runs,) = self.db.execute("SELECT COUNT(*) FROM runs").fetchone()
+        # a shared ledger holds every job's runs: this job's are those its summary names (an unfinished
+        # one has no summary yet and is counted for every job, as it may be this one)
+        mine = "(summary IS NULL OR json_extract(summary, '$.job') = ?)"
+        runs_by_mode = dict(
+            self.db.execute(
+                f"SELECT COALESCE(json_extract(summary, '$.mode'), 'unfinished'), COUNT(*) FROM runs WHERE {mine} "
+                "GROUP BY 1",
+                (self.job,),
+            ).fetchall()
+        )
+        runs = sum(runs_by_mode.values())
         last = self.db.execute(
-            "SELECT started_at, finished_at, rows, summary FROM runs ORDER BY id DESC LIMIT 1"
+            f"SELECT started_at, finished_at, rows, summary FROM runs WHERE {mine} ORDER BY id DESC LIMIT 1",
+            (self.job,),
         ).fetchone()
         last_run = None
         if last:
@@ -374,7 +396,12 @@ class Ledger:
                 "summary": json.loads(last[3]) if last[3] else None,
             }
         return LedgerStats(
-            results=sum(by_status.values()), by_status=by_status, cost_usd=self.spent(), runs=runs, last_run=last_run
+            results=sum(by_status.values()),
+            by_status=by_status,
+            cost_usd=self.spent(),
+            runs=runs,
+            last_run=last_run,
+            runs_by_mode=runs_by_mode,
         )
 
     # -- writing -------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import dataclasses
 import os
 import signal
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -25,7 +26,7 @@ from typing import Literal
 from .checks import check_excel_rows, check_job_paths
 from .context import AuditLog, Committer, RunContext, Stopper, TableParts, accepted_statuses, job_budget, require_price
 from .endpoints import Endpoint, open_endpoint
-from .errors import BatchrunError, BudgetExceeded, EndpointError, Interrupted, JobFileError
+from .errors import BatchrunError, BudgetExceeded, EndpointError, Interrupted, JobFileError, JobKeyIgnored
 from .jobs import Job
 from .ledger import CachePolicy, Ledger, adopt_legacy_ledger, legacy_ledger_path
 from .limits import RateLimiter
@@ -91,7 +92,7 @@ def choose_mode(job: Job) -> tuple[str, str]:
     if job.mode != "auto":
         return job.mode, f'mode = "{job.mode}"'
     if job.ledger_file.exists():
-        from .batch_run import BatchJob
+        from .batch_job import BatchJob
 
         if BatchJob.has_active_run(job.ledger_file):
             return "batch", "a batch run of this job is under way"
@@ -179,6 +180,8 @@ async def _run_locked(
     mode, why = ("online", "") if job.mode == "online" else await asyncio.to_thread(choose_mode, job)
     if not options.start and mode != "batch":
         raise JobFileError(job.source_path, "mode", "`collect` moves a Batch API run along; this job runs online")
+    for message in job.ignored_keys(mode):
+        warnings.warn(f"{job.source_path or job.name}: {message}", JobKeyIgnored, stacklevel=1)
     from .sources import open_source
 
     source = None if job.input.is_document else await asyncio.to_thread(open_source, job.input)

@@ -27,6 +27,11 @@ from .results import RunResult
 from .sinks import ParquetSink, ReorderBuffer, RowResult, embedding_dims, empty_result
 
 
+def _an_answer(result: RowResult) -> bool:
+    """Whether an identical row's result answers this one too (a failure is shared, but is no answer)."""
+    return result.status in FINAL_STATUSES and result.status != "failed" and not result.retryable
+
+
 def _work_item(group: list[tuple[int, Request]]) -> WorkItem:
     return WorkItem(tuple(seq for seq, _ in group), tuple(req for _, req in group))
 
@@ -97,9 +102,7 @@ class OnlineRun:
         for f_seq, f_req in self.followers.pop(fp, []):
             self._emit_direct(
                 f_seq,
-                dataclasses.replace(
-                    result, row=f_req.row, row_id=f_req.row_id, from_cache=result.status in FINAL_STATUSES
-                ),
+                dataclasses.replace(result, row=f_req.row, row_id=f_req.row_id, from_cache=_an_answer(result)),
             )
 
     def _emit_direct(self, seq: int, result: RowResult) -> None:

@@ -186,7 +186,19 @@ def _head(r: RunResult, what: str, cost: str) -> list[str]:
 
 def _tail(r: RunResult) -> list[str]:
     """What every summary closes with: the unanswered rows and the notes."""
-    return [*_unanswered_lines(r), *(f"  note         {n}" for n in r.notes)]
+    return [*_unanswered_lines(r), *_hints(r), *(f"  note         {n}" for n in r.notes)]
+
+
+def _hints(r: RunResult) -> list[str]:
+    """The likely cause, when the statuses point at one."""
+    bad = r.by_status.get("schema_invalid", 0)
+    if bad and not r.by_status.get("ok") and not r.stopped:
+        return [
+            f"  HINT         no reply matched the output schema ({bad:,} schema_invalid, none ok): the server most "
+            "likely ignores response_format (structured output). Check that it supports json_schema, or drop "
+            "[output_schema] and parse the text yourself"
+        ]
+    return []
 
 
 def _unanswered_lines(r: RunResult) -> list[str]:

@@ -35,7 +35,7 @@ from _common import texts
 def open_job(tmp: Path):  # -> BatchJob
     import openai
 
-    from batchrun.batch_run import BatchJob
+    from batchrun.batch_job import BatchJob
     from batchrun.endpoints import Endpoint
     from batchrun.jobs import load_job
     from batchrun.sources import open_source

@@ -135,9 +135,24 @@ class BatchStore:
         rec = FileRec(fid, filename, purpose, size, int(time.time()), path)
         self.files[fid] = rec
         self.counters["files_uploaded"] += 1
+        cfg = self.sim.config
+        if cfg.upload_500s > 0:  # stored, and the answer lost: the client cannot know the id
+            self.sim.config = cfg.updated({"upload_500s": cfg.upload_500s - 1})
+            return self._server_error()
         return web.json_response(rec.to_dict())
 
+    def _server_error(self) -> web.Response:
+        message = "The server had an error while processing your request. Sorry about that!"
+        return web.json_response(error_body(message, "server_error"), status=500)
+
+    def _not_allowed(self) -> web.Response:
+        return web.json_response(
+            {"error": {"message": "Method Not Allowed", "type": "invalid_request_error"}}, status=405
+        )
+
     async def list_files(self, request: web.Request) -> web.Response:
+        if not self.sim.config.list_files:
+            return self._not_allowed()
         purpose = request.query.get("purpose")
         data = [f.to_dict() for f in self.files.values() if purpose in (None, f.purpose)]
         data.sort(key=lambda d: d["created_at"], reverse=True)
@@ -167,6 +182,10 @@ class BatchStore:
     # -- batches -------------------------------------------------------------------------------
 
     async def create(self, request: web.Request) -> web.Response:
+        cfg = self.sim.config
+        if cfg.create_500s > 0:
+            self.sim.config = cfg.updated({"create_500s": cfg.create_500s - 1})
+            return self._server_error()
         try:
             body = await request.json()
         except json.JSONDecodeError:
@@ -198,6 +217,8 @@ class BatchStore:
         return web.json_response(self.to_dict(rec))
 
     async def list_batches(self, request: web.Request) -> web.Response:
+        if not self.sim.config.list_batches:
+            return self._not_allowed()
         limit = int(request.query.get("limit", "20"))
         after = request.query.get("after")
         ordered = list(reversed(self.batches.values()))  # newest first, as OpenAI lists them

@@ -61,6 +61,22 @@ class SimConfig:
     """False: the Files and Batch routes answer 404, as vLLM, Ollama and llama.cpp do."""
     azure_batch_style: bool = False
     """Report batches as Azure OpenAI does: capitalised statuses, ISO-8601 times, null request_counts while validating."""
+    list_files: bool = True
+    """False: GET /files answers 405, as several compatible servers' Batch APIs do."""
+    list_batches: bool = True
+    """False: GET /batches answers 405 (batches can still be created, read and cancelled by id)."""
+    upload_500s: int = 0
+    """The next N uploads are stored and then answered 500: the answer is lost, the file stays."""
+    create_500s: int = 0
+    """The next N batch creates answer 500 without creating anything (a transient server fault)."""
+
+    reset_headers_epoch: bool = False
+    """Send x-ratelimit-reset-* as absolute Unix times (seconds), and 429 messages without "try again in",
+    as some gateways and mocks do."""
+    ignore_response_format: bool = False
+    """Answer in plain text whatever `response_format` asks, as servers without structured output do."""
+    queue_when_limited: bool = False
+    """Hold a request until the limits admit it instead of answering 429, as a proxy with a queue does."""
     max_batch_lines: int = 50_000
     max_file_bytes: int = 200 * 1024 * 1024
     models: tuple[str, ...] = (

@@ -119,7 +119,7 @@ class Responder:
         prompt_tokens = counter.count_chat_request(body)
         max_out = body.get("max_completion_tokens") or body.get("max_tokens")
         rng = content.rng_for(digest, cfg.seed)
-        rf = body.get("response_format") or {}
+        rf = {} if cfg.ignore_response_format else (body.get("response_format") or {})
         schema = (rf.get("json_schema") or {}).get("schema") if rf.get("type") == "json_schema" else None
 
         # one roll decides at most one random outcome, so rates add up as configured

@@ -85,6 +85,7 @@ class Stats:
         self.by_endpoint: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.rate_limited = 0
+        self.queued = 0
         self.rate_limited_by_type: Counter[str] = Counter()
         self.quota_rejected = 0
         self.too_large = 0
@@ -104,6 +105,7 @@ class Stats:
             "by_status": dict(self.by_status),
             "ok": self.by_status.get("200", 0),
             "rate_limited": self.rate_limited,
+            "queued": self.queued,
             "rate_limited_by_type": dict(self.rate_limited_by_type),
             "quota_rejected": self.quota_rejected,
             "too_large": self.too_large,
@@ -155,6 +157,7 @@ class Simulator:
         self.fault_rng = random.Random(cfg.seed)
         self.latency_rng = random.Random(cfg.seed + 1)
         self.marker_seen: Counter[tuple[bytes, str]] = Counter()
+        self.last_wait = 0.0
         # the system prompts of recent chat requests, for tests of what reached the model (glossaries)
         self.system_prompts: deque[str] = deque(maxlen=10_000)
         self.user_prompts: deque[str] = deque(maxlen=10_000)  # the last user message of each chat request
@@ -196,7 +199,10 @@ class Simulator:
             bucket.refill(now)
             h[f"x-ratelimit-limit-{name}"] = str(int(bucket.capacity))
             h[f"x-ratelimit-remaining-{name}"] = str(max(int(bucket.level), 0))
-            h[f"x-ratelimit-reset-{name}"] = format_duration(bucket.reset_seconds())
+            reset = bucket.reset_seconds()
+            h[f"x-ratelimit-reset-{name}"] = (
+                str(math.ceil(time.time() + reset)) if self.config.reset_headers_epoch else format_duration(reset)
+            )
         return h
 
     def respond(self, reply: Reply, extra: dict[str, str] | None = None) -> web.Response:
@@ -263,18 +269,36 @@ class Simulator:
         self.stats.rate_limited += 1
         self.stats.rate_limited_by_type[kind] += 1
         wait = bucket.wait_for(amount)
+        self.last_wait = wait
         label = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
         used = int(bucket.capacity - bucket.level)
+        hint = "" if self.config.reset_headers_epoch else f" Please try again in {format_duration(wait)}."
         return Reply(
             429,
             error_body(
                 f"Rate limit reached for {model} in organization org-sim on {label}: Limit {int(bucket.capacity)}, "
-                f"Used {used}, Requested {amount}. Please try again in {format_duration(wait)}. Visit "
+                f"Used {used}, Requested {amount}.{hint} Visit "
                 "https://platform.openai.com/account/rate-limits to learn more.",
                 kind,
                 "rate_limit_exceeded",
             ),
         )
+
+    async def admit_or_queue(self, model: str, charge: int) -> Reply | None:
+        """`admit`, or with `queue_when_limited` hold the request until the limits take it (no 429)."""
+        limited = self.admit(model, charge)
+        while (
+            limited is not None
+            and self.config.queue_when_limited
+            and limited.body["error"]["code"] == "rate_limit_exceeded"
+            and not limited.body["error"]["message"].startswith("Request too large")
+        ):
+            self.stats.rate_limited -= 1  # held, not refused
+            self.stats.rate_limited_by_type[limited.body["error"]["type"]] -= 1
+            self.stats.queued += 1
+            await asyncio.sleep(max(self.last_wait, 0.005))
+            limited = self.admit(model, charge)
+        return limited
 
     def _retry_after(self, reply: Reply) -> dict[str, str]:
         if not self.config.retry_after_header or reply.body["error"]["code"] != "rate_limit_exceeded":
@@ -379,7 +403,7 @@ class Simulator:
             self.user_prompts.append(users[-1]["content"])
         prompt_tokens = self.responder.chat_prompt_tokens(body)
         max_out = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-        limited = self.admit(body["model"], prompt_tokens + max_out)
+        limited = await self.admit_or_queue(body["model"], prompt_tokens + max_out)
         if limited:
             return self.respond(limited, self._retry_after(limited))
         forced = self.forced(body, digest)
@@ -402,7 +426,7 @@ class Simulator:
         if bad:
             return self.respond(bad)
         digest = content.body_digest(json.dumps(body, sort_keys=True).encode())
-        limited = self.admit(body["model"], sum(counts))
+        limited = await self.admit_or_queue(body["model"], sum(counts))
         if limited:
             return self.respond(limited, self._retry_after(limited))
         forced = self.forced(body, digest)

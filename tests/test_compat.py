@@ -1,0 +1,288 @@
+"""The compatibility matrix (issue 16): each way a third-party OpenAI-compatible server was seen to differ
+from OpenAI is a simulator switch, and batchrun must adapt to each — Batch API servers that cannot list
+files or batches, transient 500s on upload and create, reset headers as Unix times, a server that ignores
+response_format, one that queues instead of answering 429 — with honest summaries and status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import openai
+import polars as pl
+import pytest
+
+import batchrun
+from batchrun.batch_api import BatchClient
+from batchrun.errors import EndpointError, ExitCode
+from batchrun.jobs import load_job
+from batchrun.retries import Action, classify
+from batchrun.sim import SimServer
+
+from .test_batch import FAST, texts, write_batch_job
+
+ENV = {**os.environ, "BATCHRUN_TEST_KEY": "sk-test"}
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "batchrun", *args], capture_output=True, text=True, timeout=120, env=env or ENV
+    )
+
+
+def _shard_batches(sim: SimServer) -> Counter[str]:
+    """Batches on the server per shard tag, read from the simulator itself (it may not list them)."""
+    return sim.call(lambda: Counter(b.metadata["batchrun_shard"] for b in sim.sim.batches.batches.values()))
+
+
+# -- Batch API recovery on servers that cannot list ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_no_file_listing_a_crash_at_upload_recovers_with_one_batch_per_shard(make_sim, tmp_path: Path) -> None:
+    sim = make_sim(**FAST, list_files=False)
+    path = write_batch_job(tmp_path, sim, texts(25))  # 3 shards
+    killed = _cli("run", str(path), "-q", "--wait", env={**ENV, "BATCHRUN_FAILPOINT": "upload"})
+    assert killed.returncode == 86, killed.stderr  # killed after the server stored the file, before the ledger knew
+    done = _cli("run", str(path), "-q", "--wait")
+    assert done.returncode == ExitCode.DONE, done.stderr
+    assert "listing files" not in done.stderr and "may have been kept by the server" in done.stderr
+    assert pl.read_parquet(tmp_path / "job.parquet")["status"].to_list() == ["ok"] * 25
+    shards = _shard_batches(sim)
+    assert len(shards) == 3 and set(shards.values()) == {1}, shards
+    assert sim.stats()["batches"]["files_uploaded"] == 4  # the orphan, reported, and the three that ran
+    left = sim.call(lambda: [f.filename for f in sim.sim.batches.files.values() if f.purpose == "batch"])
+    assert len(left) == 1 and f"an upload of {left[0]} may have been kept" in done.stderr
+
+
+def test_no_file_listing_a_transient_500_on_upload_is_uploaded_again(make_sim, tmp_path: Path) -> None:
+    sim = make_sim(**FAST, list_files=False, upload_500s=1)
+    path = write_batch_job(tmp_path, sim, texts(25))
+    done = _cli("run", str(path), "-q", "--wait")
+    assert done.returncode == ExitCode.DONE, done.stderr
+    assert "may have been kept by the server" in done.stderr
+    shards = _shard_batches(sim)
+    assert len(shards) == 3 and set(shards.values()) == {1}, shards
+    assert sim.stats()["batches"]["files_uploaded"] == 4
+    # the collected shards' files were deleted; the one left is the orphan the run reported by name
+    left = sim.call(lambda: [f.filename for f in sim.sim.batches.files.values() if f.purpose == "batch"])
+    assert len(left) == 1 and f"an upload of {left[0]} may have been kept" in done.stderr
+
+
+@pytest.mark.parametrize("list_batches", [True, False])
+def test_a_transient_500_on_batches_create_is_created_once(make_sim, tmp_path: Path, list_batches: bool) -> None:
+    sim = make_sim(**FAST, create_500s=1, list_batches=list_batches)
+    path = write_batch_job(tmp_path, sim, texts(25))
+    done = _cli("run", str(path), "-q", "--wait")
+    assert done.returncode == ExitCode.DONE, done.stderr
+    shards = _shard_batches(sim)
+    assert len(shards) == 3 and set(shards.values()) == {1}, shards
+    assert ("may have been created twice" in done.stderr) == (not list_batches)
+
+
+@pytest.mark.slow
+def test_no_batch_listing_a_crash_at_create_finishes_and_says_what_it_could_not_check(
+    make_sim, tmp_path: Path
+) -> None:
+    sim = make_sim(**FAST, list_batches=False)
+    path = write_batch_job(tmp_path, sim, texts(25))
+    killed = _cli("run", str(path), "-q", "--wait", env={**ENV, "BATCHRUN_FAILPOINT": "create"})
+    assert killed.returncode == 86, killed.stderr
+    done = _cli("run", str(path), "-q", "--wait")
+    assert done.returncode == ExitCode.DONE, done.stderr
+    assert "may have been created twice" in done.stderr and "cancel the one batchrun does not report" in done.stderr
+    assert pl.read_parquet(tmp_path / "job.parquet")["status"].to_list() == ["ok"] * 25
+
+
+def test_a_failed_call_is_named_as_what_it_was(make_sim) -> None:
+    sim = make_sim(**FAST, create_500s=1000)
+
+    async def go() -> str:
+        async with openai.AsyncOpenAI(base_url=sim.base_url, api_key="x", max_retries=0) as client:
+            api = BatchClient(client, max_attempts=3, sleep=lambda _s: asyncio.sleep(0))
+            up = await client.files.create(file=("a.jsonl", b'{"custom_id":"x"}\n'), purpose="batch")
+            with pytest.raises(EndpointError) as err:
+                await api.create(up.id, "/v1/chat/completions", {"batchrun_job": "j", "batchrun_shard": "1.1.0"})
+            return str(err.value)
+
+    message = asyncio.run(go())
+    assert message.startswith("batches.create answered 500"), message
+    assert "listing" not in message
+
+
+def test_batch_probe_tells_no_batch_api_from_a_broken_one(make_sim) -> None:
+    async def probe(sim: SimServer, **kw: Any) -> BatchClient:
+        async with openai.AsyncOpenAI(base_url=sim.base_url, api_key="x", max_retries=0) as client:
+            api = BatchClient(client, max_attempts=2, sleep=lambda _s: asyncio.sleep(0), **kw)
+            await api.probe()
+            return api
+
+    with pytest.raises(EndpointError, match="has no Batch API"):
+        asyncio.run(probe(make_sim(batch_api=False)))
+    api = asyncio.run(probe(make_sim(list_batches=False)))  # 405 on GET /batches: there, but cannot list
+    assert api.can_list_batches is False
+
+
+# -- rate limits in other dialects -------------------------------------------------------------------------
+
+
+JOB = """
+[input]
+path = "input.csv"
+
+[prompt]
+template = "{{{{ text }}}}"
+
+[request]
+model = "gpt-4o-mini"
+max_tokens = 100
+{request}
+
+{schema}
+
+[limits]
+max_in_flight = 16
+{limits}
+
+[endpoint]
+base_url = "{base_url}"
+api_key_env = "BATCHRUN_TEST_KEY"
+timeout_s = 10
+"""
+
+LABEL = """
+[output_schema]
+name = "label"
+schema = { type = "object", properties = { label = { type = "string" } }, required = ["label"], additionalProperties = false }
+"""
+
+
+def _online_job(tmp: Path, sim: SimServer, rows: int, *, schema: str = "", limits: str = "", request: str = "") -> Path:
+    pl.DataFrame({"text": [f"row {i}" for i in range(rows)]}).write_csv(tmp / "input.csv")
+    path = tmp / "job.toml"
+    path.write_text(JOB.format(base_url=sim.base_url, schema=schema, limits=limits, request=request))
+    return path
+
+
+def test_epoch_reset_headers_without_retry_after_wait_the_right_few_seconds(make_sim) -> None:
+    # the server's 429 carries x-ratelimit-reset-requests as a Unix time, with no Retry-After and no
+    # "try again in": the wait is the time until then (a few seconds here), not 1.8e9 s
+    sim = make_sim(rpm=20, reset_headers_epoch=True)
+    client = openai.OpenAI(base_url=sim.base_url, api_key="x", max_retries=0)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    for _ in range(19):
+        client.chat.completions.create(**body)
+    time.sleep(1.2)  # a little refill: the bucket is not empty, so the reset is a few seconds away
+    client.chat.completions.create(**body)
+    with pytest.raises(openai.RateLimitError) as err:
+        client.chat.completions.create(**body)
+    headers = err.value.response.headers
+    assert "retry-after" not in headers and float(headers["x-ratelimit-reset-requests"]) > 1e9
+    failure = classify(err.value)
+    assert failure.action is Action.RATE_LIMITED and failure.wait is not None
+    assert 0 < failure.wait <= 60 and failure.wait == pytest.approx(
+        float(headers["x-ratelimit-reset-requests"]) - time.time(), abs=1.5
+    )
+
+
+def test_a_server_that_queues_instead_of_429_is_run_without_refusals(make_sim, tmp_path: Path) -> None:
+    sim = make_sim(rpm=120, queue_when_limited=True)
+    path = _online_job(tmp_path, sim, 130)
+    proc = _cli("run", str(path), "-q")
+    assert proc.returncode == ExitCode.DONE, proc.stderr
+    stats = sim.stats()
+    assert stats["rate_limited"] == 0 and stats["queued"] > 0 and stats["ok"] == 130
+
+
+def test_least_time_counts_what_the_server_admitted_not_what_it_refused(make_sim, tmp_path: Path) -> None:
+    sim = make_sim(rpm=60)
+    path = _online_job(tmp_path, sim, 70, limits="rpm = 60")
+    result = batchrun.run(load_job(path), progress=False)
+    assert result.rate_limited >= 0 and result.by_status == {"ok": 70}
+    assert result.minimum_seconds == pytest.approx(10.0, abs=0.01)  # 70 admitted at 60 RPM, whatever was refused
+    assert result.wall_seconds >= result.minimum_seconds - 1.0
+
+
+# -- replies -----------------------------------------------------------------------------------------------
+
+
+def test_a_server_ignoring_response_format_is_named_as_the_likely_cause(make_sim, tmp_path: Path) -> None:
+    sim = make_sim(ignore_response_format=True)
+    path = _online_job(tmp_path, sim, 30, schema=LABEL)
+    proc = _cli("run", str(path))
+    assert proc.returncode == ExitCode.ROWS_FAILED, proc.stderr
+    assert "ignores response_format" in proc.stdout + proc.stderr
+
+
+def test_retry_bad_replies_applies_in_batch_mode(make_sim, tmp_path: Path) -> None:
+    sim = make_sim(**FAST)
+    marks = {i: "[[sim:badjson*1]]" for i in range(0, 12, 3)}  # four rows answer bad JSON once
+    path = write_batch_job(tmp_path, sim, texts(12, marks), batch="max_lines = 100")
+    path.write_text(path.read_text().replace("max_tokens = 40", "max_tokens = 40\nretry_bad_replies = 1"))
+    done = _cli("run", str(path), "-q", "--wait")
+    assert done.returncode == ExitCode.DONE, done.stderr
+    assert pl.read_parquet(tmp_path / "job.parquet")["status"].to_list() == ["ok"] * 12
+    shards = sim.call(lambda: [b for b in sim.sim.batches.batches.values()])
+    assert len(shards) == 2  # the first round, and the round that asked the four again
+
+
+def test_without_retry_bad_replies_a_bad_batch_reply_stands(make_sim, tmp_path: Path) -> None:
+    sim = make_sim(**FAST)
+    path = write_batch_job(tmp_path, sim, texts(6, {0: "[[sim:badjson*1]]"}), batch="max_lines = 100")
+    done = _cli("run", str(path), "-q", "--wait")
+    assert done.returncode == ExitCode.ROWS_FAILED, done.stderr
+    df = pl.read_parquet(tmp_path / "job.parquet")
+    assert df["status"].to_list() == ["schema_invalid"] + ["ok"] * 5 and df["raw_response"][0]
+
+
+# -- honest counts -----------------------------------------------------------------------------------------
+
+
+def test_failures_are_not_counted_as_answered_without_a_request(make_sim, tmp_path: Path) -> None:
+    sim = make_sim(error_500_rate=1.0)
+    pl.DataFrame({"text": ["same"] * 20}).write_csv(tmp_path / "input.csv")  # one request, 19 identical rows
+    path = tmp_path / "job.toml"
+    path.write_text(JOB.format(base_url=sim.base_url, schema="", limits="max_attempts = 2", request=""))
+    result = batchrun.run(load_job(path), progress=False)
+    assert result.by_status == {"failed": 20}
+    assert result.cached_rows == 0
+
+
+def test_status_counts_this_jobs_runs_by_mode_and_batch_lines_by_status(make_sim, tmp_path: Path) -> None:
+    sim = make_sim(**FAST, ignore_response_format=True, text_tokens=(5, 10))
+    path = write_batch_job(tmp_path, sim, texts(12), batch="max_lines = 100")
+    done = _cli("run", str(path), "-q", "--wait")
+    assert done.returncode == ExitCode.ROWS_FAILED, done.stderr
+    status = _cli("status", str(path))
+    assert status.returncode == 0, status.stderr
+    out = status.stdout
+    assert "in 1 invocation(s) (1 batch)" in out, out
+    assert "12 schema_invalid; 0 to send again" in out and "ok" not in out.split("answers kept")[1].split("\n")[0]
+
+
+def test_keys_a_mode_cannot_use_are_warned_not_dropped(make_sim, tmp_path: Path) -> None:
+    sim = make_sim(**FAST)
+    path = write_batch_job(tmp_path, sim, texts(5), batch="max_lines = 100")
+    path.write_text(path.read_text() + "\n[limits]\nrpm = 500\nmax_in_flight = 8\n")
+    done = _cli("run", str(path), "-q", "--wait")
+    assert done.returncode == ExitCode.DONE, done.stderr
+    assert "[limits] max_in_flight, rpm do not apply to the Batch API" in done.stderr
+
+
+def test_batch_mode_writes_the_audit_log(make_sim, tmp_path: Path) -> None:
+    sim = make_sim(**FAST)
+    path = write_batch_job(tmp_path, sim, texts(5), batch="max_lines = 100", output="job.parquet")
+    path.write_text(path.read_text().replace('path = "job.parquet"', 'path = "job.parquet"\naudit = "audit.jsonl"'))
+    done = _cli("run", str(path), "-q", "--wait")
+    assert done.returncode == ExitCode.DONE, done.stderr
+    lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert len(lines) == 5 and {ln["mode"] for ln in lines} == {"batch"}
+    assert all(ln["response"]["status_code"] == 200 for ln in lines)
+    assert sorted(r for ln in lines for r in ln["row_ids"]) == sorted(f"r{i}" for i in range(5))
