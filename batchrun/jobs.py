@@ -401,9 +401,8 @@ class Job(_Spec):
                     "queue is [batch] enqueued_token_limit): ignored in batch mode"
                 )
         # a [batch] table in an online job is not warned about: it is kept to switch `mode` back and forth
-        if mode == "online" and self.mode == "online":
-            if self.deadline_hours is not None:
-                out.append('deadline_hours applies to mode = "batch" or "auto"; this job runs online')
+        if mode == "online" and self.mode == "online" and self.deadline_hours is not None:
+            out.append('deadline_hours applies to mode = "batch" or "auto"; this job runs online')
         return out
 
     @property
