@@ -88,9 +88,7 @@ def test_a_transient_500_on_batches_create_is_created_once(make_sim, tmp_path: P
 
 
 @pytest.mark.slow
-def test_no_batch_listing_a_crash_at_create_finishes_and_says_what_it_could_not_check(
-    make_sim, tmp_path: Path
-) -> None:
+def test_no_batch_listing_a_crash_at_create_finishes_and_says_what_it_could_not_check(make_sim, tmp_path: Path) -> None:
     sim = make_sim(**FAST, list_batches=False)
     path = write_batch_job(tmp_path, sim, texts(25))
     killed = _cli("run", str(path), "-q", "--wait", env={**ENV, "BATCHRUN_FAILPOINT": "create"})
