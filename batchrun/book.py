@@ -264,11 +264,6 @@ class BookRun:
             )
         return out
 
-    def document_paths(self) -> list[tuple[str, Path]]:
-        spec = self.job.document
-        stem = spec.output_stem or self.job.output_path.with_suffix("")
-        return [(fmt, stem.with_name(f"{stem.name}.{fmt}")) for fmt in (spec.outputs or (self.doc.format,))]
-
     def write_outputs(self, rows: list[tuple[Paragraph, RowResult]]) -> list[Path]:
         """The per-paragraph Parquet and each translated document (written under .partial, then renamed)."""
         layout = make_layout(
@@ -296,7 +291,7 @@ class BookRun:
         }
         spec = self.job.document
         written = []
-        for fmt, path in self.document_paths():
+        for fmt, path in self.job.document_outputs:
             if fmt == "epub":
                 from .epub import build_epub, write_translated_epub
 

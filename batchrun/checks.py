@@ -45,6 +45,8 @@ def check_job_paths(job: Job) -> None:
     written = {out: "output.path", job.table_path: "output.path", job.ledger_file: "output.ledger"}
     if job.output.audit is not None:
         written[job.output.audit] = "output.audit"
+    if job.input.is_document:
+        written.update({path: "document.output_stem" for _, path in job.document_outputs})
     for path, key in written.items():
         for inp in inputs:
             if _same(path, inp):

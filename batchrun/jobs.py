@@ -285,7 +285,8 @@ class DocumentSpec(_Spec):
     outputs: tuple[Literal["txt", "md", "epub"], ...] = ()
     """Translated documents to write (default: the input's own format)."""
     output_stem: Path | None = None
-    """Where translated documents go, without suffix (default: the Parquet output's path without suffix)."""
+    """Where translated documents go, without suffix (default: the Parquet output's path without suffix, plus
+    `.<language>`, or `.translated` without one: never the input's own name)."""
     bilingual: bool = False
     """Write the original and the translation of each paragraph one after the other."""
     language: str | None = None
@@ -414,6 +415,17 @@ class Job(_Spec):
     def output_format(self) -> str | None:
         """ "parquet", "csv", "jsonl" or "xlsx" by the output's suffix; None for an unknown suffix."""
         return OUTPUT_FORMATS.get(self.output_path.suffix.lower())
+
+    @property
+    def document_outputs(self) -> list[tuple[str, Path]]:
+        """A document job's translated documents, (format, path) each."""
+        spec = self.document
+        stem = spec.output_stem
+        if stem is None:
+            base = self.output_path.with_suffix("")
+            tag = spec.language or "translated"
+            stem = base if base.name.endswith(f".{tag}") else base.with_name(f"{base.name}.{tag}")
+        return [(fmt, stem.with_name(f"{stem.name}.{fmt}")) for fmt in (spec.outputs or (self.input.resolved_format,))]
 
     @property
     def table_path(self) -> Path:

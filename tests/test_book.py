@@ -12,10 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from batchrun import RunResult
 from batchrun import arun as run_async
 from batchrun.epub import epub_chapters, read_epub
+from batchrun.errors import JobFileError
 from batchrun.jobs import Job, load_job
 from batchrun.ledger import Ledger
 from batchrun.plan import make_plan
@@ -136,17 +138,17 @@ def test_alignment_recovery(make_sim: SimFactory, tmp_path: Path) -> None:
     check_translations(df)  # the drop, the duplicate, the merge and the reorder all ended right
     assert any("split in half" in n for n in result.notes)
     assert any("paragraph 0.14 not translated" in n for n in result.notes)
-    text = (tmp_path / "out/book.txt").read_text(encoding="utf-8")
+    text = (tmp_path / "out/book.translated.txt").read_text(encoding="utf-8")
     assert "[not translated: failed: misaligned reply: the reply's translation of 0.14 is empty" in text
     assert paragraphs[14] in text  # the original is kept beside the mark
     blocks = text.strip().split("\n\n")
     assert len(blocks) == 17  # 15 translations + the failed paragraph's mark and original
-    assert [t for _, ps in epub_chapters(tmp_path / "out/book.epub") for t in ps][14].startswith("[not translated")
+    assert [t for _, ps in epub_chapters(tmp_path / "out/book.translated.epub") for t in ps][14].startswith("[not translated")
     # a second run re-asks only the paragraph that failed: every other answer comes from the ledger
     before = sim.stats()["ok"]
     again = run(job)
     assert again.by_status == {"ok": 15, "failed": 1} and sim.stats()["ok"] - before == 0
-    assert again.cached_rows == 16
+    assert again.cached_rows == 15  # the failed paragraph is not counted as answered
     # a reply in another order is accepted as it is: each translation is tied to its id
     (tmp_path / "swap").mkdir()
     swapped = "\n\n".join(f"Plain line {i}." + (" [[sim:swap]]" if i == 1 else "") for i in range(4))
@@ -203,7 +205,7 @@ def test_epub_in_epub_out(make_sim: SimFactory, tmp_path: Path) -> None:
     )
     result = run(job)
     assert set(result.by_status) == {"ok"}
-    out = tmp_path / "out/book.epub"
+    out = tmp_path / "out/book.fr.epub"
     before, after = epub_chapters(tmp_path / "alice.epub"), epub_chapters(out)
     assert [t for t, _ in after] == [t for t, _ in before]  # same chapters (bilingual: the original heading first)
     for (_, src), (_, both) in zip(before, after, strict=True):
@@ -249,3 +251,25 @@ def test_resume_after_kill_9_mid_book(make_sim: SimFactory, tmp_path: Path) -> N
     assert result.by_status == {"ok": 100} and result.cached_rows > 0
     assert sim.stats()["ok"] - sent_before == chunks - answered
     check_translations(result.frame())
+
+
+def test_a_document_job_never_writes_over_its_input(make_sim, tmp_path: Path) -> None:
+    # book.txt with no [output] path: the Parquet is book.parquet and the translation book.translated.txt
+    sim = make_sim()
+    (tmp_path / "book.txt").write_text("Chapter 1\n\nHello there.\n\nSecond paragraph.\n", encoding="utf-8")
+    job_file = tmp_path / "book.toml"
+    job_file.write_text(
+        '[input]\npath = "book.txt"\n[prompt]\nsystem = "Translate into French."\n'
+        '[request]\nmodel = "gpt-4o-mini"\nmax_tokens = 500\n'
+        f'[endpoint]\nbase_url = "{sim.base_url}"\napi_key_env = "BATCHRUN_TEST_KEY"\n',
+        encoding="utf-8",
+    )
+    before = (tmp_path / "book.txt").read_bytes()
+    result = run(load_job(job_file))
+    assert (tmp_path / "book.txt").read_bytes() == before
+    assert [p.name for p in result.documents] == ["book.translated.txt"]
+    clash = job_file.read_text().replace("[request]", '[document]\noutput_stem = "book"\n[request]')
+    job_file.write_text(clash)
+    with pytest.raises(JobFileError, match=r"document\.output_stem.*destroy"):
+        run(load_job(job_file))
+    assert (tmp_path / "book.txt").read_bytes() == before
