@@ -340,4 +340,5 @@ async def run_document(ctx: RunContext) -> tuple[RunResult, BatchrunError | None
     doc = await asyncio.to_thread(open_document, job.input.path, job.document, job.input.resolved_format)
     state = await asyncio.to_thread(BookRun, ctx, doc)
     result = await state.run()
+    state.engine.finish()
     return result, state.engine.stop_error

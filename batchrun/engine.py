@@ -35,7 +35,7 @@ from .limits import RateLimiter, RequestTooLarge
 from .pricing import ModelPrice
 from .prompts import Request
 from .replies import ReplyParser, usage_tokens
-from .retries import Action, Backoff, classify
+from .retries import Action, Backoff, Failure, classify
 from .sinks import RowResult
 
 try:  # the HTTP library under the openai SDK: httpx2 in current releases, httpx before
@@ -165,6 +165,7 @@ class Engine:
         # the circuit breaker: the same failure, row after row, with no success between
         self._streak_key: tuple[Any, ...] | None = None
         self._streak_rows: set[int] = set()
+        self._last_failure: Failure | None = None
 
     # -- public --------------------------------------------------------------------------------
 
@@ -204,6 +205,20 @@ class Engine:
             tg.create_task(feed())
             for _ in range(workers):
                 tg.create_task(work())
+        self.finish()
+
+    def finish(self) -> None:
+        """After the last request: a run in which nothing got a reply says the endpoint is at fault."""
+        last = self._last_failure
+        down = last is not None and (last.status is None or last.status >= 500)
+        if self.stop_error is None and self.stats.requests_ok == 0 and last is not None and down:
+            # too few requests for the breaker (one embeddings group, a short job), and not one reply:
+            # the endpoint is down or broken, which is the endpoint's exit code, not the rows'
+            what = "could not be reached" if last.status is None else "answered every request with an error"
+            self.stop_error = EndpointError(
+                f"the endpoint {what} ({last.message}); no request of this run got a reply. Check "
+                "[endpoint] base_url and the server, then run the job again"
+            )
 
     # -- one request ---------------------------------------------------------------------------
 
@@ -395,6 +410,7 @@ class Engine:
 
     def _tripped(self, item: WorkItem, failure: Any) -> bool:
         """Count a failure towards the breaker; True (and the run stopped) when it trips."""
+        self._last_failure = failure
         limit = self.options.fail_fast_rows
         if not limit:
             return False

@@ -284,3 +284,28 @@ def test_batch_mode_writes_the_audit_log(make_sim, tmp_path: Path) -> None:
     assert len(lines) == 5 and {ln["mode"] for ln in lines} == {"batch"}
     assert all(ln["response"]["status_code"] == 200 for ln in lines)
     assert sorted(r for ln in lines for r in ln["row_ids"]) == sorted(f"r{i}" for i in range(5))
+
+
+@pytest.mark.parametrize("kind", ["embeddings", "document"])
+def test_a_dead_endpoint_is_the_endpoint_exit_code_in_every_kind_of_job(make_sim, tmp_path: Path, kind: str) -> None:
+    # one embeddings group or a short document is too few requests for the breaker; not one reply is still
+    # the endpoint's fault, not the rows'
+    sim = make_sim()
+    port = sim.port
+    sim.stop()
+    if kind == "embeddings":
+        pl.DataFrame({"text": [f"row {i}" for i in range(50)]}).write_csv(tmp_path / "input.csv")
+        head = '[input]\npath = "input.csv"\n[prompt]\ntemplate = "{{ text }}"\n'
+        head += '[request]\nkind = "embeddings"\nmodel = "text-embedding-3-small"\n'
+    else:
+        (tmp_path / "book.txt").write_text("Chapter 1\n\nHello.\n\nAgain.\n", encoding="utf-8")
+        head = '[input]\npath = "book.txt"\n[prompt]\nsystem = "Translate into French."\n'
+        head += '[request]\nmodel = "gpt-4o-mini"\nmax_tokens = 500\n'
+    path = tmp_path / "job.toml"
+    path.write_text(
+        head + f'[limits]\nmax_attempts = 2\n[endpoint]\nbase_url = "http://127.0.0.1:{port}/v1"\n'
+        'api_key_env = "BATCHRUN_TEST_KEY"\ntimeout_s = 3\n'
+    )
+    proc = _cli("run", str(path), "-q")
+    assert proc.returncode == ExitCode.ENDPOINT, proc.stdout + proc.stderr
+    assert "could not be reached" in proc.stderr and "Traceback" not in proc.stderr
