@@ -211,7 +211,8 @@ class Engine:
         """After the last request: a run in which nothing got a reply says the endpoint is at fault."""
         last = self._last_failure
         down = last is not None and (last.status is None or last.status >= 500)
-        if self.stop_error is None and self.stats.requests_ok == 0 and last is not None and down:
+        judge = self.options.fail_fast_rows > 0  # 0: the breaker off, and this verdict with it
+        if judge and self.stop_error is None and self.stats.requests_ok == 0 and last is not None and down:
             # too few requests for the breaker (one embeddings group, a short job), and not one reply:
             # the endpoint is down or broken, which is the endpoint's exit code, not the rows'
             what = "could not be reached" if last.status is None else "answered every request with an error"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -131,11 +130,36 @@ def _minutes_needed(amount: int, per_minute: int | None) -> float | None:
     return max(amount - per_minute, 0) / per_minute
 
 
-def _p95(values: array) -> int:
-    if not values:
-        return 0
-    ordered = sorted(values)
-    return int(ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)])
+class Histogram:
+    """Prompt sizes as counts per token count: the mean, p95 and max of millions of rows in the memory
+    of a few hundred distinct sizes (a list of every row's count grew with the input)."""
+
+    def __init__(self) -> None:
+        self.by_size: Counter[int] = Counter()
+        self.n = 0
+        self.total = 0
+
+    def append(self, tokens: int) -> None:
+        self.by_size[tokens] += 1
+        self.n += 1
+        self.total += tokens
+
+    def __len__(self) -> int:
+        return self.n
+
+    def max(self) -> int:
+        return max(self.by_size, default=0)
+
+    def p95(self) -> int:
+        if not self.n:
+            return 0
+        rank = min(self.n, math.ceil(0.95 * self.n))  # the same row a sorted list's [ceil(.95 n) - 1] is
+        seen = 0
+        for size in sorted(self.by_size):
+            seen += self.by_size[size]
+            if seen >= rank:
+                return size
+        return self.max()
 
 
 def embedding_groups(items: Sequence[T], tokens: Callable[[T], int]) -> list[list[T]]:
@@ -166,7 +190,7 @@ def make_document_plan(job: Job) -> Plan:
     counter = renderer.counter
     chunks = plan_chunks(doc, counter, job.document.chunk_tokens)
     keep = job.document.context_paragraphs
-    counts = array("q")
+    counts = Histogram()
     expected_out: list[int] = []
     chapter_done: dict[int, list[tuple[str, str]]] = {}
     for chunk in chunks:
@@ -182,7 +206,7 @@ def make_document_plan(job: Job) -> Plan:
     max_out = job.request.max_output_tokens or 0
     table = price_table_for(job)
     price = table.lookup(job.request.model)
-    total_prompt = sum(counts)
+    total_prompt = counts.total
     worst_out = max_out * len(chunks)
     expected = sum(min(e, max_out) for e in expected_out)
     charged = total_prompt + worst_out
@@ -219,8 +243,8 @@ def make_document_plan(job: Job) -> Plan:
     return Plan(
         job=job.name, model=job.request.model, encoding=counter.encoding_name, model_known=counter.model_known,
         kind="chat", rows=len(paragraphs), requests=len(chunks), prompt_tokens_total=total_prompt,
-        prompt_tokens_mean=total_prompt / len(chunks) if chunks else 0.0, prompt_tokens_p95=_p95(counts),
-        prompt_tokens_max=max(counts, default=0), output_tokens_worst=worst_out, output_tokens_expected=expected,
+        prompt_tokens_mean=total_prompt / len(chunks) if chunks else 0.0, prompt_tokens_p95=counts.p95(),
+        prompt_tokens_max=counts.max(), output_tokens_worst=worst_out, output_tokens_expected=expected,
         expected_basis="a translation as long as its source", charged_tokens_total=charged,
         price_as_of=table.as_of, price_known=price is not None, cost_online_worst=cost(worst_out, 1.0),
         cost_online_expected=cost(expected, 1.0), cost_batch_worst=cost(worst_out, table.batch_discount),
@@ -251,7 +275,7 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
     price = table.lookup(job.request.model)
     context = price.context_window if price else None
     tpm = job.limits.tpm
-    counts = array("q")
+    counts = Histogram()
     charged_total = 0
     requests = 0
     issues: list[RowIssue] = []
@@ -328,7 +352,7 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
         charged_total += sum(r.prompt_tokens for r in pending_embed)
 
     rows = len(counts) + empty_rows
-    total_prompt = sum(counts)
+    total_prompt = counts.total
     if job.request.kind == "embeddings":
         basis = "embeddings produce no output tokens"
     elif job.request.expected_output_tokens is not None:
@@ -387,8 +411,8 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
         requests=requests,
         prompt_tokens_total=total_prompt,
         prompt_tokens_mean=total_prompt / len(counts) if counts else 0.0,
-        prompt_tokens_p95=_p95(counts),
-        prompt_tokens_max=max(counts, default=0),
+        prompt_tokens_p95=counts.p95(),
+        prompt_tokens_max=counts.max(),
         output_tokens_worst=worst_out,
         output_tokens_expected=expected_out,
         expected_basis=basis,

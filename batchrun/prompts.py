@@ -247,9 +247,9 @@ class Renderer:
         if self.job.input.empty != "fail" or not self.used_columns:
             return
         nulls = pl.any_horizontal(pl.col(c).is_null() for c in self.used_columns)
-        first = source.lazy().filter(nulls).select(ROW_COLUMN, ID_COLUMN).head(1).collect(engine="streaming")
-        if first.height:
-            row, rid = first.row(0)
+        first = source.first_where(nulls, [ROW_COLUMN, ID_COLUMN])
+        if first is not None:
+            row, rid = first[ROW_COLUMN], first[ID_COLUMN]
             cols = ", ".join(self.used_columns)
             raise InputError(
                 f"{source.path}: data row {row + 1} (id {rid!r}) has an empty value in a template column ({cols}), "
@@ -313,12 +313,12 @@ class Renderer:
     def check_row_params(self, source: Source) -> None:
         """Every per-row parameter value is one the API takes, checked over the whole input before anything
         is sent (a bad cell found mid-run would come after money was spent): names the row and column."""
-        rules: dict[str, tuple[Any, str]] = {
-            "max_tokens": ((pl.col("v") > 0), "a whole number above 0"),
-            "max_completion_tokens": ((pl.col("v") > 0), "a whole number above 0"),
-            "temperature": (pl.col("v").is_between(0, 2), "a number from 0 to 2"),
-            "top_p": (pl.col("v").is_between(0, 1), "a number from 0 to 1"),
-            "seed": (pl.lit(True), "a whole number"),
+        rules: dict[str, tuple[Callable[[pl.Expr], pl.Expr], str]] = {
+            "max_tokens": (lambda v: v > 0, "a whole number above 0"),
+            "max_completion_tokens": (lambda v: v > 0, "a whole number above 0"),
+            "temperature": (lambda v: v.is_between(0, 2), "a number from 0 to 2"),
+            "top_p": (lambda v: v.is_between(0, 1), "a number from 0 to 1"),
+            "seed": (lambda v: pl.lit(True), "a whole number"),
         }
         ints = ("max_tokens", "max_completion_tokens", "seed")
         schema = dict(zip(source.columns, source.dtypes, strict=True))
@@ -333,15 +333,10 @@ class Renderer:
                     f"{source.path}: column {col!r} ([request.params_from] {param}) holds {dtype}; "
                     f"each value must be {want}"
                 )
-            bad = (
-                source.lazy()
-                .select(ROW_COLUMN, ID_COLUMN, pl.col(col).alias("v"))
-                .filter(pl.col("v").is_not_null() & ~ok)
-                .head(1)
-                .collect(engine="streaming")
-            )
-            if bad.height:
-                row, rid, value = bad.row(0)
+            v = pl.col(col)
+            bad = source.first_where(v.is_not_null() & ~ok(v), [ROW_COLUMN, ID_COLUMN, col])
+            if bad is not None:
+                row, rid, value = bad[ROW_COLUMN], bad[ID_COLUMN], bad[col]
                 raise InputError(
                     f"{source.path}: data row {row + 1} (id {rid!r}), column {col!r} ([request.params_from] "
                     f"{param}) is {value!r}; it must be {want}"

@@ -1,10 +1,12 @@
-"""Input rows, read lazily through polars, each with a stable id.
+"""Input rows, read in bounded batches, each with a stable id.
 
-CSV/TSV, Parquet and JSONL are scanned (polars LazyFrame), so a file larger
-than memory streams through in batches. Excel is read whole (fastexcel has no
-scan; a sheet is at most ~1M rows). Every row keeps its position in the file
-(`ROW_COLUMN`) even after a filter, and its id is the job's id column or that
-position.
+CSV/TSV and JSONL are read in blocks of whole records (`blocks.BlockFile`), so memory stays flat
+whatever the row count; Parquet is scanned by polars (row groups); Excel is read whole (fastexcel has
+no scan; a sheet is at most ~1M rows). Every row keeps its position in the file (`ROW_COLUMN`) even
+after a filter, and its id is the job's id column or that position.
+
+Opening a source checks it in one pass — it parses throughout, has rows, ids are present and unique,
+no control characters — so a bad row is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
+from .blocks import BlockFile
 from .errors import InputError
 from .jobs import InputSpec
 
@@ -64,39 +67,62 @@ class Source:
     dtypes: tuple[pl.DataType, ...]
     rows: int
     """Rows after filter and limit, counted once when the source was opened and checked."""
+    blocks: BlockFile | None = None
+    """CSV/TSV/JSONL: the file read in blocks (None: polars reads it)."""
 
     @property
     def path(self) -> Path:
         return self.spec.path
 
-    def lazy(self) -> pl.LazyFrame:
-        """All rows with ROW_COLUMN and ID_COLUMN, filter and limit applied."""
-        return _frame(self.spec)
+    @property
+    def schema(self) -> pl.Schema:
+        return pl.Schema(dict(zip(self.columns, self.dtypes, strict=True)))
 
     def batches(self, size: int = 10_000) -> Iterator[pl.DataFrame]:
-        """The rows in file order, `size` at a time, without loading the whole file."""
-        yield from self.lazy().collect_batches(chunk_size=size, maintain_order=True)
+        """The rows in file order with ROW_COLUMN and ID_COLUMN, filter and limit applied, at most
+        `size` at a time, without loading the whole file."""
+        if self.blocks is None:
+            yield from _frame(self.spec).collect_batches(chunk_size=size, maintain_order=True)
+            return
+        for frame in _rows(self.spec, self.blocks.frames(self.schema)):
+            for start in range(0, frame.height, size):
+                yield frame.slice(start, size)
+
+    def first_where(self, condition: pl.Expr, columns: list[str]) -> dict[str, object] | None:
+        """The first row (its `columns`) where `condition` holds, or None: one streaming pass."""
+        for batch in self.batches(50_000):
+            hit = batch.filter(condition)
+            if hit.height:
+                return hit.select(columns).row(0, named=True)
+        return None
 
     def output_columns(self) -> tuple[str, ...]:
         return self.spec.columns if self.spec.columns is not None else self.columns
 
 
+def _block_file(spec: InputSpec) -> BlockFile | None:
+    fmt = spec.resolved_format
+    if fmt in ("csv", "tsv"):
+        return BlockFile(spec.path, "csv", spec.separator or ("\t" if fmt == "tsv" else ","))
+    if fmt == "jsonl":
+        return BlockFile(spec.path, "jsonl")
+    return None
+
+
 def _scan(spec: InputSpec) -> pl.LazyFrame:
     fmt = spec.resolved_format
     path = spec.path
-    if fmt in ("csv", "tsv"):
-        sep = spec.separator or ("\t" if fmt == "tsv" else ",")
-        # infer over the whole file: a type guessed from the first rows that breaks
-        # on row 90,000 would fail mid-run, after money was spent
-        return pl.scan_csv(path, separator=sep, infer_schema_length=None, raise_if_empty=True)
     if fmt == "parquet":
         return pl.scan_parquet(path)
-    if fmt == "jsonl":
-        return pl.scan_ndjson(path, infer_schema_length=None)
     if fmt == "xlsx":
         kwargs = {"sheet_name": spec.sheet} if spec.sheet else {}
         return pl.read_excel(path, **kwargs).lazy()
     raise InputError(f"{path}: unsupported format {fmt!r}")
+
+
+def _with_ids(spec: InputSpec, frame: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame | pl.DataFrame:
+    ident = pl.col(spec.id_column) if spec.id_column else pl.col(ROW_COLUMN)
+    return frame.with_columns(ident.cast(pl.String).alias(ID_COLUMN))
 
 
 def _frame(spec: InputSpec) -> pl.LazyFrame:
@@ -105,8 +131,31 @@ def _frame(spec: InputSpec) -> pl.LazyFrame:
         lf = lf.filter(pl.sql_expr(spec.filter))
     if spec.limit is not None:
         lf = lf.head(spec.limit)
-    ident = pl.col(spec.id_column) if spec.id_column else pl.col(ROW_COLUMN)
-    return lf.with_columns(ident.cast(pl.String).alias(ID_COLUMN))
+    out = _with_ids(spec, lf)
+    assert isinstance(out, pl.LazyFrame)
+    return out
+
+
+def _rows(spec: InputSpec, frames: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    """Blocks of a file as rows: position, filter, limit and id, as `_frame` does for a scan."""
+    offset = 0
+    left = spec.limit
+    condition = pl.sql_expr(spec.filter) if spec.filter else None
+    for frame in frames:
+        n = frame.height
+        frame = frame.with_row_index(ROW_COLUMN, offset=offset)
+        offset += n
+        if condition is not None:
+            frame = frame.filter(condition)
+        if left is not None:
+            frame = frame.head(left)
+            left -= frame.height
+        out = _with_ids(spec, frame)
+        assert isinstance(out, pl.DataFrame)
+        if out.height:
+            yield out
+        if left == 0:
+            return
 
 
 def _explain(spec: InputSpec, exc: Exception) -> InputError:
@@ -186,33 +235,6 @@ def check_filter(spec: InputSpec, schema: pl.Schema) -> None:
         ) from None
 
 
-def check_control_chars(spec: InputSpec, lf: pl.LazyFrame, schema: pl.Schema) -> None:
-    """No NUL or other C0 control character in a text cell (unless the job strips them): such bytes are
-    nearly always a broken export, and a model is paid to read them."""
-    if spec.control_chars == "strip":
-        return
-    texts = [c for c, t in schema.items() if t == pl.String]
-    if not texts:
-        return
-    pattern = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"
-    bad = (
-        lf.filter(pl.any_horizontal(pl.col(c).str.contains(pattern) for c in texts))
-        .select([ROW_COLUMN, ID_COLUMN, *texts])
-        .head(1)
-        .collect(engine="streaming")
-    )
-    if bad.height:
-        row = bad.row(0, named=True)
-        col = next(c for c in texts if row[c] is not None and re.search(pattern, row[c]))
-        char = re.search(pattern, row[col])
-        code = f"U+{ord(char.group(0)):04X}" if char else "a control character"
-        raise InputError(
-            f"{spec.path}: data row {row[ROW_COLUMN] + 1} (id {row[ID_COLUMN]!r}), column {col!r} holds {code} "
-            "(a control character, e.g. NUL); "
-            'remove it from the file, or set [input] control_chars = "strip" to drop such characters from prompts'
-        )
-
-
 def check_input_file(path: Path) -> None:
     """The input exists and is a file (tables and documents alike)."""
     if not path.exists():
@@ -239,20 +261,18 @@ def open_source(spec: InputSpec) -> Source:
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty; it needs a header row and at least one data row")
     if spec.resolved_format in ("csv", "tsv", "jsonl"):
-        # polars reads only the columns a query needs, so a bad byte in an unused column would
-        # surface mid-run; checking the bytes up front costs one fast pass
+        # the bytes first, so a bad one is named by line and byte, not by a parser's message
         check_utf8(path)
     check_format(spec)
+    blocks = _block_file(spec)
     try:
-        schema = _scan(spec).collect_schema()
+        # a block file is parsed whole here: a ragged line or a bad value fails now, not mid-run
+        schema = blocks.infer() if blocks is not None else _scan(spec).collect_schema()
         check_filter(spec, schema)
-        lf = _frame(spec)
-        stats = _id_stats(spec, lf, schema)
-        if spec.resolved_format in ("csv", "tsv", "jsonl"):
-            # polars parses only the columns a query touches; parse them all once now, so a ragged
-            # line or a bad value fails here and not halfway through a paid run
-            _scan(spec).select(pl.all().null_count()).collect(engine="streaming")
-        check_control_chars(spec, lf, schema)
+        _check_columns(spec, schema)
+        source = Source(spec=spec, columns=tuple(schema.names()), dtypes=tuple(schema.dtypes()), rows=0,
+                        blocks=blocks)  # fmt: skip
+        rows = _check_rows(source)
     except InputError:
         raise
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
@@ -261,50 +281,100 @@ def open_source(spec: InputSpec) -> Source:
         if spec.resolved_format != "xlsx":
             raise
         raise _explain(spec, exc) from exc
-    if stats["rows"] == 0:
+    if rows == 0:
         what = "after input.filter/limit" if spec.filter or spec.limit else "below its header"
         raise InputError(f"{path}: no rows {what}; nothing to do")
-    return Source(spec=spec, columns=tuple(schema.names()), dtypes=tuple(schema.dtypes()), rows=stats["rows"])
+    return Source(spec=spec, columns=source.columns, dtypes=source.dtypes, rows=rows, blocks=blocks)
 
 
-def _id_stats(spec: InputSpec, lf: pl.LazyFrame, schema: pl.Schema) -> dict[str, int]:
+def _check_columns(spec: InputSpec, schema: pl.Schema) -> None:
     path = spec.path
     if spec.columns:
         missing = [c for c in spec.columns if c not in schema]
         if missing:
             raise InputError(f"{path}: input.columns names {missing}, which the file lacks; it has {schema.names()}")
-    if spec.id_column is None:
-        rows = lf.select(pl.len()).collect(engine="streaming").item()
-        return {"rows": int(rows)}
-    if spec.id_column not in schema:
+    if spec.id_column is not None and spec.id_column not in schema:
         raise InputError(f"{path}: id column {spec.id_column!r} not found; the columns are {schema.names()}")
-    ids = lf.select(ROW_COLUMN, ID_COLUMN)
-    rows = ids.select(pl.len()).collect(engine="streaming").item()
-    nulls = ids.filter(pl.col(ID_COLUMN).is_null() | (pl.col(ID_COLUMN).str.strip_chars() == ""))
-    bad = nulls.head(5).collect(engine="streaming")[ROW_COLUMN].to_list()
-    if bad:
-        n = nulls.select(pl.len()).collect(engine="streaming").item()
-        shown = ", ".join(str(r + 1) for r in bad)
+
+
+CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"
+
+
+def _check_rows(source: Source) -> int:
+    """One streaming pass over the rows: count them, and refuse missing or duplicate ids and control
+    characters. Memory: 8 bytes per row for the id hashes, nothing else that grows."""
+    spec = source.spec
+    texts = [c for c, t in source.schema.items() if t == pl.String] if spec.control_chars == "reject" else []
+    control = pl.any_horizontal(pl.col(c).str.contains(CONTROL) for c in texts) if texts else None
+    no_id = pl.col(ID_COLUMN).is_null() | (pl.col(ID_COLUMN).str.strip_chars() == "")
+    ids = spec.id_column is not None
+    parts: list[pl.Series] = []  # 8 bytes a row: the one thing here that grows with the input
+    rows = 0
+    missing: list[int] = []
+    missing_n = 0
+    for batch in source.batches(50_000):
+        if control is not None:
+            bad = batch.filter(control)
+            if bad.height:
+                _control_error(spec, bad.row(0, named=True), texts)
+        if ids:
+            blank = batch.filter(no_id)
+            missing_n += blank.height
+            missing += blank[ROW_COLUMN].head(5 - len(missing)).to_list() if len(missing) < 5 else []
+            parts.append(batch[ID_COLUMN].hash(seed=0))
+        rows += batch.height
+    if missing:
+        shown = ", ".join(str(r + 1) for r in missing)
         raise InputError(
-            f"{path}: {n} row(s) have no value in id column {spec.id_column!r} "
-            f"(data rows {shown}{', ...' if n > len(bad) else ''}); fill them in or drop "
+            f"{spec.path}: {missing_n} row(s) have no value in id column {spec.id_column!r} "
+            f"(data rows {shown}{', ...' if missing_n > len(missing) else ''}); fill them in or drop "
             "input.id_column to use row numbers"
         )
+    if ids and parts:
+        found = pl.concat(parts, rechunk=False).sort()
+        parts.clear()
+        # neighbours compared through two zero-copy slices: no third copy of the hashes
+        later, earlier = found.slice(1), found.slice(0, found.len() - 1)
+        twice = later.filter(later == earlier).unique()
+        del found, later, earlier
+        if twice.len():
+            _duplicate_error(source, twice)
+    return rows
+
+
+def _control_error(spec: InputSpec, row: dict[str, object], texts: list[str]) -> None:
+    col = next(c for c in texts if isinstance(row[c], str) and re.search(CONTROL, row[c]))  # type: ignore[arg-type]
+    char = re.search(CONTROL, str(row[col]))
+    code = f"U+{ord(char.group(0)):04X}" if char else "a control character"
+    raise InputError(
+        f"{spec.path}: data row {int(row[ROW_COLUMN]) + 1} (id {row[ID_COLUMN]!r}), column {col!r} holds {code} "  # type: ignore[call-overload]
+        "(a control character, e.g. NUL); "
+        'remove it from the file, or set [input] control_chars = "strip" to drop such characters from prompts'
+    )
+
+
+def _duplicate_error(source: Source, twice: pl.Series) -> None:
+    """A second pass for the few ids whose hashes repeat: name the real duplicates (a hash collision
+    between two different ids is not one)."""
+    seen = [
+        batch.filter(pl.col(ID_COLUMN).hash(seed=0).is_in(twice.implode())).select(ID_COLUMN, ROW_COLUMN)
+        for batch in source.batches(50_000)
+    ]
     dup = (
-        ids.group_by(ID_COLUMN)
+        pl.concat(seen)
+        .group_by(ID_COLUMN)
         .agg(pl.col(ROW_COLUMN).sort().head(3), pl.len().alias("n"))
         .filter(pl.col("n") > 1)
         .sort(pl.col(ROW_COLUMN).list.first())
         .head(3)
-        .collect(engine="streaming")
     )
-    if dup.height:
-        examples = "; ".join(
-            f"{r[ID_COLUMN]!r} on data rows {', '.join(str(x + 1) for x in r[ROW_COLUMN])}"
-            for r in dup.iter_rows(named=True)
-        )
-        raise InputError(
-            f"{path}: id column {spec.id_column!r} has duplicate ids ({examples}); "
-            "ids must be unique because results and resume are keyed by them"
-        )
-    return {"rows": int(rows)}
+    if not dup.height:
+        return
+    examples = "; ".join(
+        f"{r[ID_COLUMN]!r} on data rows {', '.join(str(x + 1) for x in r[ROW_COLUMN])}"
+        for r in dup.iter_rows(named=True)
+    )
+    raise InputError(
+        f"{source.path}: id column {source.spec.id_column!r} has duplicate ids ({examples}); "
+        "ids must be unique because results and resume are keyed by them"
+    )

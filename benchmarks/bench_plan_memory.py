@@ -1,7 +1,7 @@
 """Memory of `batchrun plan` (and of opening the input, which every run does first): peak RSS at two
 input sizes, each in a fresh process.
 
-    python benchmarks/bench_plan_memory.py [--small 1000000] [--large 3000000]
+    python benchmarks/bench_plan_memory.py [--small 1000000] [--large 3000000] [--src CHECKOUT ...]
 
 The input is a CSV of ~100-byte texts with an id column (so the id checks run too), written once by
 the parent; the child only plans. Target: peak(large) / peak(small) ≤ 1.2 and ≤ 300 MB at 3M rows.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import subprocess
@@ -67,30 +68,36 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=1_000_000)
     ap.add_argument("--large", type=int, default=3_000_000)
     ap.add_argument("--child")
+    ap.add_argument("--src", action="append", default=[], help="checkouts to compare (PYTHONPATH); default: this one")
     args = ap.parse_args()
     if args.child:
         child(args.child)
         return
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        results = []
         for rows in (args.small, args.large):
             write_csv(d / f"in{rows}.csv", rows)
             (d / f"plan{rows}.toml").write_text(JOB.format(rows=rows))
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", str(d / f"plan{rows}.toml")], capture_output=True, text=True
-            )
-            if out.returncode:
-                raise SystemExit(out.stderr)
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            r["file_mb"] = (d / f"in{rows}.csv").stat().st_size / 1e6
-            results.append(r)
-            print(
-                f"{r['rows']:>10,} rows  CSV {r['file_mb']:6.0f} MB  peak RSS {r['peak_rss_mb']:6.0f} MB  "
-                f"plan {r['wall_s']:6.1f} s",
-                flush=True,
-            )
-        print(f"ratio large/small peak RSS: {results[1]['peak_rss_mb'] / results[0]['peak_rss_mb']:.2f}")
+        for src in args.src or [str(Path(__file__).resolve().parent.parent)]:
+            env = {**os.environ, "PYTHONPATH": src}
+            results = []
+            for rows in (args.small, args.large):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", str(d / f"plan{rows}.toml")],
+                    capture_output=True, text=True, env=env,
+                )  # fmt: skip
+                if out.returncode:
+                    raise SystemExit(out.stderr)
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                r["file_mb"] = (d / f"in{rows}.csv").stat().st_size / 1e6
+                results.append(r)
+                print(
+                    f"{src}: {r['rows']:>10,} rows  CSV {r['file_mb']:6.0f} MB  peak RSS {r['peak_rss_mb']:6.0f} MB  "
+                    f"plan {r['wall_s']:6.1f} s",
+                    flush=True,
+                )
+            ratio = results[1]["peak_rss_mb"] / results[0]["peak_rss_mb"]
+            print(f"{src}: ratio large/small peak RSS: {ratio:.2f}", flush=True)
 
 
 if __name__ == "__main__":

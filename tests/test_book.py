@@ -143,7 +143,9 @@ def test_alignment_recovery(make_sim: SimFactory, tmp_path: Path) -> None:
     assert paragraphs[14] in text  # the original is kept beside the mark
     blocks = text.strip().split("\n\n")
     assert len(blocks) == 17  # 15 translations + the failed paragraph's mark and original
-    assert [t for _, ps in epub_chapters(tmp_path / "out/book.translated.epub") for t in ps][14].startswith("[not translated")
+    assert [t for _, ps in epub_chapters(tmp_path / "out/book.translated.epub") for t in ps][14].startswith(
+        "[not translated"
+    )
     # a second run re-asks only the paragraph that failed: every other answer comes from the ledger
     before = sim.stats()["ok"]
     again = run(job)

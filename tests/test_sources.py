@@ -5,7 +5,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from batchrun.blocks import BlockFile
 from batchrun.errors import InputError
 from batchrun.jobs import InputSpec
 from batchrun.sources import ID_COLUMN, ROW_COLUMN, find_bad_utf8, open_source
@@ -139,3 +142,64 @@ def test_ragged_csv_line_fails_before_the_run(tmp_path: Path) -> None:
     p = write(tmp_path, "a.csv", "id,text\n1,fine\n2,one, too many\n")
     with pytest.raises(InputError, match=r"a.csv: line 3 has 3 fields where the header has 2"):
         open_source(spec(p, id_column="id"))
+
+
+# -- block reading (flat memory) ------------------------------------------------------------------
+
+
+_cell = st.text(alphabet=st.sampled_from(list('ab ,"\n\r;é1.-')), max_size=12)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rows=st.lists(st.tuples(_cell, st.integers(-5, 10**6), _cell), min_size=1, max_size=40),
+    block=st.integers(1, 64),
+)
+def test_blocks_cut_only_between_records(tmp_path_factory, rows: list[tuple[str, int, str]], block: int) -> None:
+    # quoted fields holding separators, quotes and newlines, cut into blocks of a few bytes: the rows
+    # read block by block are the rows read whole
+    import csv as pycsv
+
+    path = tmp_path_factory.mktemp("blocks") / "t.csv"
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = pycsv.writer(f, quoting=pycsv.QUOTE_MINIMAL)
+        w.writerow(["a", "n", "b"])
+        w.writerows(rows)
+    whole = pl.read_csv(path, infer_schema_length=None)
+    blocks = BlockFile(path, "csv", ",", block_bytes=block)
+    schema = blocks.infer()
+    got = pl.concat(list(blocks.frames(schema)))
+    assert got.schema == whole.schema
+    assert got.to_dicts() == whole.to_dicts()
+
+
+def test_block_types_are_inferred_over_the_whole_file(tmp_path: Path) -> None:
+    lines = ["id,score,note"] + [f"r{i},{i}," for i in range(5000)] + ["r5000,2.5,late note"]
+    path = tmp_path / "t.csv"
+    path.write_text("\n".join(lines) + "\n")
+    schema = BlockFile(path, "csv", ",", block_bytes=1024).infer()
+    # an int column with one float at the end is Float64; a column empty until the last block is String
+    assert schema == pl.Schema({"id": pl.String, "score": pl.Float64, "note": pl.String})
+    jl = tmp_path / "t.jsonl"
+    jl.write_text("".join(f'{{"id": "r{i}", "v": {i}}}\n' for i in range(3000)) + '{"id": "x", "v": 0.5, "w": "y"}\n')
+    schema = BlockFile(jl, "jsonl", block_bytes=512).infer()
+    assert schema == pl.Schema({"id": pl.String, "v": pl.Float64, "w": pl.String})
+
+
+def test_open_source_reads_blocks_with_filter_limit_and_positions(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("id,n\n" + "".join(f"r{i},{i}\n" for i in range(30_000)))
+    src = open_source(InputSpec(path=path, id_column="id", filter="n % 3 = 0", limit=7000))
+    assert src.blocks is not None and src.rows == 7000
+    got = pl.concat(list(src.batches(1000)))
+    assert got.height == 7000 and got[ROW_COLUMN].to_list() == list(range(0, 21_000, 3))
+    assert got[ID_COLUMN].to_list() == [f"r{i}" for i in range(0, 21_000, 3)]
+
+
+def test_duplicate_ids_far_apart_are_found_in_one_pass(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    ids = [f"r{i}" for i in range(100_000)]
+    ids[90_000] = "r7"
+    path.write_text("id,n\n" + "".join(f"{x},{i}\n" for i, x in enumerate(ids)))
+    with pytest.raises(InputError, match=r"duplicate ids \('r7' on data rows 8, 90001\)"):
+        open_source(InputSpec(path=path, id_column="id"))

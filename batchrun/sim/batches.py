@@ -38,6 +38,11 @@ ENDPOINTS = {"/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/com
 PENDING = {"validating", "in_progress", "finalizing", "cancelling"}
 
 
+def _line_error(code: str, line: int | None, param: str | None, message: str) -> dict[str, Any]:
+    """One entry of a failed batch's `errors.data`, as OpenAI reports validation errors."""
+    return {"code": code, "line": line, "param": param, "message": message}
+
+
 class BatchStore:
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
@@ -370,14 +375,7 @@ class BatchStore:
         models: set[str] = set()
         path = self.files[rec.input_file_id].path if rec.input_file_id in self.files else None
         if path is None or not path.exists():
-            errors.append(
-                {
-                    "code": "file_not_found",
-                    "line": None,
-                    "param": "input_file_id",
-                    "message": "The input file was deleted.",
-                }
-            )
+            errors.append(_line_error("file_not_found", None, "input_file_id", "The input file was deleted."))
         else:
             with path.open("rb") as f:
                 for n, raw in enumerate(f, start=1):
@@ -385,98 +383,79 @@ class BatchStore:
                         continue
                     if len(lines) >= cfg.max_batch_lines:
                         errors = [
-                            {
-                                "code": "too_many_requests",
-                                "line": None,
-                                "param": None,
-                                "message": f"The input file has more than {cfg.max_batch_lines} requests.",
-                            }
+                            _line_error(
+                                "too_many_requests",
+                                None,
+                                None,
+                                f"The input file has more than {cfg.max_batch_lines} requests.",
+                            )
                         ]
                         break
                     try:
                         line = json.loads(raw)
                     except json.JSONDecodeError:
                         errors.append(
-                            {
-                                "code": "invalid_json_line",
-                                "line": n,
-                                "param": None,
-                                "message": "This line is not parseable as valid JSON.",
-                            }
+                            _line_error("invalid_json_line", n, None, "This line is not parseable as valid JSON.")
                         )
                         continue
                     cid = line.get("custom_id") if isinstance(line, dict) else None
                     if not isinstance(cid, str) or not cid:
                         errors.append(
-                            {
-                                "code": "missing_required_parameter",
-                                "line": n,
-                                "param": "custom_id",
-                                "message": "Missing required parameter: 'custom_id'.",
-                            }
+                            _line_error(
+                                "missing_required_parameter", n, "custom_id", "Missing required parameter: 'custom_id'."
+                            )
                         )
                         continue
                     if cid in seen:
                         errors.append(
-                            {
-                                "code": "duplicate_custom_id",
-                                "line": n,
-                                "param": "custom_id",
-                                "message": f"The custom_id for this request is a duplicate of another request: {cid}",
-                            }
+                            _line_error(
+                                "duplicate_custom_id",
+                                n,
+                                "custom_id",
+                                f"The custom_id for this request is a duplicate of another request: {cid}",
+                            )
                         )
                         continue
                     seen.add(cid)
                     if line.get("method") != "POST":
-                        errors.append(
-                            {
-                                "code": "invalid_method",
-                                "line": n,
-                                "param": "method",
-                                "message": "Only POST is supported.",
-                            }
-                        )
+                        errors.append(_line_error("invalid_method", n, "method", "Only POST is supported."))
                     if line.get("url") != rec.endpoint:
                         errors.append(
-                            {
-                                "code": "invalid_url",
-                                "line": n,
-                                "param": "url",
-                                "message": f"The URL provided for this request does not match the batch "
-                                f"endpoint {rec.endpoint}.",
-                            }
+                            _line_error(
+                                "invalid_url",
+                                n,
+                                "url",
+                                f"The URL provided for this request does not match the batch endpoint {rec.endpoint}.",
+                            )
                         )
                     body = line.get("body")
                     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
                         errors.append(
-                            {
-                                "code": "missing_required_parameter",
-                                "line": n,
-                                "param": "body.model",
-                                "message": "Missing required parameter: 'body.model'.",
-                            }
+                            _line_error(
+                                "missing_required_parameter",
+                                n,
+                                "body.model",
+                                "Missing required parameter: 'body.model'.",
+                            )
                         )
                         continue
                     if any(kind == "badline" for kind, _ in markers(body)):
                         errors.append(
-                            {
-                                "code": "invalid_request",
-                                "line": n,
-                                "param": "body",
-                                "message": "Invalid request body (forced by [[sim:badline]]).",
-                            }
+                            _line_error(
+                                "invalid_request", n, "body", "Invalid request body (forced by [[sim:badline]])."
+                            )
                         )
                         continue
                     models.add(body["model"])
                     if len(models) > 1:
                         errors.append(
-                            {
-                                "code": "mismatched_model",
-                                "line": n,
-                                "param": "body.model",
-                                "message": "The provided model does not match the model of other "
+                            _line_error(
+                                "mismatched_model",
+                                n,
+                                "body.model",
+                                "The provided model does not match the model of other "
                                 "requests in the file: one model per batch file.",
-                            }
+                            )
                         )
                         models.discard(body["model"])
                         continue
@@ -484,9 +463,7 @@ class BatchStore:
                     if len(errors) >= 100:
                         break
         if not errors and not lines:
-            errors.append(
-                {"code": "empty_file", "line": None, "param": None, "message": "The batch input file is empty."}
-            )
+            errors.append(_line_error("empty_file", None, None, "The batch input file is empty."))
         rec.model = next(iter(models), None)
         if errors:
             self._fail(rec, errors)
@@ -511,14 +488,14 @@ class BatchStore:
                 self._fail(
                     rec,
                     [
-                        {
-                            "code": "token_limit_exceeded",
-                            "line": None,
-                            "param": None,
-                            "message": f"Enqueued token limit reached for {rec.model} in organization org-sim. "
+                        _line_error(
+                            "token_limit_exceeded",
+                            None,
+                            None,
+                            f"Enqueued token limit reached for {rec.model} in organization org-sim. "
                             f"Limit: {limit:,} enqueued tokens. Please try submitting an equivalent batch "
                             "after some time.",
-                        }
+                        )
                     ],
                 )
                 return
