@@ -217,10 +217,10 @@ class BatchJob(ResultsMixin):
     # -- submitting ------------------------------------------------------------------------------
 
     def _worst_usd(self, shard: ShardRecord) -> float:
-        if self.price is None:
-            return 0.0
+        """A shard's worst case at the batch price (with rows naming their own models: the dearest)."""
+        prices = [self.price, *(self.ctx.price_for(m) for m in sorted(self.renderer.row_models))]
         out = shard.lines * (self.job.request.max_output_tokens or 0)
-        return self.price.cost(shard.tokens, out, discount=self.discount)
+        return max((p.cost(shard.tokens, out, discount=self.discount) for p in prices if p is not None), default=0.0)
 
     async def _submit_ready(self) -> None:
         """Upload and submit written shards, in order, while the model's queue and the budget allow."""
@@ -373,10 +373,21 @@ class BatchJob(ResultsMixin):
         def on_shard(shard: Shard, lines: list[ShardLine]) -> None:
             items = [(ln.custom_id, ln.row_id, attempts_of.pop(ln.custom_id, 0)) for ln in lines]
             self.book.add_shard(run.id, round_no, shard, items)
-            open_ids.clear()
+            open_ids.difference_update(ln.custom_id for ln in lines)  # other writers' shards stay open
 
         prefix = f"{self.job.name[:40]}-{self.job_key[:8]}-r{run.id}.{round_no}"
-        writer = ShardWriter(self.work_dir, prefix, self.url, self.limits, on_shard)
+        # one model per batch file (the API's rule): rows naming their own model get a writer per model
+        writers: dict[str, ShardWriter] = {}
+
+        def writer_for(text: str) -> ShardWriter:
+            model = self.renderer.params_of(text).get("model") or "" if per_model else ""
+            found = writers.get(model)
+            if found is None:
+                tag = f"-m{len(writers)}" if per_model else ""
+                found = writers[model] = ShardWriter(self.work_dir, prefix + tag, self.url, self.limits, on_shard)
+            return found
+
+        per_model = "model" in self.renderer.row_params
         body_of = self.renderer.json_body(self.endpoint.model)
         for batch in self.source.batches(5000):
             positions, ids, texts = self.renderer.texts(batch)
@@ -421,14 +432,15 @@ class BatchJob(ResultsMixin):
                     continue  # reported as too_long when the output is written; never sent
                 body = body_of(text)
                 if redo.get(fp) == "truncated":  # as online: a reply cut off is asked again with room for it
-                    body = self._doubled(body, attempts)
+                    body = self._doubled(body, attempts_of.get(fp, 1))
                 try:
-                    writer.add(fp, ids[i], body, n)
+                    writer_for(text).add(fp, ids[i], body, n)
                 except LineTooLarge:
                     open_ids.discard(fp)
                     attempts_of.pop(fp, None)
-        writer.close()
-        return writer.count
+        for writer in writers.values():
+            writer.close()
+        return sum(w.count for w in writers.values())
 
     def _bad_replies_to_resend(self, final: dict[str, float], started: float) -> dict[str, str]:
         """`[limits] retry_bad_replies` in batch mode: answers of this run that came back schema_invalid or

@@ -129,8 +129,11 @@ class ResultsMixin:
         """A 200 line's answer, through the same reply parser as online, at the batch price."""
         prompt, completion, cached = usage_tokens(body)
         cost = None
-        if self.price is not None and prompt is not None:
-            cost = self.price.cost(prompt, completion or 0, discount=self.discount, cached_tokens=cached)
+        price = self.price
+        if self.renderer.row_models and isinstance(body.get("model"), str):
+            price = self.ctx.price_for(body["model"])  # the row's own model ([request] params_from)
+        if price is not None and prompt is not None:
+            cost = price.cost(prompt, completion or 0, discount=self.discount, cached_tokens=cached)
         if self.job.request.kind == "embeddings":
             data = body.get("data") or []
             vec = data[0].get("embedding") if data and isinstance(data[0], dict) else None

@@ -139,6 +139,8 @@ class RunContext:
     endpoint: Endpoint
     price: ModelPrice | None
     """The model's price, or None when no price is known (costs are then unknown)."""
+    price_for: Callable[[str], ModelPrice | None]
+    """Any model's price (rows naming their own model, [request] params_from)."""
     batch_discount: float
     limiter: RateLimiter
     ledger: Ledger
@@ -192,6 +194,7 @@ class RunContext:
             budget=self.budget,
             audit=self.audit.add if self.audit.enabled else None,
             on_spend=lambda usd: ledger.record_spend(usd, key),
+            price_for=self.price_for,
         )
         return self.stopper.attach(engine)
 
@@ -276,6 +279,8 @@ class TableParts:
         renderer = Renderer(ctx.job, source.columns)
         renderer.check_no_empty(source)
         renderer.check_row_params(source)
+        for model in sorted(renderer.row_models):
+            require_price(ctx.job, ctx.price_for(model), model)
         input_columns, layout = job_layout(ctx.job, source)
         return cls(
             source=source,
@@ -294,13 +299,14 @@ def job_budget(job: Job, price: ModelPrice | None, ledger: Ledger) -> Budget | N
     return Budget(job.budget.max_usd, ledger.spent())
 
 
-def require_price(job: Job, price: ModelPrice | None) -> None:
+def require_price(job: Job, price: ModelPrice | None, model: str | None = None) -> None:
     """A budget needs a price: refuse the job (before anything is read or sent) when none is known."""
     if price is None and job.budget.max_usd is not None:
+        whose = "" if model is None else " (named by rows in [request] params_from model)"
         raise JobFileError(
             job.source_path,
             "budget.max_usd",
-            f"no price is known for {job.request.model!r}, so a budget cannot be enforced; "
+            f"no price is known for {model or job.request.model!r}{whose}, so a budget cannot be enforced; "
             "add its price under [pricing.models] or remove the budget",
         )
 

@@ -135,13 +135,17 @@ class Engine:
         budget: Budget | None = None,
         audit: Callable[[dict[str, Any]], None] | None = None,
         on_spend: Callable[[float], None] | None = None,
+        price_for: Callable[[str], ModelPrice | None] | None = None,
     ) -> None:
         self.client = client
         self.model = model
         self.kind = kind
         self.limiter = limiter
+        """The job's model's limits; rows naming their own model ([request] params_from) get one each."""
+        self.limiters: dict[str, RateLimiter] = {}
         self.parser = parser
         self.price = price
+        self.price_for = price_for
         self.options = options
         self.on_result = on_result
         self.embedding_dims = embedding_dims
@@ -262,7 +266,7 @@ class Engine:
             path = "/embeddings"
         else:
             body = dict(item.requests[0].body)
-            body["model"] = self.model
+            body["model"] = item.requests[0].model or self.model  # the row's own, else the endpoint's
             if max_tokens is not None:
                 key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
                 body[key] = max_tokens
@@ -308,7 +312,7 @@ class Engine:
                 return
             extra_tokens = 0 if max_tokens is None else max_tokens - item.requests[0].max_output_tokens
             try:
-                await self.limiter.acquire(item.charged + extra_tokens)
+                await self._limiter(item).acquire(item.charged + extra_tokens)
             except RequestTooLarge as exc:
                 self._emit_all(item, "too_long", str(exc), attempts)
                 return
@@ -338,12 +342,14 @@ class Engine:
                     self._emit_all(item, "failed", failure.message, attempts, retryable=True)
                     return
                 if failure.headers is not None:
-                    self.limiter.observe(failure.headers)
+                    self._limiter(item).observe(failure.headers)
                 last_error = failure.message
                 if failure.action is Action.RATE_LIMITED:
                     self.stats.rate_limited += 1
                     self.stats.refused_tokens += item.charged + extra_tokens
-                    self.limiter.pause(failure.wait if failure.wait is not None else 1.0, kind=failure.limit_kind)
+                    self._limiter(item).pause(
+                        failure.wait if failure.wait is not None else 1.0, kind=failure.limit_kind
+                    )
                     budget_used -= 1
                     rate_waits += 1
                     if rate_waits <= MAX_RATE_LIMIT_WAITS:
@@ -359,7 +365,7 @@ class Engine:
                 if failure.action is Action.RETRY and budget_used < opts.max_attempts:
                     self.stats.retries += 1
                     if failure.slow_down:
-                        self.limiter.slow_down()
+                        self._limiter(item).slow_down()
                     await asyncio.sleep(opts.backoff.delay(budget_used, self.rng, failure.wait))
                     continue
                 if failure.action is Action.STOP_QUOTA:
@@ -391,7 +397,7 @@ class Engine:
                 self.budget.settle(worst, cost)
             if self.on_spend is not None:
                 self.on_spend(cost)
-            self.limiter.observe(read_headers(raw.headers))
+            self._limiter(item).observe(read_headers(raw.headers))
             self._observe_latency(latency)
             self.stats.requests_ok += 1
             request_id = raw.headers.get("x-request-id")
@@ -433,23 +439,43 @@ class Engine:
             )
         return True
 
+    def _model_of(self, item: WorkItem) -> str | None:
+        """The row's own model (params_from), or None for the job's."""
+        model = item.requests[0].model
+        return None if model is None or model == self.model else model
+
+    def _limiter(self, item: WorkItem) -> RateLimiter:
+        model = self._model_of(item)
+        if model is None:
+            return self.limiter
+        found = self.limiters.get(model)
+        if found is None:  # limits are per model: this one's are learnt from its replies' headers
+            found = self.limiters[model] = RateLimiter(None, None)
+        return found
+
+    def _price(self, item: WorkItem) -> ModelPrice | None:
+        model = self._model_of(item)
+        if model is None or self.price_for is None:
+            return self.price
+        return self.price_for(model)
+
     def _worst_cost(self, item: WorkItem, extra_tokens: int) -> float:
-        if self.price is None:
+        price = self._price(item)
+        if price is None:
             return 0.0
         prompt = sum(r.prompt_tokens for r in item.requests)
         out = sum(r.max_output_tokens for r in item.requests) + extra_tokens
-        return self.price.cost(prompt, out)
+        return price.cost(prompt, out)
 
     def _reply_cost(self, reply: dict[str, Any], item: WorkItem) -> float:
         usage = reply.get("usage") or {}
-        if self.price is None:
+        price = self._price(item)
+        if price is None:
             return 0.0
         if not usage:
             return self._worst_cost(item, 0)  # no usage reported: assume the worst, never less
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-        return self.price.cost(
-            usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, cached_tokens=cached
-        )
+        return price.cost(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, cached_tokens=cached)
 
     def _audit(
         self, item: WorkItem, max_tokens: int | None, response: Any, reply: dict[str, Any] | None, error: str | None
@@ -478,8 +504,9 @@ class Engine:
             }
         )
 
-    def _cost(self, prompt: int, completion: int, cached: int = 0) -> float | None:
-        return None if self.price is None else self.price.cost(prompt, completion, cached_tokens=cached)
+    def _cost(self, item: WorkItem, prompt: int, completion: int, cached: int = 0) -> float | None:
+        price = self._price(item)
+        return None if price is None else price.cost(prompt, completion, cached_tokens=cached)
 
     def _chat_result(
         self, item: WorkItem, reply: dict[str, Any], attempts: int, latency: float, request_id: str | None
@@ -498,7 +525,7 @@ class Engine:
             attempts=attempts,
             prompt_tokens=prompt,
             completion_tokens=completion,
-            cost_usd=self._cost(prompt or 0, completion or 0, cached) if usage else None,
+            cost_usd=self._cost(item, prompt or 0, completion or 0, cached) if usage else None,
             latency_ms=round(latency, 2),
             finish_reason=parsed.finish_reason,
             model=reply.get("model"),
@@ -531,7 +558,7 @@ class Engine:
                     attempts=attempts,
                     prompt_tokens=req.prompt_tokens,
                     completion_tokens=0,
-                    cost_usd=self._cost(round(share), 0),
+                    cost_usd=self._cost(item, round(share), 0),
                     latency_ms=round(latency, 2),
                     model=reply.get("model"),
                     request_id=request_id,

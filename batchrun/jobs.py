@@ -137,11 +137,6 @@ class RequestSpec(Spec):
         clash = sorted(reserved & self.params.keys())
         if clash:
             raise ValueError(f"params may not set {clash}: batchrun sets those itself (stream and n unsupported)")
-        if "model" in self.params_from:
-            raise ValueError(
-                "params_from cannot set `model` yet: each model has its own price, limits and Batch API files; "
-                "split the job by model (e.g. with [input] filter) until per-row models are built"
-            )
         clash = sorted((reserved - {"model"}) & self.params_from.keys())
         if clash:
             raise ValueError(f"params_from may not set {clash}: batchrun sets those itself")
@@ -273,6 +268,11 @@ class Job(Spec):
 
     @model_validator(mode="after")
     def _cross(self) -> Job:
+        if "model" in self.request.params_from and self.endpoint.azure_deployment:
+            raise ValueError(
+                "[request] params_from model needs a server that takes the model per request; an Azure "
+                "deployment is one model: split the job by model (e.g. with [input] filter), one deployment each"
+            )
         if self.request.kind == "embeddings" and self.output_schema is not None:
             raise ValueError("embeddings jobs cannot have [output_schema]")
         if self.request.kind == "embeddings" and (self.prompt.system or self.prompt.examples):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import signal
 import time
@@ -118,6 +119,7 @@ def build_context(job: Job, endpoint: Endpoint, ledger: Ledger, options: RunOpti
         job=job,
         endpoint=endpoint,
         price=price,
+        price_for=functools.lru_cache(maxsize=64)(table.lookup),
         batch_discount=table.batch_discount,
         limiter=RateLimiter(job.limits.rpm, job.limits.tpm),
         ledger=ledger,

@@ -130,6 +130,21 @@ def _minutes_needed(amount: int, per_minute: int | None) -> float | None:
     return max(amount - per_minute, 0) / per_minute
 
 
+@dataclass
+class _ModelTally:
+    """One model's sendable tokens in a plan: prompt, and requests by output limit (all, and to finish)."""
+
+    prompt: int = 0
+    outs: Counter[int] = field(default_factory=Counter)
+    finish_prompt: int = 0
+    finish_outs: Counter[int] = field(default_factory=Counter)
+
+    @staticmethod
+    def out_tokens(outs: Counter[int], expected_of: Callable[[int], int] | None) -> int:
+        """Output tokens of requests by limit: the limits themselves (worst), or what is expected of each."""
+        return sum((limit if expected_of is None else expected_of(limit)) * n for limit, n in outs.items())
+
+
 class Histogram:
     """Prompt sizes as counts per token count: the mean, p95 and max of millions of rows in the memory
     of a few hundred distinct sizes (a list of every row's count grew with the input)."""
@@ -280,7 +295,6 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
     requests = 0
     issues: list[RowIssue] = []
     issue_count = 0
-    issue_prompt = 0
     pending_embed: list[Request] = []
     queue, queue_source = queue_limit(job)
     shard_counter = ShardCounter(ShardLimits(job.batch.max_lines, job.batch.max_bytes, queue))
@@ -300,6 +314,8 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
     # requests by their output-token limit (one value unless [request] params_from sets it per row)
     outs: Counter[int] = Counter()
     finish_outs: Counter[int] = Counter()
+    # the same, per model, for the cost: rows may name their own model ([request] params_from model)
+    by_model: dict[str, _ModelTally] = {}
     for batch in source.batches(batch_size):
         positions, ids, texts = renderer.texts(batch)
         empty = renderer.empty(batch, texts)
@@ -318,10 +334,15 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
         for i, r in enumerate(reqs):
             if too_long_reason(job, r, context, tpm) is None:
                 outs[r.max_output_tokens] += 1
+                tally = by_model.setdefault(r.model or job.request.model, _ModelTally())
+                tally.prompt += r.prompt_tokens
+                tally.outs[r.max_output_tokens] += 1
                 if i not in done:
                     finish_rows += 1
                     finish_prompt += r.prompt_tokens
                     finish_outs[r.max_output_tokens] += 1
+                    tally.finish_prompt += r.prompt_tokens
+                    tally.finish_outs[r.max_output_tokens] += 1
         for r, text in zip(reqs, texts, strict=True):
             counts.append(r.prompt_tokens)
             if too_long_reason(job, r, context, None) is None:
@@ -331,7 +352,6 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
             reason = too_long_reason(job, r, context, tpm)
             if reason:
                 issue_count += 1
-                issue_prompt += r.prompt_tokens
                 if len(issues) < LISTED_ISSUES:
                     issues.append(RowIssue(r.row_id, r.row, r.prompt_tokens, r.charged_tokens, reason))
                 continue
@@ -369,7 +389,6 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
 
     worst_out = sum(limit * n for limit, n in outs.items())
     expected_out = sum(expected_of(limit) * n for limit, n in outs.items())
-    sendable_prompt = total_prompt - issue_prompt
 
     notes: list[str] = []
     if not renderer.counter.model_known:
@@ -387,8 +406,25 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
             "add it under [pricing.models] in the job"
         )
 
-    def cost(out_tokens: int, discount: float) -> float | None:
-        return None if price is None else price.cost(sendable_prompt, out_tokens, discount=discount)
+    def priced(outs_of: Callable[[_ModelTally], tuple[int, int]], discount: float = 1.0) -> float | None:
+        """Σ over models of (prompt, output) tokens at each model's price; None if one has no price."""
+        total = 0.0
+        for model, tally in (by_model or {job.request.model: _ModelTally()}).items():
+            p = table.lookup(model)
+            if p is None:
+                return None
+            prompt, out = outs_of(tally)
+            total += p.cost(prompt, out, discount=discount)
+        return total
+
+    def cost(expected: bool, discount: float) -> float | None:
+        return priced(lambda t: (t.prompt, t.out_tokens(t.outs, expected_of if expected else None)), discount)
+
+    unpriced = sorted(m for m in by_model if m != job.request.model and table.lookup(m) is None)
+    if unpriced:
+        notes.append(f"no price for {unpriced} (rows name them in [request] params_from model): cost unknown")
+    if len(by_model) > 1:
+        notes.append("rows use " + ", ".join(f"{m} ({sum(t.outs.values()):,})" for m, t in sorted(by_model.items())))
 
     rpm, tpm = job.limits.rpm, job.limits.tpm
     m_rpm = _minutes_needed(requests, rpm)
@@ -418,11 +454,11 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
         expected_basis=basis,
         charged_tokens_total=charged_total,
         price_as_of=table.as_of,
-        price_known=price is not None,
-        cost_online_worst=cost(worst_out, 1.0),
-        cost_online_expected=cost(expected_out, 1.0),
-        cost_batch_worst=cost(worst_out, table.batch_discount),
-        cost_batch_expected=cost(expected_out, table.batch_discount),
+        price_known=price is not None and not unpriced,
+        cost_online_worst=cost(False, 1.0),
+        cost_online_expected=cost(True, 1.0),
+        cost_batch_worst=cost(False, table.batch_discount),
+        cost_batch_expected=cost(True, table.batch_discount),
         rpm=rpm,
         tpm=tpm,
         minutes_at_rpm=m_rpm,
@@ -446,10 +482,8 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
     if ledger is not None:
         ledger.close()
     waves = -(-batch_tokens // queue) if queue and batch_tokens else (1 if batch_tokens else 0)
-    finish_expected = finish_worst = None
-    if price is not None:
-        finish_expected = price.cost(finish_prompt, sum(expected_of(lim) * n for lim, n in finish_outs.items()))
-        finish_worst = price.cost(finish_prompt, sum(lim * n for lim, n in finish_outs.items()))
+    finish_expected = priced(lambda t: (t.finish_prompt, t.out_tokens(t.finish_outs, expected_of)))
+    finish_worst = priced(lambda t: (t.finish_prompt, t.out_tokens(t.finish_outs, None)))
     budget = job.budget.max_usd
     left = None if budget is None else max(budget - spent, 0.0)
     plan = _with(

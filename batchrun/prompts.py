@@ -23,6 +23,9 @@ from .ledger import Fingerprinter
 from .sources import ID_COLUMN, ROW_COLUMN, Source
 from .tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, TokenCounter
 
+MAX_ROW_MODELS = 20
+"""Most distinct models one job's rows may name ([request] params_from model)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Request:
@@ -35,6 +38,8 @@ class Request:
     """Chat: the full request body. Embeddings: {"input": text}; the engine groups rows."""
     prompt_tokens: int
     max_output_tokens: int
+    model: str | None = None
+    """The row's own model ([request] params_from model); None: the job's."""
 
     @property
     def charged_tokens(self) -> int:
@@ -143,6 +148,10 @@ class Renderer:
         self.skip_empty = job.input.empty == "skip"
         req = job.request
         self.counter = TokenCounter(req.model, warn_unknown=warn_unknown_model)
+        self.warn_unknown = warn_unknown_model
+        self._counters: dict[str, tuple[TokenCounter, int]] = {}
+        self.row_models: frozenset[str] = frozenset()
+        """The models rows name in their own column ([request] params_from model), found by check_row_params."""
         self.kind = req.kind
         self.fixed_messages: list[dict[str, Any]] = []
         if system and self.system_template is None:
@@ -227,8 +236,9 @@ class Renderer:
 
     def body(self, text: str, model: str | None = None) -> dict[str, Any]:
         """A chat row's whole request body."""
-        body = {**self.params, **self.params_of(text)}
-        if model is not None:
+        own = self.params_of(text)
+        body = {**self.params, **own}
+        if model is not None and "model" not in own:  # a row's own model wins over the job's
             body["model"] = model
         body["messages"] = self.messages(text)
         return body
@@ -296,18 +306,51 @@ class Renderer:
         return Fingerprinter(endpoint, self.kind, constant)
 
     def prompt_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Prompt tokens of each rendered row's request, as the server counts them."""
+        """Prompt tokens of each rendered row's request, as the server counts them (with the encoding of
+        the row's own model, when [request] params_from sets one)."""
         if self.kind == "embeddings":
             return self.counter.count_texts(texts)
+        if "model" not in self.row_params:
+            return self._prompt_tokens(texts, self.counter, self.base_tokens)
+        by_encoding: dict[str, list[int]] = {}
+        for i, text in enumerate(texts):
+            model = self.params_of(text).get("model") or self.job.request.model
+            by_encoding.setdefault(self._counting(model)[0].encoding_name, []).append(i)
+        out = [0] * len(texts)
+        for indices in by_encoding.values():
+            counter, base = self._counting(self.params_of(texts[indices[0]]).get("model") or self.job.request.model)
+            for i, n in zip(indices, self._prompt_tokens([texts[i] for i in indices], counter, base), strict=True):
+                out[i] = n
+        return out
+
+    @property
+    def base_tokens(self) -> int:
+        """What every request of the job's model counts besides its user text (and per-row system prompt)."""
         # "user" is one token in every encoding; counted like any other string field
-        base = self.fixed_tokens + TOKENS_PER_MESSAGE + REPLY_PRIMING + self.schema_tokens + self.role_tokens
+        return self.fixed_tokens + TOKENS_PER_MESSAGE + REPLY_PRIMING + self.schema_tokens + self.role_tokens
+
+    def _counting(self, model: str) -> tuple[TokenCounter, int]:
+        """A row model's counter and fixed part, one per encoding (most models share o200k_base)."""
+        found = self._counters.get(model)
+        if found is None:
+            counter = TokenCounter(model, warn_unknown=self.warn_unknown)
+            if counter.encoding_name == self.counter.encoding_name:
+                found = (self.counter, self.base_tokens)
+            else:
+                fixed = sum(counter.count_message(m) for m in self.fixed_messages)
+                base = fixed + TOKENS_PER_MESSAGE + REPLY_PRIMING + counter.schema_overhead(self.schema)
+                found = (counter, base + counter.count_text("user"))
+            self._counters[model] = found
+        return found
+
+    def _prompt_tokens(self, texts: Sequence[str], counter: TokenCounter, base: int) -> list[int]:
         if self.system_template is None and not self.row_params:
-            return [base + n for n in self.counter.count_texts(texts)]
+            return [base + n for n in counter.count_texts(texts)]
         pairs = [self.split(t) for t in texts]
-        users = self.counter.count_texts([u for _, u in pairs])
+        users = counter.count_texts([u for _, u in pairs])
         if self.system_template is None:
             return [base + n for n in users]
-        systems = [self.counter.count_message({"role": "system", "content": sy or ""}) for sy, _ in pairs]
+        systems = [counter.count_message({"role": "system", "content": sy or ""}) for sy, _ in pairs]
         return [base + n + m for n, m in zip(users, systems, strict=True)]
 
     def check_row_params(self, source: Source) -> None:
@@ -322,6 +365,8 @@ class Renderer:
         }
         ints = ("max_tokens", "max_completion_tokens", "seed")
         schema = dict(zip(source.columns, source.dtypes, strict=True))
+        if "model" in self.row_params:
+            self.row_models = self._row_models(source, self.row_params["model"], schema)
         for param, col in self.row_params.items():
             if param not in rules:
                 continue  # passed through as is, like [request] params
@@ -342,6 +387,32 @@ class Renderer:
                     f"{param}) is {value!r}; it must be {want}"
                 )
 
+    def _row_models(self, source: Source, col: str, schema: dict[str, pl.DataType]) -> frozenset[str]:
+        """The distinct models of a params_from model column: text, not blank, and few (each model has its
+        own price, limits and Batch API files; hundreds would be a column mistaken for another)."""
+        if schema[col] != pl.String:
+            raise InputError(
+                f"{source.path}: column {col!r} ([request.params_from] model) holds {schema[col]}; "
+                "each value must be a model name"
+            )
+        v = pl.col(col)
+        blank = source.first_where(v.is_not_null() & (v.str.strip_chars() == ""), [ROW_COLUMN, ID_COLUMN])
+        if blank is not None:
+            raise InputError(
+                f"{source.path}: data row {blank[ROW_COLUMN] + 1} (id {blank[ID_COLUMN]!r}), column {col!r} "
+                "([request.params_from] model) is blank; give a model name, or leave the cell empty for the "
+                f"job's own model ({self.job.request.model})"
+            )
+        models: set[str] = set()
+        for batch in source.batches(50_000):
+            models.update(m for m in batch[col].unique().to_list() if m is not None)
+            if len(models) > MAX_ROW_MODELS:
+                raise InputError(
+                    f"{source.path}: column {col!r} ([request.params_from] model) names more than "
+                    f"{MAX_ROW_MODELS} different models; is it the right column?"
+                )
+        return frozenset(models)
+
     def requests(self, positions: Sequence[int], ids: Sequence[str], texts: Sequence[str]) -> list[Request]:
         """Requests for rendered rows, their prompt tokens counted in one batch."""
         counts = self.prompt_tokens(texts)
@@ -353,9 +424,9 @@ class Renderer:
         out: list[Request] = []
         for pos, rid, text, n in zip(positions, ids, texts, counts, strict=True):
             body = self.body(text)
-            out.append(
-                Request(row=pos, row_id=rid, body=body, prompt_tokens=n, max_output_tokens=self.max_output_of(body))
-            )
+            model = body["model"] if "model" in self.row_params else None
+            limit = self.max_output_of(body)
+            out.append(Request(row=pos, row_id=rid, body=body, prompt_tokens=n, max_output_tokens=limit, model=model))
         return out
 
     def json_body(self, model: str) -> Callable[[str], bytes]:

@@ -315,3 +315,33 @@ def test_bad_replies_can_be_retried(make_sim: SimFactory, write_job: Callable[..
     df = run(job).frame()
     assert df["status"].to_list() == ["ok", "truncated", "schema_invalid"]
     assert df["attempts"].to_list() == [2, 2, 2]
+
+
+def test_rows_naming_their_own_model_get_that_models_limits_and_price() -> None:
+    asyncio.run(_own_model_limits_and_price())
+
+
+async def _own_model_limits_and_price() -> None:
+    from batchrun.engine import Engine, EngineOptions, WorkItem
+    from batchrun.limits import RateLimiter
+    from batchrun.pricing import ModelPrice
+    from batchrun.prompts import Request
+    from batchrun.replies import ReplyParser
+
+    job_limiter = RateLimiter(100, 10_000)
+    prices = {m: ModelPrice(m, input=i, output=o) for m, i, o in (("gpt-4o", 2.5, 10.0), ("gpt-4o-mini", 0.15, 0.6))}
+    engine = Engine(
+        client=None,  # type: ignore[arg-type]  # nothing is sent here
+        model="gpt-4o-mini", kind="chat", limiter=job_limiter, parser=ReplyParser(None, 10),
+        price=prices["gpt-4o-mini"], options=EngineOptions(), on_result=lambda *_: None, price_for=prices.get,
+    )  # fmt: skip
+
+    def item(model: str | None) -> WorkItem:
+        return WorkItem((0,), (Request(0, "a", {}, prompt_tokens=1000, max_output_tokens=100, model=model),))
+
+    own, other = item(None), item("gpt-4o")
+    assert engine._limiter(own) is job_limiter and engine._limiter(item("gpt-4o-mini")) is job_limiter
+    assert engine._limiter(other) is not job_limiter and engine._limiter(other) is engine._limiter(item("gpt-4o"))
+    assert engine._limiter(other).limits == (None, None)  # learnt from that model's replies' headers
+    assert engine._worst_cost(own, 0) == pytest.approx((1000 * 0.15 + 100 * 0.6) / 1e6)
+    assert engine._worst_cost(other, 0) == pytest.approx((1000 * 2.5 + 100 * 10.0) / 1e6)

@@ -395,4 +395,59 @@ def test_bad_per_row_parameter_values_are_refused_before_sending(make_sim: SimFa
     )
     refused(sim, cli("run", str(path), "-q"), "data row 2 (id 'b')", "column 'mt'", "is -3")
     path.write_text(path.read_text().replace('params_from = { max_tokens = "mt" }', 'params_from = { model = "mt" }'))
-    refused(sim, cli("run", str(path), "-q"), "params_from cannot set `model` yet")
+    refused(sim, cli("run", str(path), "-q"), "column 'mt' ([request.params_from] model) holds Int64")
+
+
+PRICES = {"gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00), "gpt-4-turbo": (10.00, 30.00)}
+MODELS_CSV = "id,text,m\na,one,gpt-4o\nb,two,\nc,three,gpt-4-turbo\nd,four,gpt-4o\ne,five,\n"
+
+
+def _usage_cost(df: pl.DataFrame, discount: float = 1.0) -> float:
+    by_row = zip(df["m"].to_list(), df["prompt_tokens"].to_list(), df["completion_tokens"].to_list(), strict=True)
+    total = 0.0
+    for m, p, c in by_row:
+        inp, out = PRICES[m or "gpt-4o-mini"]
+        total += (p * inp + c * out) / 1e6 * discount
+    return total
+
+
+@pytest.mark.parametrize("mode", ["online", "batch"])
+def test_per_row_models_are_sent_counted_and_priced_each_at_its_own(
+    make_sim: SimFactory, tmp_path: Path, mode: str
+) -> None:
+    sim = make_sim(models=("gpt-4o-mini", "gpt-4o", "gpt-4-turbo"), text_tokens=(5, 20), batch_validate_seconds=0.05,
+                   batch_run_seconds=0.2, batch_finalize_seconds=0.05)  # fmt: skip
+    (tmp_path / "input.csv").write_text(MODELS_CSV)
+    path = job_file(tmp_path, sim.base_url, input_extra='id_column = "id"', max_tokens="40")
+    text = path.read_text().replace("max_tokens = 40", 'max_tokens = 40\nparams_from = { model = "m" }')
+    if mode == "batch":
+        text = 'mode = "batch"\n' + text + "\n[batch]\npoll_seconds = 0.05\npoll_max_seconds = 0.2\n"
+    path.write_text(text)
+    plan = batchrun.make_plan(load_job(path))
+    assert any("rows use gpt-4-turbo (1), gpt-4o (2), gpt-4o-mini (2)" in n for n in plan.notes), plan.notes
+    result = batchrun.run(path, wait=True) if mode == "batch" else batchrun.run(path)
+    df = result.frame()
+    assert df["status"].to_list() == ["ok"] * 5
+    # each row was answered by its own model (the simulator names the model it was asked for)
+    assert df["model"].to_list() == ["gpt-4o", "gpt-4o-mini", "gpt-4-turbo", "gpt-4o", "gpt-4o-mini"]
+    # counted with each model's encoding (gpt-4-turbo is cl100k_base): the plan's tokens are the server's
+    assert plan.prompt_tokens_total == sim.stats()["prompt_tokens"] if mode == "online" else True
+    assert result.prompt_tokens == plan.prompt_tokens_total
+    discount = 0.5 if mode == "batch" else 1.0
+    assert result.cost_usd == pytest.approx(_usage_cost(df, discount))
+    expected_worst = sum(
+        (n * PRICES[m or "gpt-4o-mini"][0] + 40 * PRICES[m or "gpt-4o-mini"][1]) / 1e6
+        for m, n in zip(df["m"].to_list(), df["prompt_tokens"].to_list(), strict=True)
+    )
+    assert plan.cost_online_worst == pytest.approx(expected_worst)
+    if mode == "batch":  # one model per batch file, as the API requires
+        models = sim.call(lambda: sorted(b.model for b in sim.sim.batches.batches.values()))
+        assert models == ["gpt-4-turbo", "gpt-4o", "gpt-4o-mini"]
+
+
+def test_per_row_models_need_prices_for_a_budget(make_sim: SimFactory, tmp_path: Path) -> None:
+    sim = make_sim(models=("gpt-4o-mini", "acme-7b"))
+    (tmp_path / "input.csv").write_text("id,text,m\na,one,acme-7b\nb,two,\n")
+    path = job_file(tmp_path, sim.base_url, input_extra='id_column = "id"', extra="[budget]\nmax_usd = 5")
+    path.write_text(path.read_text().replace("max_tokens = 150", 'max_tokens = 150\nparams_from = { model = "m" }'))
+    refused(sim, cli("run", str(path), "-q", "--over-budget"), "no price is known for 'acme-7b'", "params_from model")
