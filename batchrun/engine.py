@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import random
 import time
 from array import array
@@ -29,7 +28,7 @@ import openai
 
 from .budget import Budget
 from .errors import BatchrunError, BudgetExceeded, EndpointError, QuotaExhausted
-from .gate import Gate
+from .gate import InFlight
 from .headers import read_headers
 from .limits import RateLimiter, RequestTooLarge
 from .pricing import ModelPrice
@@ -160,10 +159,8 @@ class Engine:
         self.rng = random.Random(options.seed)
         # slow start: a fast server needs few requests in flight, a slow one is found within a
         # few round trips as the limit doubles towards the Little's-law target
-        self.gate = Gate(min(options.max_in_flight, 16))
-        self.latency_ewma: float | None = None
-        self.latency_min: float | None = None
-        self.completions: deque[float] = deque()
+        self.flow = InFlight(options.max_in_flight)
+        self.gate = self.flow.gate
         self.aborted = False
         self._active: set[asyncio.Task[Any]] = set()
         # the circuit breaker: the same failure, row after row, with no success between
@@ -331,9 +328,11 @@ class Engine:
                 self.stats.first_send = time.monotonic()
             self.stats.charged_tokens += item.charged + extra_tokens
             t0 = time.monotonic()
+            token = self.flow.sending()
             try:
                 raw, reply = await self._send(item, max_tokens)
             except (openai.APIError, openai.APIConnectionError) as exc:
+                self.flow.answered(token)
                 if self.budget is not None:
                     self.budget.settle(worst, 0.0)  # a request that got no reply is not billed
                 failure = classify(exc)
@@ -389,6 +388,7 @@ class Engine:
                 status = "too_long" if failure.action is Action.TOO_LONG else "failed"
                 self._emit_all(item, status, last_error, attempts, retryable=failure.action is Action.RETRY)
                 return
+            self.flow.answered(token)
             latency = (time.monotonic() - t0) * 1000
             self._streak_key, self._streak_rows = None, set()  # a reply: the endpoint works
             self._audit(item, max_tokens, raw, reply, None)
@@ -570,43 +570,9 @@ class Engine:
 
     def _observe_latency(self, latency_ms: float) -> None:
         self.stats.latencies_ms.append(latency_ms)
-        now = time.monotonic()
-        s = latency_ms / 1000
-        self.latency_ewma = s if self.latency_ewma is None else 0.9 * self.latency_ewma + 0.1 * s
-        self.latency_min = s if self.latency_min is None else min(self.latency_min, s)
-        self.completions.append(now)
-        while self.completions and self.completions[0] < now - 2.0:
-            self.completions.popleft()
-        if len(self.stats.latencies_ms) % 16 == 0:
-            target = min(self.concurrency_target(), 2 * self.gate.limit)
-            if target != self.gate.limit:
-                self.gate.set_limit(target)
-
-    def concurrency_target(self) -> int:
-        """Requests in flight needed to keep the binding limit busy (Little's law: rate × latency).
-
-        With known limits: the limit's request rate × observed latency, plus whatever the buckets
-        can admit at once (they start full). Without: the observed throughput × the least latency
-        seen (the server's own time, before any queueing in our client), which stops a fast server
-        from being sent hundreds of needless parallel requests that only cost client CPU.
-        Doubled for headroom, capped by max_in_flight.
-        """
-        assert self.latency_ewma is not None and self.latency_min is not None
-        rpm, tpm = self.limiter.limits
-        if rpm is None and tpm is None:
-            span = self.completions[-1] - self.completions[0] if len(self.completions) > 1 else 0.0
-            if span < 0.5:
-                return self.options.max_in_flight
-            throughput = (len(self.completions) - 1) / span
-            need = math.ceil(throughput * max(self.latency_min, 0.001) * 2) + 16
-            return max(1, min(need, self.options.max_in_flight))
-        charged = max(self.stats.charged_tokens / max(self.stats.requests_sent, 1), 1.0)
-        rates, burst = [], []
-        if rpm:
-            rates.append(rpm / 60)
-            burst.append(self.limiter.requests.level if self.limiter.requests else 0)
-        if tpm:
-            rates.append(tpm / 60 / charged)
-            burst.append(self.limiter.tokens.level / charged if self.limiter.tokens else 0)
-        need = math.ceil(min(rates) * self.latency_ewma * 2) + 8 + max(int(min(burst)), 0)
-        return max(1, min(need, self.options.max_in_flight))
+        if self.flow.observe(latency_ms / 1000):
+            limiter = self.limiter
+            charged = max(self.stats.charged_tokens / max(self.stats.requests_sent, 1), 1.0)
+            levels = [limiter.requests.level] if limiter.requests else []
+            levels += [limiter.tokens.level / charged] if limiter.tokens else []
+            self.flow.retarget(limiter.limits, int(min(levels, default=0)), charged)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections import deque
+from collections.abc import Callable
 
 
 class Gate:
@@ -40,3 +43,89 @@ class Gate:
             if not fut.done():
                 fut.set_result(None)
                 free -= 1
+
+
+STRAGGLER_FACTOR = 4.0
+"""A request out for more than this many times a typical recent reply (the lower quartile of the last 256:
+a burst of slow replies coming back together does not move it) is a straggler (see InFlight)..."""
+STRAGGLER_FLOOR = 0.05
+"""... and for at least this many seconds: on a fast server a busy client's own event-loop lag stretches
+replies to a few times their median, and counting those would only add requests in flight, and CPU."""
+
+
+class InFlight:
+    """How many requests to have in flight, from the replies as they come back; moves `gate.limit`.
+
+    With known limits it is Little's law on the binding limit: its request rate × the mean latency,
+    plus what the buckets can admit at once. Without, it is the observed throughput × the least latency
+    seen (the server's own time, before any queueing in our client) — which keeps a fast server from
+    being sent hundreds of needless parallel requests that only cost client CPU — plus every request
+    that has been out for more than STRAGGLER_FACTOR × a typical recent latency. Those stragglers (a slow
+    tail: 30 % of replies taking 5 s, say) hold slots without adding throughput; counting them on top
+    keeps the fast requests flowing instead of letting the slow ones shrink the target they feed.
+    Doubled for headroom; it at most doubles per step (a slow start), capped by max_in_flight.
+    """
+
+    def __init__(self, max_in_flight: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_in_flight = max_in_flight
+        self.gate = Gate(min(max_in_flight, 16))
+        self.clock = clock
+        self.latency_ewma: float | None = None
+        self.latency_min: float | None = None
+        self.completions: deque[float] = deque()
+        self.recent: deque[float] = deque(maxlen=256)
+        """The last replies' latencies, for the typical one a straggler is measured against."""
+        self.replies = 0
+        self._out: dict[int, float] = {}
+        self._next = 0
+
+    def sending(self) -> int:
+        """A request goes out: its token for `answered`."""
+        self._next += 1
+        self._out[self._next] = self.clock()
+        return self._next
+
+    def answered(self, token: int) -> None:
+        """A request came back (a reply or an error)."""
+        self._out.pop(token, None)
+
+    def stragglers(self) -> int:
+        if not self.recent:
+            return 0
+        typical = sorted(self.recent)[len(self.recent) // 4]
+        cutoff = self.clock() - max(STRAGGLER_FACTOR * typical, STRAGGLER_FLOOR)
+        return sum(1 for t in self._out.values() if t < cutoff)
+
+    def observe(self, latency_s: float) -> bool:
+        """Record a reply's latency; True every 16 replies, when the target should be recomputed."""
+        now = self.clock()
+        self.latency_ewma = latency_s if self.latency_ewma is None else 0.9 * self.latency_ewma + 0.1 * latency_s
+        self.latency_min = latency_s if self.latency_min is None else min(self.latency_min, latency_s)
+        self.recent.append(latency_s)
+        self.completions.append(now)
+        while self.completions and self.completions[0] < now - 2.0:
+            self.completions.popleft()
+        self.replies += 1
+        return self.replies % 16 == 0
+
+    def retarget(self, limits: tuple[int | None, int | None], burst: int, charged: float) -> None:
+        """Move the gate towards `target` (at most doubling it)."""
+        target = min(self.target(limits, burst, charged), 2 * self.gate.limit)
+        if target != self.gate.limit:
+            self.gate.set_limit(target)
+
+    def target(self, limits: tuple[int | None, int | None], burst: int, charged: float) -> int:
+        """`limits` the (rpm, tpm) known; `burst` what the buckets admit at once (requests); `charged` the
+        mean tokens a request reserves."""
+        assert self.latency_ewma is not None and self.latency_min is not None
+        rpm, tpm = limits
+        if rpm is None and tpm is None:
+            span = self.completions[-1] - self.completions[0] if len(self.completions) > 1 else 0.0
+            if span < 0.5:
+                return self.max_in_flight
+            throughput = (len(self.completions) - 1) / span
+            need = math.ceil(throughput * max(self.latency_min, 0.001) * 2) + 16 + self.stragglers()
+            return max(1, min(need, self.max_in_flight))
+        rates = [r for r in ((rpm / 60) if rpm else None, (tpm / 60 / charged) if tpm else None) if r is not None]
+        need = math.ceil(min(rates) * self.latency_ewma * 2) + 8 + max(burst, 0)
+        return max(1, min(need, self.max_in_flight))
