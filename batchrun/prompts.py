@@ -72,8 +72,9 @@ def simple_parts(env: jinja2.Environment, template: str) -> list[tuple[bool, str
 
 
 ROW_KEY = "\x00batchrun-row\x00"
-"""Prefix of a row's text when its system prompt or parameters are its own: ROW_KEY + JSON [system, user,
-params] (so the fingerprint, the token count and the request all carry the row's own values)."""
+"""Prefix of a row's text when its system prompt, parameters or few-shot examples are its own: ROW_KEY +
+JSON [system, user, params] (+ [examples] when they name columns), so the fingerprint, the token count
+and the request all carry the row's own values."""
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 """C0 control characters but tab, newline and carriage return: never meant for a prompt."""
 
@@ -129,12 +130,26 @@ class Renderer:
                 used |= names - {"row", "row_id"}
             else:
                 system = tmpl.render()
-        for i, m in enumerate(job.prompt.examples):
-            if template_variables(m.content):
-                raise TemplateError(
-                    f"{job.source_path}: [prompt.examples] #{i + 1} names columns "
-                    f"{sorted(template_variables(m.content))}: few-shot examples are sent as written"
-                )
+        # [prompt.examples] are templates too: when any names a column, all are rendered per row
+        self.example_templates: list[tuple[dict[str, Any], jinja2.Template]] = []
+        if any("{{" in m.content or "{%" in m.content for m in job.prompt.examples):
+            for i, m in enumerate(job.prompt.examples):
+                key = f"prompt.examples] #{i + 1}"
+                try:
+                    tmpl = env.from_string(m.content)
+                except jinja2.TemplateSyntaxError as exc:
+                    raise TemplateError(f"{job.source_path}: [{key}, line {exc.lineno}: {exc.message}") from exc
+                names = template_variables(m.content)
+                unknown = sorted(names - set(columns) - {"row", "row_id"})
+                if unknown:
+                    raise TemplateError(
+                        f"{job.source_path}: [{key} uses {unknown}, which the input {job.input.path.name} lacks "
+                        f"(it would be sent literally); its columns are {list(columns)}"
+                    )
+                used |= names - {"row", "row_id"}
+                self.example_templates.append((m.model_dump(exclude_none=True), tmpl))
+            if not any(template_variables(m.content) for m in job.prompt.examples):
+                self.example_templates = []  # only Jinja2 syntax, no columns: rendered once below
         self.row_params = dict(job.request.params_from)
         missing_params = sorted({c for c in self.row_params.values()} - set(columns))
         if missing_params:
@@ -156,8 +171,12 @@ class Renderer:
         self.fixed_messages: list[dict[str, Any]] = []
         if system and self.system_template is None:
             self.fixed_messages.append({"role": "system", "content": system})
-        for m in job.prompt.examples:
-            self.fixed_messages.append(m.model_dump(exclude_none=True))
+        if not self.example_templates:
+            for m in job.prompt.examples:
+                msg = m.model_dump(exclude_none=True)
+                if "{{" in m.content or "{%" in m.content:
+                    msg["content"] = env.from_string(m.content).render()
+                self.fixed_messages.append(msg)
         # constant messages are counted once; only the rendered user message varies per row
         self.fixed_tokens = sum(self.counter.count_message(m) for m in self.fixed_messages)
         self.schema = job.schema_strict
@@ -197,7 +216,7 @@ class Renderer:
         if texts is None:
             rows = batch.select(self.columns).to_dicts()
             texts = [self.render_text(r, i) for r, i in zip(rows, ids, strict=True)]
-        if self.system_template is not None or self.row_params:
+        if self.per_row:
             rows = batch.select(self.columns).to_dicts()
             systems: list[str | None] = [None] * len(texts)
             if self.system_template is not None:
@@ -205,10 +224,13 @@ class Renderer:
             params = [
                 {k: r[c] for k, c in self.row_params.items() if r[c] is not None} for r in rows
             ]  # a null cell: the job's own value
-            texts = [
-                ROW_KEY + json.dumps([sy, t, pr], ensure_ascii=False, sort_keys=True)
-                for sy, t, pr in zip(systems, texts, params, strict=True)
-            ]
+            parts: list[list[Any]] = [[sy, t, pr] for sy, t, pr in zip(systems, texts, params, strict=True)]
+            if self.example_templates:
+                for part, r, i in zip(parts, rows, ids, strict=True):
+                    part.append(
+                        [{**m, "content": self._render(t, "examples", r, i)} for m, t in self.example_templates]
+                    )
+            texts = [ROW_KEY + json.dumps(part, ensure_ascii=False, sort_keys=True) for part in parts]
         if self.strip_controls:
             texts = [CONTROL_CHARS.sub("", t) for t in texts]
         return positions, ids, texts
@@ -219,13 +241,26 @@ class Renderer:
         except jinja2.TemplateError as exc:
             raise TemplateError(f"{self.job.source_path}: [prompt.{key}] row id {row_id!r}: {exc}") from exc
 
+    @property
+    def per_row(self) -> bool:
+        """Whether a row's request carries more of its own than the user text (see ROW_KEY)."""
+        return self.system_template is not None or bool(self.row_params) or bool(self.example_templates)
+
     @staticmethod
     def split(text: str) -> tuple[str | None, str]:
         """(per-row system prompt or None, user text) of what `texts` returned for a row."""
         if text.startswith(ROW_KEY):
-            system, user, _params = json.loads(text[len(ROW_KEY) :])
+            system, user = json.loads(text[len(ROW_KEY) :])[:2]
             return system, user
         return None, text
+
+    @staticmethod
+    def examples_of(text: str) -> list[dict[str, Any]]:
+        """The row's own few-shot messages (examples naming columns), in what `texts` returned."""
+        if text.startswith(ROW_KEY):
+            parts = json.loads(text[len(ROW_KEY) :])
+            return parts[3] if len(parts) > 3 else []
+        return []
 
     @staticmethod
     def params_of(text: str) -> dict[str, Any]:
@@ -250,7 +285,7 @@ class Renderer:
     def messages(self, text: str) -> list[dict[str, Any]]:
         system, user = self.split(text)
         head = [{"role": "system", "content": system}] if system is not None else []
-        return [*head, *self.fixed_messages, {"role": "user", "content": user}]
+        return [*head, *self.fixed_messages, *self.examples_of(text), {"role": "user", "content": user}]
 
     def check_no_empty(self, source: Source) -> None:
         """[input] empty = "fail": refuse the input, naming the first row, if a template column is null."""
@@ -344,14 +379,19 @@ class Renderer:
         return found
 
     def _prompt_tokens(self, texts: Sequence[str], counter: TokenCounter, base: int) -> list[int]:
-        if self.system_template is None and not self.row_params:
+        if not self.per_row:
             return [base + n for n in counter.count_texts(texts)]
         pairs = [self.split(t) for t in texts]
-        users = counter.count_texts([u for _, u in pairs])
-        if self.system_template is None:
-            return [base + n for n in users]
-        systems = [counter.count_message({"role": "system", "content": sy or ""}) for sy, _ in pairs]
-        return [base + n + m for n, m in zip(users, systems, strict=True)]
+        counts = [base + n for n in counter.count_texts([u for _, u in pairs])]
+        if self.system_template is not None:
+            systems = [counter.count_message({"role": "system", "content": sy or ""}) for sy, _ in pairs]
+            counts = [n + m for n, m in zip(counts, systems, strict=True)]
+        if self.example_templates:
+            counts = [
+                n + sum(counter.count_message(m) for m in self.examples_of(t))
+                for n, t in zip(counts, texts, strict=True)
+            ]
+        return counts
 
     def check_row_params(self, source: Source) -> None:
         """Every per-row parameter value is one the API takes, checked over the whole input before anything
@@ -444,7 +484,7 @@ class Renderer:
                 "model": model,
                 "messages": [*self.fixed_messages, {"role": "user", "content": sentinel}],
             }
-        if (self.system_template is not None or self.row_params) and self.kind != "embeddings":
+        if self.per_row and self.kind != "embeddings":
             # the system prompt or the parameters differ per row: no constant part to serialise once
             def per_row(text: str) -> bytes:
                 return json.dumps(self.body(text, model), ensure_ascii=False, separators=(",", ":")).encode("utf-8")

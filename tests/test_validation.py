@@ -342,6 +342,42 @@ def test_a_templated_system_prompt_is_rendered_per_row_and_counted_exactly(
     assert again.cached_rows == 3 and sim.stats()["ok"] == 3
 
 
+EXAMPLES = """
+[[prompt.examples]]
+role = "user"
+content = "Say hi in {{ lang }}."
+[[prompt.examples]]
+role = "assistant"
+content = "{{ greeting }}"
+"""
+
+
+@pytest.mark.parametrize("mode", ["online", "batch"])
+def test_few_shot_examples_naming_columns_are_rendered_per_row(make_sim: SimFactory, tmp_path: Path, mode: str) -> None:
+    sim = make_sim(batch_validate_seconds=0.05, batch_run_seconds=0.2, batch_finalize_seconds=0.05)
+    (tmp_path / "input.csv").write_text("id,text,lang,greeting\na,hello,French,Bonjour\nb,hello,German,Hallo\n")
+    extra = "[batch]\npoll_seconds = 0.05" if mode == "batch" else ""
+    path = job_file(tmp_path, sim.base_url, input_extra='id_column = "id"', extra=extra)
+    text = path.read_text().replace("[request]", EXAMPLES.strip() + "\n\n[request]")
+    path.write_text(('mode = "batch"\n' if mode == "batch" else "") + text)
+    plan = batchrun.make_plan(load_job(path))
+    result = batchrun.run(path, wait=True) if mode == "batch" else batchrun.run(path)
+    assert result.by_status == {"ok": 2}  # "hello" twice, but each row's own examples
+    assert result.prompt_tokens == plan.prompt_tokens_total  # the server's own counts, in both modes
+    if mode == "online":
+        assert plan.prompt_tokens_total == sim.stats()["prompt_tokens"]
+        assert sorted(p for p in sim.sim.user_prompts) == ["hello", "hello"]
+        assert batchrun.run(path).cached_rows == 2
+
+
+def test_an_example_naming_a_missing_column_is_refused(make_sim: SimFactory, tmp_path: Path) -> None:
+    sim = make_sim()
+    (tmp_path / "input.csv").write_text("text\nhello\n")
+    path = job_file(tmp_path, sim.base_url)
+    path.write_text(path.read_text().replace("[request]", EXAMPLES.strip() + "\n\n[request]"))
+    refused(sim, cli("run", str(path), "-q"), "[prompt.examples] #1 uses ['lang']", "sent literally")
+
+
 def test_a_system_prompt_naming_no_column_is_refused_not_sent_literally(make_sim: SimFactory, tmp_path: Path) -> None:
     sim = make_sim()
     (tmp_path / "input.csv").write_text("text\nhello\n")
