@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from openai.lib._pydantic import _ensure_strict_json_schema, to_strict_json_schema
-
 from .errors import SchemaError
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -57,6 +55,8 @@ def resolve_ref(root: dict[str, Any], ref: str) -> Any:
 
 def make_strict(schema: dict[str, Any]) -> dict[str, Any]:
     """A strict copy of an inline JSON schema (openai-python's own transformation)."""
+    from openai.lib._pydantic import _ensure_strict_json_schema  # the SDK loads in ~0.7 s: only when needed
+
     return _ensure_strict_json_schema(copy.deepcopy(schema), path=(), root=copy.deepcopy(schema))
 
 
@@ -79,6 +79,8 @@ def load_model_schema(ref: str, base_dir: Path) -> dict[str, Any]:
     if model is None:
         raise SchemaError(f"module {module_name!r} has no attribute {attr!r} (output model {ref!r})")
     try:
+        from openai.lib._pydantic import to_strict_json_schema
+
         return to_strict_json_schema(model)
     except TypeError as exc:
         raise SchemaError(f"{ref!r} is not a pydantic model: {exc}") from exc

@@ -213,3 +213,21 @@ def test_simple_templates_render_exactly_as_jinja2(tmp_path: Path) -> None:
     renderer.parts = None  # the Jinja2 path
     assert renderer.texts(batch)[2] == fast
     assert fast[1] == "S= N= F=2.5 B=False S again "  # null renders as "", never as the word None
+
+
+def test_the_cli_and_the_package_import_without_the_heavy_libraries() -> None:
+    # `batchrun --help` (and `import batchrun`) must not pay for polars, the SDK or the engine: they load
+    # on first use of the library's entry points (issue 12: --help took 1.7 s)
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, batchrun.cli, batchrun\n"
+        "heavy = sorted(m for m in ('polars', 'openai', 'pyarrow', 'tiktoken', 'aiohttp', 'jinja2') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "assert callable(batchrun.run) and batchrun.Job.__name__ == 'Job' and 'polars' in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    helped = subprocess.run([sys.executable, "-m", "batchrun", "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "plan" in helped.stdout
