@@ -365,7 +365,8 @@ class Engine:
                     self.stats.retries += 1
                     if failure.slow_down:
                         self._limiter(item).slow_down()
-                    await asyncio.sleep(opts.backoff.delay(budget_used, self.rng, failure.wait))
+                    async with self.flow.backing_off():  # it holds its slot: counted on top of the target
+                        await asyncio.sleep(opts.backoff.delay(budget_used, self.rng, failure.wait))
                     continue
                 if failure.action is Action.STOP_QUOTA:
                     self.stop(

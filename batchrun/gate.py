@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 
 class Gate:
@@ -62,7 +63,8 @@ class InFlight:
     being sent hundreds of needless parallel requests that only cost client CPU — plus every request
     that has been out for more than STRAGGLER_FACTOR × a typical recent latency. Those stragglers (a slow
     tail: 30 % of replies taking 5 s, say) hold slots without adding throughput; counting them on top
-    keeps the fast requests flowing instead of letting the slow ones shrink the target they feed.
+    keeps the fast requests flowing instead of letting the slow ones shrink the target they feed. Requests
+    waiting out a backoff before a retry hold their slots too, and are counted on top the same way.
     Doubled for headroom; it at most doubles per step (a slow start), capped by max_in_flight.
     """
 
@@ -78,6 +80,17 @@ class InFlight:
         self.replies = 0
         self._out: dict[int, float] = {}
         self._next = 0
+        self.waiting = 0
+        """Requests in backoff before being sent again (they keep their slot in the gate)."""
+
+    @contextlib.asynccontextmanager
+    async def backing_off(self) -> AsyncIterator[None]:
+        """A request waiting to be sent again holds its slot without adding throughput, like a straggler."""
+        self.waiting += 1
+        try:
+            yield
+        finally:
+            self.waiting -= 1
 
     def sending(self) -> int:
         """A request goes out: its token for `answered`."""
@@ -124,8 +137,8 @@ class InFlight:
             if span < 0.5:
                 return self.max_in_flight
             throughput = (len(self.completions) - 1) / span
-            need = math.ceil(throughput * max(self.latency_min, 0.001) * 2) + 16 + self.stragglers()
+            need = math.ceil(throughput * max(self.latency_min, 0.001) * 2) + 16 + self.stragglers() + self.waiting
             return max(1, min(need, self.max_in_flight))
         rates = [r for r in ((rpm / 60) if rpm else None, (tpm / 60 / charged) if tpm else None) if r is not None]
-        need = math.ceil(min(rates) * self.latency_ewma * 2) + 8 + max(burst, 0)
+        need = math.ceil(min(rates) * self.latency_ewma * 2) + 8 + max(burst, 0) + self.waiting
         return max(1, min(need, self.max_in_flight))
