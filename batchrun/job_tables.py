@@ -81,3 +81,6 @@ class DocumentSpec(Spec):
 class PricingSpec(Spec):
     table: Path | None = None
     models: dict[str, dict[str, float]] = Field(default_factory=dict)
+    local: bool | None = None
+    """true: the endpoint is your own hardware and every model costs $0; false: never. Default: a model
+    the price table does not know, on a loopback or private-network base_url, costs $0."""

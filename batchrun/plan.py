@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -12,7 +13,7 @@ from typing import Any, TypeVar
 from .checks import check_excel_rows, check_job_paths
 from .jobs import Job
 from .ledger import CachePolicy, Ledger, endpoint_key
-from .pricing import PriceTable, default_table, load_table
+from .pricing import PriceTable, default_table, is_local_url, load_table
 from .prompts import Renderer, Request
 from .shards import CHAT_URL, EMBEDDINGS_URL, ShardCounter, ShardLimits, line_overhead, queue_limit
 from .sources import Source, open_source
@@ -111,7 +112,10 @@ def price_table_for(job: Job) -> PriceTable:
         )
     if job.pricing.models:
         table = table.merged({"models": job.pricing.models}, f"{job.source_path} [pricing.models]")
-    return table
+    local = job.pricing.local
+    if local is None and job.endpoint.base_url is not None and is_local_url(job.endpoint.base_url):
+        return dataclasses.replace(table, local="unknown")  # a model of your own on your own server: $0
+    return dataclasses.replace(table, local="all") if local else table
 
 
 def _binding(known: list[tuple[float, str]]) -> tuple[float | None, str | None]:
@@ -399,6 +403,12 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
         notes.append(
             "prompt tokens include an estimate of the response_format schema's overhead "
             "(schema JSON tokens + 9; OpenAI publishes no exact formula)"
+        )
+    if table.local == "all" or (table.local == "unknown" and price is not None and not price.input
+                                and table.row(job.request.model) is None):  # fmt: skip
+        notes.append(
+            f"{job.request.model!r} runs on your own server ({job.endpoint.base_url or 'local'}): priced at $0, "
+            "tokens still counted ([pricing] local = false to price it from the table)"
         )
     if price is None:
         notes.append(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import JobFileError
 
@@ -40,9 +42,20 @@ class PriceTable:
     batch_discount: float
     models: Mapping[str, ModelPrice]
     source: str = ""
+    local: str | None = None
+    """Set for your own hardware: "all" prices every model at $0, "unknown" only those the table lacks
+    (a local proxy in front of OpenAI, such as LiteLLM on localhost, still costs what OpenAI charges)."""
 
     def lookup(self, model: str) -> ModelPrice | None:
         """The price row for a model: exact name, else the longest table name it starts with."""
+        found = self.row(model)
+        if self.local == "all" or (self.local == "unknown" and found is None):
+            window = found.context_window if found else None
+            return ModelPrice(model=model, input=0.0, output=0.0, cached_input=0.0, context_window=window)
+        return found
+
+    def row(self, model: str) -> ModelPrice | None:
+        """The table's own row for a model (no local pricing)."""
         if model in self.models:
             return self.models[model]
         best = max((name for name in self.models if model.startswith(name)), key=len, default=None)
@@ -83,6 +96,20 @@ def _parse(data: Mapping[str, Any], origin: str) -> PriceTable:
         models=models,
         source=str(data.get("source", origin)),
     )
+
+
+def is_local_url(url: str | None) -> bool:
+    """Whether a base_url points at this machine or a private network (a server of one's own)."""
+    if not url:
+        return False
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith((".local", ".localhost", ".internal", ".lan")):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local
 
 
 def load_table(path: str | Path) -> PriceTable:

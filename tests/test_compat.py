@@ -311,3 +311,36 @@ def test_a_dead_endpoint_is_the_endpoint_exit_code_in_every_kind_of_job(make_sim
     proc = _cli("run", str(path), "-q")
     assert proc.returncode == ExitCode.ENDPOINT, proc.stdout + proc.stderr
     assert "could not be reached" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- your own hardware ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "local"),
+    [("http://127.0.0.1:8000/v1", True), ("http://localhost:11434/v1", True), ("http://10.1.2.3/v1", True),
+     ("http://192.168.1.9:8080/v1", True), ("http://gpu-box.local:8000/v1", True), ("http://[::1]:8000/v1", True),
+     ("https://api.openai.com/v1", False), ("https://8.8.8.8/v1", False), (None, False)],
+)  # fmt: skip
+def test_local_urls(url: str | None, local: bool) -> None:
+    from batchrun.pricing import is_local_url
+
+    assert is_local_url(url) is local
+
+
+@pytest.mark.filterwarnings("ignore::batchrun.tokens.UnknownModelWarning")
+def test_a_model_of_your_own_on_your_own_server_costs_nothing_and_a_budget_runs(make_sim, tmp_path: Path) -> None:
+    sim = make_sim(models=("llama-3.1-8b-instruct", "gpt-4o-mini"))
+    path = _online_job(tmp_path, sim, 5)
+    path.write_text(path.read_text().replace("gpt-4o-mini", "llama-3.1-8b-instruct") + "\n[budget]\nmax_usd = 1\n")
+    plan = batchrun.make_plan(load_job(path))
+    assert plan.price_known and plan.cost_online_worst == 0.0
+    assert any("runs on your own server" in n for n in plan.notes)
+    result = batchrun.run(load_job(path))  # a budget with an unpriced model would be refused elsewhere
+    assert result.by_status == {"ok": 5} and result.cost_usd == 0.0 and result.prompt_tokens > 0
+    # a local proxy in front of OpenAI (LiteLLM on localhost) still costs what OpenAI charges
+    proxy = _online_job(tmp_path, sim, 5)
+    assert batchrun.make_plan(load_job(proxy)).cost_online_worst > 0
+    # and [pricing] local = true prices every model at $0
+    proxy.write_text(proxy.read_text() + "\n[pricing]\nlocal = true\n")
+    assert batchrun.make_plan(load_job(proxy)).cost_online_worst == 0.0
