@@ -398,7 +398,10 @@ class Engine:
                 self.budget.settle(worst, cost)
             if self.on_spend is not None:
                 self.on_spend(cost)
-            self._limiter(item).observe(read_headers(raw.headers))
+            headers = read_headers(raw.headers)
+            if headers.limit_requests or headers.limit_tokens:
+                self.flow.server_limits = True
+            self._limiter(item).observe(headers)
             self._observe_latency(latency)
             self.stats.requests_ok += 1
             request_id = raw.headers.get("x-request-id")
@@ -576,4 +579,7 @@ class Engine:
             charged = max(self.stats.charged_tokens / max(self.stats.requests_sent, 1), 1.0)
             levels = [limiter.requests.level] if limiter.requests else []
             levels += [limiter.tokens.level / charged] if limiter.tokens else []
-            self.flow.retarget(limiter.limits, int(min(levels, default=0)), charged)
+            # a server that states no limits (vLLM, llama.cpp) queues instead: the job's own limits still
+            # cap the rate (the limiter), but how many to keep in flight is found from its replies
+            limits = limiter.limits if self.flow.server_limits else (None, None)
+            self.flow.retarget(limits, int(min(levels, default=0)), charged)

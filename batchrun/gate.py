@@ -46,6 +46,9 @@ class Gate:
                 free -= 1
 
 
+HEADROOM = 16
+"""Requests in flight beyond what the measured rate needs, with no known limits (a fast server is
+found within a few round trips as the target doubles; a k-slot server queues only this many more)."""
 STRAGGLER_FACTOR = 4.0
 """A request out for more than this many times a typical recent reply (the lower quartile of the last 256:
 a burst of slow replies coming back together does not move it) is a straggler (see InFlight)..."""
@@ -80,6 +83,8 @@ class InFlight:
         self.replies = 0
         self._out: dict[int, float] = {}
         self._next = 0
+        self.server_limits = False
+        """Whether the server states its limits (x-ratelimit-*); without, in flight is found by throughput."""
         self.waiting = 0
         """Requests in backoff before being sent again (they keep their slot in the gate)."""
 
@@ -102,11 +107,14 @@ class InFlight:
         """A request came back (a reply or an error)."""
         self._out.pop(token, None)
 
+    def typical(self) -> float:
+        """A typical recent reply's latency: the lower quartile of the last 256."""
+        return sorted(self.recent)[len(self.recent) // 4] if self.recent else 0.0
+
     def stragglers(self) -> int:
         if not self.recent:
             return 0
-        typical = sorted(self.recent)[len(self.recent) // 4]
-        cutoff = self.clock() - max(STRAGGLER_FACTOR * typical, STRAGGLER_FLOOR)
+        cutoff = self.clock() - max(STRAGGLER_FACTOR * self.typical(), STRAGGLER_FLOOR)
         return sum(1 for t in self._out.values() if t < cutoff)
 
     def observe(self, latency_s: float) -> bool:
@@ -134,10 +142,10 @@ class InFlight:
         rpm, tpm = limits
         if rpm is None and tpm is None:
             span = self.completions[-1] - self.completions[0] if len(self.completions) > 1 else 0.0
-            if span < 0.5:
-                return self.max_in_flight
+            if span < 0.5:  # not enough replies to measure a rate yet: hold (the slow start doubles from here)
+                return min(2 * self.gate.limit, self.max_in_flight) if self.replies <= 16 else self.gate.limit
             throughput = (len(self.completions) - 1) / span
-            need = math.ceil(throughput * max(self.latency_min, 0.001) * 2) + 16 + self.stragglers() + self.waiting
+            need = math.ceil(throughput * max(self.latency_min, 0.001) * 2) + HEADROOM + self.stragglers() + self.waiting
             return max(1, min(need, self.max_in_flight))
         rates = [r for r in ((rpm / 60) if rpm else None, (tpm / 60 / charged) if tpm else None) if r is not None]
         need = math.ceil(min(rates) * self.latency_ewma * 2) + 8 + max(burst, 0) + self.waiting

@@ -344,3 +344,16 @@ def test_a_model_of_your_own_on_your_own_server_costs_nothing_and_a_budget_runs(
     # and [pricing] local = true prices every model at $0
     proxy.write_text(proxy.read_text() + "\n[pricing]\nlocal = true\n")
     assert batchrun.make_plan(load_job(proxy)).cost_online_worst == 0.0
+
+
+def test_a_server_that_queues_is_not_flooded_even_when_the_job_states_limits(make_sim, tmp_path: Path) -> None:
+    # a 2-slot server (llama.cpp, one GPU): no rate-limit headers, no 429, latency grows with its queue.
+    # The demo job's limits (rpm 500) once let the in-flight target follow rate × latency up to
+    # max_in_flight: 232 requests queued on 2 slots. Without headers the target is found from the replies.
+    sim = make_sim(latency_ms=100, slots=2, rate_headers=False)
+    path = _online_job(tmp_path, sim, 80, limits="rpm = 500\nmax_in_flight = 256")
+    path.write_text(path.read_text().replace("max_in_flight = 16\n", ""))
+    result = batchrun.run(load_job(path))
+    stats = sim.stats()
+    assert result.by_status == {"ok": 80} and stats["requests"] == 80  # nothing timed out, nothing re-sent
+    assert stats["queue_peak"] <= 24, stats["queue_peak"]  # k + the headroom, not max_in_flight

@@ -484,6 +484,7 @@ def test_per_row_models_are_sent_counted_and_priced_each_at_its_own(
 def test_per_row_models_need_prices_for_a_budget(make_sim: SimFactory, tmp_path: Path) -> None:
     sim = make_sim(models=("gpt-4o-mini", "acme-7b"))
     (tmp_path / "input.csv").write_text("id,text,m\na,one,acme-7b\nb,two,\n")
-    path = job_file(tmp_path, sim.base_url, input_extra='id_column = "id"', extra="[budget]\nmax_usd = 5")
+    extra = "[budget]\nmax_usd = 5\n[pricing]\nlocal = false"  # the simulator is on loopback: not one's own
+    path = job_file(tmp_path, sim.base_url, input_extra='id_column = "id"', extra=extra)
     path.write_text(path.read_text().replace("max_tokens = 150", 'max_tokens = 150\nparams_from = { model = "m" }'))
     refused(sim, cli("run", str(path), "-q", "--over-budget"), "no price is known for 'acme-7b'", "params_from model")

@@ -75,6 +75,11 @@ class SimConfig:
     as some gateways and mocks do."""
     ignore_response_format: bool = False
     """Answer in plain text whatever `response_format` asks, as servers without structured output do."""
+    slots: int | None = None
+    """Answer at most this many requests at once, the rest waiting their turn (a llama.cpp server with k
+    slots, a GPU): latency grows with the queue, and no header says so."""
+    rate_headers: bool = True
+    """False: send no x-ratelimit-* headers, as self-hosted servers do not."""
     queue_when_limited: bool = False
     """Hold a request until the limits admit it instead of answering 429, as a proxy with a queue does."""
     max_batch_lines: int = 50_000

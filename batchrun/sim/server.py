@@ -86,6 +86,7 @@ class Stats:
         self.faults: Counter[str] = Counter()
         self.rate_limited = 0
         self.queued = 0
+        self.queue_peak = 0
         self.rate_limited_by_type: Counter[str] = Counter()
         self.quota_rejected = 0
         self.too_large = 0
@@ -106,6 +107,7 @@ class Stats:
             "ok": self.by_status.get("200", 0),
             "rate_limited": self.rate_limited,
             "queued": self.queued,
+            "queue_peak": self.queue_peak,
             "rate_limited_by_type": dict(self.rate_limited_by_type),
             "quota_rejected": self.quota_rejected,
             "too_large": self.too_large,
@@ -158,6 +160,7 @@ class Simulator:
         self.latency_rng = random.Random(cfg.seed + 1)
         self.marker_seen: Counter[tuple[bytes, str]] = Counter()
         self.last_wait = 0.0
+        self.slots = asyncio.Semaphore(cfg.slots) if cfg.slots else None
         # the system prompts of recent chat requests, for tests of what reached the model (glossaries)
         self.system_prompts: deque[str] = deque(maxlen=10_000)
         self.user_prompts: deque[str] = deque(maxlen=10_000)  # the last user message of each chat request
@@ -165,6 +168,8 @@ class Simulator:
     def configure(self, changes: dict[str, Any]) -> None:
         old = self.config
         self.config = old.updated(changes)
+        if "slots" in changes:
+            self.slots = asyncio.Semaphore(self.config.slots) if self.config.slots else None
         if {"rpm", "tpm"} & changes.keys():
             now = time.monotonic()
             self.requests_bucket = Bucket(self.config.rpm, now) if self.config.rpm else None
@@ -192,6 +197,8 @@ class Simulator:
 
     def rate_headers(self) -> dict[str, str]:
         h: dict[str, str] = {"x-request-id": "req_" + secrets.token_hex(12)}
+        if not self.config.rate_headers:
+            return h
         now = time.monotonic()
         for name, bucket in (("requests", self.requests_bucket), ("tokens", self.tokens_bucket)):
             if bucket is None:
@@ -348,7 +355,12 @@ class Simulator:
         if fault == "slow":
             self.stats.faults["slow"] += 1
             await asyncio.sleep(self.config.slow_seconds)
-        await asyncio.sleep(self.latency(reply.completion_tokens))
+        if self.slots is None:
+            await asyncio.sleep(self.latency(reply.completion_tokens))
+        else:  # a k-slot server (llama.cpp, one GPU): the rest wait their turn, unseen by any header
+            self.stats.queue_peak = max(self.stats.queue_peak, len(self.slots._waiters or ()) + 1)
+            async with self.slots:
+                await asyncio.sleep(self.latency(reply.completion_tokens))
         if fault == "reset":
             self.stats.faults["reset"] += 1
             self.stats.by_status["reset"] += 1
