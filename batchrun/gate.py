@@ -145,7 +145,9 @@ class InFlight:
             if span < 0.5:  # not enough replies to measure a rate yet: hold (the slow start doubles from here)
                 return min(2 * self.gate.limit, self.max_in_flight) if self.replies <= 16 else self.gate.limit
             throughput = (len(self.completions) - 1) / span
-            need = math.ceil(throughput * max(self.latency_min, 0.001) * 2) + HEADROOM + self.stragglers() + self.waiting
+            need = (
+                math.ceil(throughput * max(self.latency_min, 0.001) * 2) + HEADROOM + self.stragglers() + self.waiting
+            )
             return max(1, min(need, self.max_in_flight))
         rates = [r for r in ((rpm / 60) if rpm else None, (tpm / 60 / charged) if tpm else None) if r is not None]
         need = math.ceil(min(rates) * self.latency_ewma * 2) + 8 + max(burst, 0) + self.waiting
