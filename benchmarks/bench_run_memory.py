@@ -21,22 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_plan_memory import JOB as PLAN_JOB
 from bench_plan_memory import write_csv
 
-JOB = """
-name = "mem{rows}"
-
-[input]
-path = "in{rows}.csv"
-id_column = "id"
-
-[prompt]
-template = "Classify: {{{{ text }}}}"
-
-[request]
-model = "gpt-4o-mini"
-max_tokens = 20
-"""
+JOB = 'name = "mem{rows}"\n' + PLAN_JOB  # the plan benchmark's job, named per size (each its own ledger)
 
 
 def seed(job_path: str) -> None:

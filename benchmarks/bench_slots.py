@@ -17,22 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-JOB = """
-[input]
-path = "in.csv"
-[prompt]
-template = "{{{{ text }}}}"
-[request]
-model = "gpt-4o-mini"
-max_tokens = 50
-[limits]
-max_in_flight = 256
-{limits}
-[endpoint]
-timeout_s = 30
-base_url = "{base_url}"
-api_key_env = "BENCH_KEY"
-"""
+from bench_tail import JOB  # the same job, with the rpm and timeout of this trial
 
 
 def child(rows: int, slots: int, rpm: int, folder: str) -> None:
@@ -46,7 +31,8 @@ def child(rows: int, slots: int, rpm: int, folder: str) -> None:
     sim = SimServer(SimConfig().updated(config)).start()
     d = Path(folder)
     pl.DataFrame({"text": [f"row {i}" for i in range(rows)]}).write_csv(d / "in.csv")
-    (d / "job.toml").write_text(JOB.format(base_url=sim.base_url, limits=f"rpm = {rpm}" if rpm else ""))
+    limits = f"rpm = {rpm}" if rpm else ""
+    (d / "job.toml").write_text(JOB.format(base_url=sim.base_url, limits=limits, endpoint="timeout_s = 30"))
     os.environ["BENCH_KEY"] = "x"
     t = time.perf_counter()
     result = batchrun.run(load_job(d / "job.toml"), cache="off")

@@ -28,7 +28,9 @@ model = "gpt-4o-mini"
 max_tokens = 50
 [limits]
 max_in_flight = 256
+{limits}
 [endpoint]
+{endpoint}
 base_url = "{base_url}"
 api_key_env = "BENCH_KEY"
 """
@@ -44,7 +46,7 @@ def child(rows: int, folder: str) -> None:
     sim = SimServer(SimConfig().updated({"latency_ms": 20, "slow_rate": 0.3, "slow_seconds": 2.0, "seed": 3})).start()
     d = Path(folder)
     pl.DataFrame({"text": [f"row {i}" for i in range(rows)]}).write_csv(d / "in.csv")
-    (d / "job.toml").write_text(JOB.format(base_url=sim.base_url))
+    (d / "job.toml").write_text(JOB.format(base_url=sim.base_url, limits="", endpoint=""))
     os.environ["BENCH_KEY"] = "x"
     t = time.perf_counter()
     result = batchrun.run(load_job(d / "job.toml"), cache="off")
