@@ -335,6 +335,14 @@ class Engine:
                 self.flow.answered(token)
                 if self.budget is not None:
                     self.budget.settle(worst, 0.0)  # a request that got no reply is not billed
+                if isinstance(exc, openai.APITimeoutError) and len(item.requests) > 1:
+                    # an embeddings request too big for the server's time: the halves, each on its own
+                    # (a chunk of a book is split the same way), never the whole again
+                    self.stats.retries += 1
+                    half = len(item.requests) // 2
+                    for part in ((0, half), (half, len(item.requests))):
+                        await self._process(WorkItem(item.seqs[part[0] : part[1]], item.requests[part[0] : part[1]]))
+                    return
                 failure = classify(exc)
                 self._audit(item, max_tokens, getattr(exc, "response", None), None, failure.message)
                 if failure.action in (Action.RETRY, Action.ROW_FAILED) and self._tripped(item, failure):
@@ -550,6 +558,8 @@ class Engine:
             share = (usage.get("prompt_tokens") or 0) * req.prompt_tokens / total
             vec = vectors.get(i)
             error = None if vec is not None else f"no embedding at index {i} in the reply"
+            if vec is not None and self.embedding_dims is None:
+                self.embedding_dims = len(vec)  # a model of unknown size: its first reply says, and binds
             if vec is not None and self.embedding_dims and len(vec) != self.embedding_dims:
                 error, vec = f"the reply's vector has {len(vec)} values; expected {self.embedding_dims}", None
             self._emit(

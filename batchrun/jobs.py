@@ -120,6 +120,8 @@ class RequestSpec(Spec):
     dimensions: int | None = Field(default=None, gt=0)
     expected_output_tokens: int | None = Field(default=None, ge=0)
     """What a typical reply uses, for the plan's expected cost (worst case uses max_tokens)."""
+    inputs_per_request: int | None = Field(default=None, ge=1, le=2048)
+    """Embeddings: inputs sent in one request (default 2,048, OpenAI's most; 32 for your own server)."""
     retry_bad_replies: int = Field(default=0, ge=0, le=5)
     """Re-send a row whose reply was schema_invalid or truncated up to this many times
     (a truncated reply is retried with max tokens doubled). Each retry is paid for."""
@@ -147,6 +149,8 @@ class RequestSpec(Spec):
             chat_only += ["retry_bad_replies"] if self.retry_bad_replies else []
             if chat_only:
                 raise ValueError(f"{', '.join(chat_only)} apply to chat requests; an embeddings request has none")
+        if self.kind == "chat" and self.inputs_per_request is not None:
+            raise ValueError("`inputs_per_request` is for embeddings jobs (a chat request has one prompt)")
         if self.kind == "chat" and self.dimensions is not None:
             raise ValueError("`dimensions` is for embeddings jobs only")
         if self.kind == "chat" and self.max_output_tokens is None:

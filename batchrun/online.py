@@ -20,7 +20,7 @@ from typing import Any
 from .context import RunContext, TableParts
 from .engine import EngineOptions, RunStats, WorkItem
 from .ledger import COMMIT_ROWS, FINAL_STATUSES
-from .plan import embedding_groups, too_long_reason
+from .plan import embedding_groups, inputs_per_request, too_long_reason
 from .prompts import Request
 from .replies import ReplyParser
 from .results import RunResult
@@ -43,6 +43,7 @@ class OnlineRun:
         job = ctx.job
         self.ctx = ctx
         self.job = job
+        self.inputs_per_request = inputs_per_request(job)
         self.source = parts.source
         self.renderer = parts.renderer
         self.input_columns, self.layout = parts.input_columns, parts.layout
@@ -196,7 +197,7 @@ class OnlineRun:
                     else:
                         todo.append((seq, req))
                 seq += 1
-            groups = embedding_groups(todo, lambda pair: pair[1].prompt_tokens)
+            groups = embedding_groups(todo, lambda pair: pair[1].prompt_tokens, self.inputs_per_request)
             todo = groups.pop() if groups else []
             for group in groups:
                 yield _work_item(group)

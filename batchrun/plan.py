@@ -181,15 +181,18 @@ class Histogram:
         return self.max()
 
 
-def embedding_groups(items: Sequence[T], tokens: Callable[[T], int]) -> list[list[T]]:
-    """Greedy, order-keeping grouping of embedding inputs into API requests
-    (≤ 2,048 inputs and ≤ 300,000 tokens each). Used by both the plan and the engine."""
+def embedding_groups(
+    items: Sequence[T], tokens: Callable[[T], int], max_inputs: int = EMBED_MAX_INPUTS
+) -> list[list[T]]:
+    """Greedy, order-keeping grouping of embedding inputs into API requests (≤ `max_inputs` inputs —
+    `[request] inputs_per_request`, 2,048 at most — and ≤ 300,000 tokens each). Used by both the plan
+    and the engine."""
     groups: list[list[T]] = []
     current: list[T] = []
     total = 0
     for item in items:
         n = tokens(item)
-        if current and (len(current) >= EMBED_MAX_INPUTS or total + n > EMBED_MAX_TOKENS_PER_REQUEST):
+        if current and (len(current) >= max_inputs or total + n > EMBED_MAX_TOKENS_PER_REQUEST):
             groups.append(current)
             current, total = [], 0
         current.append(item)
@@ -197,6 +200,19 @@ def embedding_groups(items: Sequence[T], tokens: Callable[[T], int]) -> list[lis
     if current:
         groups.append(current)
     return groups
+
+
+LOCAL_INPUTS_PER_REQUEST = 32
+"""Embedding inputs per request on one's own server, unless the job says: a GPU box takes seconds for a
+big request, and one that times out is split in half and sent again."""
+
+
+def inputs_per_request(job: Job) -> int:
+    """How many embedding inputs go in one request: the job's `inputs_per_request`, else OpenAI's 2,048,
+    or LOCAL_INPUTS_PER_REQUEST for a loopback or private-network base_url."""
+    if job.request.inputs_per_request is not None:
+        return job.request.inputs_per_request
+    return LOCAL_INPUTS_PER_REQUEST if is_local_url(job.endpoint.base_url) else EMBED_MAX_INPUTS
 
 
 def make_document_plan(job: Job) -> Plan:
@@ -365,7 +381,7 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
             else:
                 pending_embed.append(r)
         if pending_embed:
-            groups = embedding_groups(pending_embed, lambda r: r.prompt_tokens)
+            groups = embedding_groups(pending_embed, lambda r: r.prompt_tokens, inputs_per_request(job))
             # keep the last, possibly unfilled group for the next batch so grouping matches the engine
             last = groups.pop()
             requests += len(groups)

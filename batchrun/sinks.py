@@ -9,6 +9,7 @@ the oldest unfinished row, so memory is bounded by disorder, not job size.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -257,21 +258,38 @@ class ParquetSink:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.layout = layout
         self.row_group_size = row_group_size
-        self.writer = pq.ParquetWriter(self.partial, layout.schema, compression="zstd")
+        self.writer: pq.ParquetWriter | None = None  # opened with the first rows (see _open)
         self.rows_written = 0
+
+    def _open(self, records: list[dict[str, Any]]) -> pq.ParquetWriter:
+        """The writer, its schema fixed now: an embedding column of unknown size takes the size of the first
+        vector written (the engine refuses any other), so it is a fixed-size list like a known model's."""
+        schema = self.layout.schema
+        if self.layout.output_kind == "embedding":
+            index = schema.get_field_index("embedding")
+            kind = schema.field(index).type
+            if pa.types.is_list(kind) and not pa.types.is_fixed_size_list(kind):
+                size = next((len(r["embedding"]) for r in records if r.get("embedding") is not None), None)
+                if size:
+                    schema = schema.set(index, pa.field("embedding", pa.list_(pa.float32(), size)))
+                    self.layout = dataclasses.replace(self.layout, schema=schema)
+        self.writer = pq.ParquetWriter(self.partial, schema, compression="zstd")
+        return self.writer
 
     def write(self, records: list[dict[str, Any]]) -> None:
         if records:
+            writer = self.writer or self._open(records)
             table = pa.Table.from_pylist(records, schema=self.layout.schema)
-            self.writer.write_table(table, row_group_size=self.row_group_size)
+            writer.write_table(table, row_group_size=self.row_group_size)
             self.rows_written += len(records)
 
     def close(self) -> None:
-        self.writer.close()
+        (self.writer or self._open([])).close()
         os.replace(self.partial, self.path)
 
     def abort(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 class ReorderBuffer:

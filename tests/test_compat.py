@@ -357,3 +357,50 @@ def test_a_server_that_queues_is_not_flooded_even_when_the_job_states_limits(mak
     stats = sim.stats()
     assert result.by_status == {"ok": 80} and stats["requests"] == 80  # nothing timed out, nothing re-sent
     assert stats["queue_peak"] <= 24, stats["queue_peak"]  # k + the headroom, not max_in_flight
+
+
+EMBED_JOB = """
+[input]
+path = "input.csv"
+[prompt]
+template = "{{{{ text }}}}"
+[request]
+kind = "embeddings"
+model = "{model}"
+{request}
+[limits]
+max_attempts = 2
+[endpoint]
+base_url = "{base_url}"
+api_key_env = "BATCHRUN_TEST_KEY"
+timeout_s = {timeout}
+"""
+
+
+@pytest.mark.filterwarnings("ignore::batchrun.tokens.UnknownModelWarning")
+def test_embeddings_on_your_own_server_are_split_on_timeout_and_sized_from_the_first_reply(
+    make_sim, tmp_path: Path
+) -> None:
+    # 30 ms per input: 64 inputs take ~2 s, past the 1.2 s timeout; 16 take 0.5 s
+    sim = make_sim(models=("nomic-embed-text",), latency_per_input_ms=30, embedding_dimensions=48)
+    pl.DataFrame({"text": [f"row {i}" for i in range(64)]}).write_csv(tmp_path / "input.csv")
+    path = tmp_path / "job.toml"
+    path.write_text(EMBED_JOB.format(model="nomic-embed-text", request="inputs_per_request = 64",
+                                     base_url=sim.base_url, timeout=1.2))  # fmt: skip
+    result = batchrun.run(load_job(path))
+    df = result.frame()
+    assert result.by_status == {"ok": 64} and result.cost_usd == 0.0  # your own model: $0
+    # the 64 were halved until each half fit: never the whole again
+    assert sim.stats()["by_endpoint"]["embeddings"] <= 1 + 2 + 4
+    kind = df.to_arrow().schema.field("embedding").type
+    assert str(kind).startswith("fixed_size_list") and kind.list_size == 48  # learnt from the first reply
+
+
+def test_inputs_per_request_defaults_to_32_on_your_own_server(make_sim, tmp_path: Path) -> None:
+    sim = make_sim()
+    pl.DataFrame({"text": [f"row {i}" for i in range(100)]}).write_csv(tmp_path / "input.csv")
+    path = tmp_path / "job.toml"
+    path.write_text(EMBED_JOB.format(model="text-embedding-3-small", request="dimensions = 256",
+                                     base_url=sim.base_url, timeout=30))  # fmt: skip
+    assert batchrun.make_plan(load_job(path)).requests == 4  # 32 + 32 + 32 + 4
+    assert batchrun.run(load_job(path)).by_status == {"ok": 100} and sim.stats()["by_endpoint"]["embeddings"] == 4

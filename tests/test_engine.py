@@ -191,6 +191,7 @@ template = "{{{{ text }}}}"
 kind = "embeddings"
 model = "text-embedding-3-small"
 dimensions = 16
+inputs_per_request = 2048  # OpenAI's grouping (the simulator is on loopback, where 32 is the default)
 [endpoint]
 base_url = "{sim.base_url}"
 """

@@ -27,6 +27,8 @@ class SimConfig:
     """Base latency of a chat or embeddings response."""
     latency_per_token_ms: float = 0.0
     """Added per completion token."""
+    latency_per_input_ms: float = 0.0
+    """Embeddings: added per input of the request (a self-hosted model's time grows with the batch)."""
     jitter: float = 0.0
     """Relative jitter, e.g. 0.3 for ±30 %."""
     seed: int = 0

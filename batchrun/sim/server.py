@@ -351,16 +351,18 @@ class Simulator:
             base *= 1 + self.latency_rng.uniform(-cfg.jitter, cfg.jitter)
         return max(base, 0.0)
 
-    async def deliver(self, request: web.Request, reply: Reply, fault: str | None, digest: bytes) -> web.StreamResponse:
+    async def deliver(
+        self, request: web.Request, reply: Reply, fault: str | None, digest: bytes, extra_s: float = 0.0
+    ) -> web.StreamResponse:
         if fault == "slow":
             self.stats.faults["slow"] += 1
             await asyncio.sleep(self.config.slow_seconds)
         if self.slots is None:
-            await asyncio.sleep(self.latency(reply.completion_tokens))
+            await asyncio.sleep(self.latency(reply.completion_tokens) + extra_s)
         else:  # a k-slot server (llama.cpp, one GPU): the rest wait their turn, unseen by any header
             self.stats.queue_peak = max(self.stats.queue_peak, len(self.slots._waiters or ()) + 1)
             async with self.slots:
-                await asyncio.sleep(self.latency(reply.completion_tokens))
+                await asyncio.sleep(self.latency(reply.completion_tokens) + extra_s)
         if fault == "reset":
             self.stats.faults["reset"] += 1
             self.stats.by_status["reset"] += 1
@@ -444,7 +446,8 @@ class Simulator:
         forced = self.forced(body, digest)
         fault = self.pick_fault(forced)
         reply = self.responder.embeddings(self.config, body, counts)
-        return await self.deliver(request, reply, fault, digest)
+        per_input = self.config.latency_per_input_ms * len(counts) / 1000
+        return await self.deliver(request, reply, fault, digest, per_input)
 
     async def handle_azure(self, request: web.Request) -> web.StreamResponse:
         if "api-version" not in request.query:
