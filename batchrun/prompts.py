@@ -247,35 +247,33 @@ class Renderer:
         return self.system_template is not None or bool(self.row_params) or bool(self.example_templates)
 
     @staticmethod
-    def split(text: str) -> tuple[str | None, str]:
+    def row_parts(text: str) -> tuple[str | None, str, dict[str, Any], list[dict[str, Any]]]:
+        """(per-row system prompt or None, user text, own parameters, own few-shot messages) of what
+        `texts` returned for a row: its ROW_KEY JSON decoded once."""
+        if not text.startswith(ROW_KEY):
+            return None, text, {}, []
+        decoded = json.loads(text[len(ROW_KEY) :])
+        return decoded[0], decoded[1], decoded[2], decoded[3] if len(decoded) > 3 else []
+
+    @classmethod
+    def split(cls, text: str) -> tuple[str | None, str]:
         """(per-row system prompt or None, user text) of what `texts` returned for a row."""
-        if text.startswith(ROW_KEY):
-            system, user = json.loads(text[len(ROW_KEY) :])[:2]
-            return system, user
-        return None, text
+        system, user, _, _ = cls.row_parts(text)
+        return system, user
 
-    @staticmethod
-    def examples_of(text: str) -> list[dict[str, Any]]:
-        """The row's own few-shot messages (examples naming columns), in what `texts` returned."""
-        if text.startswith(ROW_KEY):
-            parts = json.loads(text[len(ROW_KEY) :])
-            return parts[3] if len(parts) > 3 else []
-        return []
-
-    @staticmethod
-    def params_of(text: str) -> dict[str, Any]:
+    @classmethod
+    def params_of(cls, text: str) -> dict[str, Any]:
         """The row's own request parameters ([request] params_from) in what `texts` returned."""
-        if text.startswith(ROW_KEY):
-            return json.loads(text[len(ROW_KEY) :])[2]
-        return {}
+        return cls.row_parts(text)[2]
 
     def body(self, text: str, model: str | None = None) -> dict[str, Any]:
         """A chat row's whole request body."""
-        own = self.params_of(text)
+        system, user, own, examples = self.row_parts(text)
         body = {**self.params, **own}
         if model is not None and "model" not in own:  # a row's own model wins over the job's
             body["model"] = model
-        body["messages"] = self.messages(text)
+        head = [{"role": "system", "content": system}] if system is not None else []
+        body["messages"] = [*head, *self.fixed_messages, *examples, {"role": "user", "content": user}]
         return body
 
     def max_output_of(self, body: dict[str, Any]) -> int:
@@ -283,9 +281,7 @@ class Renderer:
         return int(value) if value is not None else self.max_output
 
     def messages(self, text: str) -> list[dict[str, Any]]:
-        system, user = self.split(text)
-        head = [{"role": "system", "content": system}] if system is not None else []
-        return [*head, *self.fixed_messages, *self.examples_of(text), {"role": "user", "content": user}]
+        return self.body(text)["messages"]
 
     def check_no_empty(self, source: Source) -> None:
         """[input] empty = "fail": refuse the input, naming the first row, if a template column is null."""
@@ -347,13 +343,12 @@ class Renderer:
             return self.counter.count_texts(texts)
         if "model" not in self.row_params:
             return self._prompt_tokens(texts, self.counter, self.base_tokens)
-        by_encoding: dict[str, list[int]] = {}
+        by_encoding: dict[str, tuple[TokenCounter, int, list[int]]] = {}
         for i, text in enumerate(texts):
-            model = self.params_of(text).get("model") or self.job.request.model
-            by_encoding.setdefault(self._counting(model)[0].encoding_name, []).append(i)
+            counter, base = self._counting(self.params_of(text).get("model") or self.job.request.model)
+            by_encoding.setdefault(counter.encoding_name, (counter, base, []))[2].append(i)
         out = [0] * len(texts)
-        for indices in by_encoding.values():
-            counter, base = self._counting(self.params_of(texts[indices[0]]).get("model") or self.job.request.model)
+        for counter, base, indices in by_encoding.values():
             for i, n in zip(indices, self._prompt_tokens([texts[i] for i in indices], counter, base), strict=True):
                 out[i] = n
         return out
@@ -381,16 +376,14 @@ class Renderer:
     def _prompt_tokens(self, texts: Sequence[str], counter: TokenCounter, base: int) -> list[int]:
         if not self.per_row:
             return [base + n for n in counter.count_texts(texts)]
-        pairs = [self.split(t) for t in texts]
-        counts = [base + n for n in counter.count_texts([u for _, u in pairs])]
+        rows = [self.row_parts(t) for t in texts]
+        counts = [base + n for n in counter.count_texts([user for _, user, _, _ in rows])]
         if self.system_template is not None:
-            systems = [counter.count_message({"role": "system", "content": sy or ""}) for sy, _ in pairs]
+            systems = [counter.count_message({"role": "system", "content": sy or ""}) for sy, _, _, _ in rows]
             counts = [n + m for n, m in zip(counts, systems, strict=True)]
         if self.example_templates:
-            counts = [
-                n + sum(counter.count_message(m) for m in self.examples_of(t))
-                for n, t in zip(counts, texts, strict=True)
-            ]
+            extra = [sum(counter.count_message(m) for m in examples) for _, _, _, examples in rows]
+            counts = [n + m for n, m in zip(counts, extra, strict=True)]
         return counts
 
     def check_row_params(self, source: Source) -> None:

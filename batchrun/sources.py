@@ -12,6 +12,7 @@ no control characters — so a bad row is refused before anything is sent.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -270,8 +271,9 @@ def open_source(spec: InputSpec) -> Source:
         schema = blocks.infer() if blocks is not None else _scan(spec).collect_schema()
         check_filter(spec, schema)
         _check_columns(spec, schema)
-        source = Source(spec=spec, columns=tuple(schema.names()), dtypes=tuple(schema.dtypes()), rows=0,
-                        blocks=blocks)  # fmt: skip
+        source = Source(
+            spec=spec, columns=tuple(schema.names()), dtypes=tuple(schema.dtypes()), rows=0, blocks=blocks
+        )  # fmt: skip  (rows: counted by the check pass below)
         rows = _check_rows(source)
     except InputError:
         raise
@@ -284,7 +286,7 @@ def open_source(spec: InputSpec) -> Source:
     if rows == 0:
         what = "after input.filter/limit" if spec.filter or spec.limit else "below its header"
         raise InputError(f"{path}: no rows {what}; nothing to do")
-    return Source(spec=spec, columns=source.columns, dtypes=source.dtypes, rows=rows, blocks=blocks)
+    return dataclasses.replace(source, rows=rows)
 
 
 def _check_columns(spec: InputSpec, schema: pl.Schema) -> None:
