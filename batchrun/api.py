@@ -39,10 +39,23 @@ def _sync(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _options(
-    progress: bool, cache: CacheMode, wait: bool, retry: Iterable[str], wait_lock: float, over_budget: bool = False
+    progress: bool,
+    cache: CacheMode,
+    wait: bool,
+    retry: Iterable[str],
+    wait_lock: float,
+    over_budget: bool = False,
+    ray: bool | str = False,
 ) -> RunOptions:
     return RunOptions(
-        progress=progress, cache=cache, wait=wait, retry=frozenset(retry), wait_lock=wait_lock, over_budget=over_budget
+        progress=progress,
+        cache=cache,
+        wait=wait,
+        retry=frozenset(retry),
+        wait_lock=wait_lock,
+        over_budget=over_budget,
+        ray=ray is not False,
+        ray_address=ray if isinstance(ray, str) and ray else None,
     )
 
 
@@ -55,6 +68,7 @@ async def arun(
     retry: Iterable[str] = (),
     wait_lock: float = 0.0,
     over_budget: bool = False,
+    ray: bool | str = False,
 ) -> RunResult:
     """Run a job (a Job or a job-file path) and return what it did; output is in result.output_path.
 
@@ -65,10 +79,12 @@ async def arun(
     (send every row again and replace the ledger's answers) or "off" (no answers kept; spend is).
     retry: statuses whose rows are sent again (e.g. {"failed", "truncated"}).
     over_budget: start even when the plan expects the budget to run out (it then stops at it).
+    ray: True (or a cluster address) sends the requests from actors on a Ray cluster, under one
+    cluster-wide limit; the ledger and the output stay in this process (`batchrun[ray]`).
     Raises the stop error (with `.result`) if the run had to stop; `result.exit_code` is what the
     CLI would exit with otherwise.
     """
-    options = _options(progress, cache, wait, retry, wait_lock, over_budget)
+    options = _options(progress, cache, wait, retry, wait_lock, over_budget, ray)
     if not isinstance(job, Job):
         job = await asyncio.to_thread(load_job, job)
     return await run_job(job, options)
@@ -83,11 +99,23 @@ def run(
     retry: Iterable[str] = (),
     wait_lock: float = 0.0,
     over_budget: bool = False,
+    ray: bool | str = False,
 ) -> RunResult:
     """`arun` from sync code (a script, or a notebook cell: see the module docstring)."""
-    _options(progress, cache, wait, retry, wait_lock, over_budget)  # bad arguments fail here, in the caller's thread
+    _options(
+        progress, cache, wait, retry, wait_lock, over_budget, ray
+    )  # bad arguments fail here, in the caller's thread
     return _sync(
-        arun(job, progress=progress, cache=cache, wait=wait, retry=retry, wait_lock=wait_lock, over_budget=over_budget)
+        arun(
+            job,
+            progress=progress,
+            cache=cache,
+            wait=wait,
+            retry=retry,
+            wait_lock=wait_lock,
+            over_budget=over_budget,
+            ray=ray,
+        )
     )
 
 

@@ -19,6 +19,10 @@ class Budget:
         self.reserved += worst
         return True
 
+    async def acquire(self, worst: float) -> bool:
+        """What the engine calls: here `reserve`; a cluster's budget (leases.LeasedBudget) may ask its book."""
+        return self.reserve(worst)
+
     def settle(self, worst: float, actual: float) -> None:
         self.reserved -= worst
         self.spent += actual

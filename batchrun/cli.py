@@ -49,6 +49,7 @@ def _options(args: argparse.Namespace, **kw: object) -> RunOptions:
     return RunOptions(
         progress=not args.quiet, cache=cache, wait=args.wait, retry=retry, accept=accept,
         wait_lock=args.wait_lock, started=process_started(), over_budget=getattr(args, "over_budget", False),
+        ray=getattr(args, "ray", None) is not None, ray_address=getattr(args, "ray", None) or None,
         **kw,  # type: ignore[arg-type]
     )  # fmt: skip
 
@@ -202,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--over-budget", action="store_true", help="start even if the plan expects the budget to run out first"
     )
+    r.add_argument(
+        "--ray", nargs="?", const="", metavar="ADDRESS",
+        help='send from actors on a Ray cluster ("auto", "ray://host:10001"; none: the job\'s [ray] address, '
+        'else a local Ray instance); needs pip install "batchrun[ray]"',
+    )  # fmt: skip
     lock_flag(r)
     r.set_defaults(func=_run)
 

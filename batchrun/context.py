@@ -131,6 +131,13 @@ class Stopper:
             self.say("batchrun: already stopping; writing what was answered")
 
 
+@dataclass(frozen=True)
+class RayTarget:
+    """Where `run --ray` sends from: a cluster address, or None for a local Ray instance."""
+
+    address: str | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunContext:
     """One run's objects, built once (lifecycle.build_context)."""
@@ -154,6 +161,7 @@ class RunContext:
     """Statuses that count as answered for the exit code."""
     started: float
     """time.monotonic() at the start of the run."""
+    ray: RayTarget | None = None
 
     @property
     def context_window(self) -> int | None:
@@ -176,6 +184,28 @@ class RunContext:
         limits = self.job.limits
         key = self.endpoint_key
         ledger = self.ledger
+        options = options or EngineOptions(
+            max_in_flight=limits.max_in_flight, max_attempts=limits.max_attempts, fail_fast_rows=limits.fail_fast_rows
+        )
+        if self.ray is not None:
+            from .cluster import RayEngine
+
+            return self.stopper.attach(
+                RayEngine(
+                    job=self.job,
+                    base_url=self.endpoint.base_url,
+                    model=self.endpoint.model,
+                    price=self.price,
+                    price_for=self.price_for,
+                    options=options,
+                    on_result=on_result,
+                    embedding_dims=embedding_dims,
+                    on_spend=lambda usd: ledger.record_spend(usd, key),
+                    address=self.ray.address,
+                    spent_before=ledger.spent(),
+                    job_key=f"{self.job.name}:{ledger.path}",
+                )
+            )
         engine = Engine(
             client=self.endpoint.client,
             model=self.endpoint.model,
@@ -183,12 +213,7 @@ class RunContext:
             limiter=self.limiter,
             parser=parser,
             price=self.price,
-            options=options
-            or EngineOptions(
-                max_in_flight=limits.max_in_flight,
-                max_attempts=limits.max_attempts,
-                fail_fast_rows=limits.fail_fast_rows,
-            ),
+            options=options,
             on_result=on_result,
             embedding_dims=embedding_dims,
             budget=self.budget,

@@ -98,3 +98,23 @@ def open_endpoint(job: Job, *, sim_config: SimConfig | None = None) -> Endpoint:
         base_url=ep.base_url, api_key=key or "no-key", max_retries=0, timeout=_timeout(job), http_client=_http(job)
     )
     return Endpoint(client, str(client.base_url), model)
+
+
+def worker_client(job: Job, base_url: str, key: str | None) -> openai.AsyncOpenAI:
+    """A cluster worker's client for the endpoint the driver opened (`Endpoint.base_url`: the
+    simulator's port, a local server, the provider), with the same timeouts and HTTP client.
+    `key` is passed in memory by the driver; never written anywhere by batchrun."""
+    redact.register(key)
+    ep = job.endpoint
+    if ep.azure_endpoint:
+        return openai.AsyncAzureOpenAI(
+            azure_endpoint=ep.azure_endpoint,
+            api_version=ep.azure_api_version,
+            api_key=key,
+            max_retries=0,
+            timeout=_timeout(job),
+            http_client=_http(job),
+        )
+    return openai.AsyncOpenAI(
+        base_url=base_url, api_key=key or "no-key", max_retries=0, timeout=_timeout(job), http_client=_http(job)
+    )

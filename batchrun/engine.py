@@ -317,7 +317,7 @@ class Engine:
                 self._emit_all(item, "not_sent", self.stopped_reason(), attempts)
                 return
             worst = self._worst_cost(item, extra_tokens)
-            if self.budget is not None and not self.budget.reserve(worst):
+            if self.budget is not None and not await self.budget.acquire(worst):
                 self.stop(BudgetExceeded(self.budget.message()))
                 self._emit_all(item, "not_sent", self.stopped_reason(), attempts)
                 return

@@ -225,6 +225,18 @@ class LimitsSpec(Spec):
     max_attempts times. 0 turns it off."""
 
 
+class RaySpec(Spec):
+    """[ray]: how `batchrun run --ray` (and `batchrun.ray.process`) spreads the requests over a cluster."""
+
+    actors: int = Field(default=2, ge=1, le=1024)
+    max_in_flight_per_actor: int = Field(default=64, ge=1, le=10_000)
+    limiter: str | None = Field(default=None, min_length=1, max_length=100)
+    """Name of the cluster-wide limiter (a detached actor): jobs naming the same one share its
+    RPM/TPM and budget. Default: one limiter for this run only, gone with it."""
+    address: str | None = None
+    """The cluster (`auto`, `ray://host:10001`); `--ray ADDRESS` overrides; none: a local Ray instance."""
+
+
 class BudgetSpec(Spec):
     max_usd: float | None = Field(default=None, gt=0)
 
@@ -254,6 +266,7 @@ class Job(Spec):
     endpoint: EndpointSpec = EndpointSpec()
     limits: LimitsSpec = LimitsSpec()
     budget: BudgetSpec = BudgetSpec()
+    ray: RaySpec = RaySpec()
     output: OutputSpec = OutputSpec()
     batch: BatchSpec = BatchSpec()
     document: DocumentSpec = DocumentSpec()

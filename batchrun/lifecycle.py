@@ -25,7 +25,17 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .checks import check_excel_rows, check_job_paths
-from .context import AuditLog, Committer, RunContext, Stopper, TableParts, accepted_statuses, job_budget, require_price
+from .context import (
+    AuditLog,
+    Committer,
+    RayTarget,
+    RunContext,
+    Stopper,
+    TableParts,
+    accepted_statuses,
+    job_budget,
+    require_price,
+)
 from .endpoints import Endpoint, open_endpoint
 from .errors import BatchrunError, BudgetExceeded, EndpointError, Interrupted, JobFileError, JobKeyIgnored
 from .jobs import Job
@@ -62,6 +72,10 @@ class RunOptions:
     """Start even when the plan expects the budget to run out before the job is done (it then stops at it)."""
     started: float | None = None
     """time.monotonic() the run's wall time counts from (the CLI: its process start); default: now."""
+    ray: bool = False
+    """Send the requests from actors on a Ray cluster (`run --ray`); the ledger and output stay here."""
+    ray_address: str | None = None
+    """The cluster (`auto`, `ray://…`); None: the job's [ray] address, else a local Ray instance."""
 
     def __post_init__(self) -> None:
         if self.cache not in ("use", "refresh", "off"):
@@ -131,6 +145,7 @@ def build_context(job: Job, endpoint: Endpoint, ledger: Ledger, options: RunOpti
         progress=options.progress,
         accepted=accepted_statuses(job, options.accept),
         started=options.started if options.started is not None else time.monotonic(),
+        ray=RayTarget(options.ray_address or job.ray.address) if options.ray else None,
     )
 
 
@@ -180,6 +195,9 @@ async def _run_locked(
     job: Job, options: RunOptions, endpoint: Endpoint | None, stopper: Stopper
 ) -> tuple[RunResult, BatchrunError | None]:
     mode, why = ("online", "") if job.mode == "online" else await asyncio.to_thread(choose_mode, job)
+    if options.ray and (mode != "online" or job.input.is_document):
+        what = "a document job" if job.input.is_document else "a Batch API run (it needs no cluster)"
+        raise JobFileError(job.source_path, "mode", f"--ray runs an online table job; this is {what}")
     if not options.start and mode != "batch":
         raise JobFileError(job.source_path, "mode", "`collect` moves a Batch API run along; this job runs online")
     for message in job.ignored_keys(mode):
