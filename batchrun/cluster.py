@@ -44,7 +44,7 @@ from .sinks import RowResult
 
 NAMESPACE = "batchrun"
 CHUNK = 4
-"""Rows per call to a worker: small, so one slow reply holds back few others."""
+"""Most requests per call to a worker: few, so one slow reply holds back few others."""
 _ERRORS: dict[str, type[BatchrunError]] = {
     c.__name__: c for c in (BudgetExceeded, EndpointError, QuotaExhausted, Interrupted)
 }
@@ -316,7 +316,8 @@ class RayEngine(Engine):
 
     def _spawn(self, remote: Any, setup: WorkerSetup, limiter: Any, slot: int) -> Any:
         worker = f"{uuid.uuid4().hex[:8]}-{slot}-{next(self._ids)}"
-        handle = remote.remote(setup, limiter, worker)
+        # named, so an operator (or a test) can find a run's workers: `ray list actors`
+        handle = remote.options(name=f"batchrun-worker-{worker}", namespace=NAMESPACE).remote(setup, limiter, worker)
         self.ids[slot] = worker
         return handle
 
@@ -331,7 +332,11 @@ class RayEngine(Engine):
         handles = [self._spawn(remote, setup, limiter, i) for i in range(n)]
         watches: list[Any] = []
         queue: asyncio.Queue[WorkItem | None] = asyncio.Queue(maxsize=4 * n * job.ray.max_in_flight_per_actor)
-        lanes = max(1, -(-job.ray.max_in_flight_per_actor // CHUNK))
+        # lanes × chunk ≤ max_in_flight_per_actor: what an actor holds is what it may have in flight, so
+        # a dead actor's chunks, sent again, are never more than its in-flight count
+        per_actor = job.ray.max_in_flight_per_actor
+        lanes = -(-per_actor // CHUNK)
+        chunk_size = max(1, per_actor // lanes)
         self.actors = handles
 
         async def feed() -> None:
@@ -346,7 +351,7 @@ class RayEngine(Engine):
                 if first is None:
                     return
                 chunk = [first]
-                while len(chunk) < CHUNK and not queue.empty():
+                while len(chunk) < chunk_size and not queue.empty():
                     nxt = queue.get_nowait()
                     if nxt is None:
                         queue.put_nowait(None)  # another lane's end; this chunk is sent first
