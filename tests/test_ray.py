@@ -154,3 +154,42 @@ def test_resume_after_the_driver_is_killed_resends_nothing_recorded(
     frame = pl.read_parquet(load_job(path).output_path)
     assert frame["id"].to_list() == [f"r{i:04d}" for i in range(300)]
     assert (frame["status"] == "ok").all()
+
+
+def test_process_is_a_ray_data_stage_with_the_local_runs_schema_and_answers(
+    make_sim: SimFactory, write_job: Callable[..., Path], tmp_path: Path
+) -> None:
+    import batchrun.ray
+
+    sim = make_sim(latency_ms=10)
+    job = _job(write_job, sim, 120, ray_keys="actors = 2\nmax_in_flight_per_actor = 8")
+    ds = ray.data.read_csv(str(tmp_path / "input.csv")).repartition(6)
+    out = batchrun.ray.process(ds, job)
+    table = pl.from_arrow(ray.get(out.to_arrow_refs())[0].schema.empty_table())
+    frame = pl.concat([pl.from_arrow(t) for t in ray.get(out.to_arrow_refs())]).sort("id")
+    assert sim.stats()["duplicate_sends"] == 0
+    assert frame.height == 120 and (frame["status"] == "ok").all()
+
+    local_job = _other_output(_job(write_job, make_sim(), 120), tmp_path)
+    asyncio.run(arun(local_job))
+    here = pl.read_parquet(local_job.output_path)
+    assert table.schema == here.schema
+    keep = [c for c in here.columns if c not in (*VOLATILE, "row")]
+    assert frame.select(keep).equals(here.select(keep))
+
+
+def test_process_with_two_actors_shares_one_tpm_limit(make_sim: SimFactory, write_job: Callable[..., Path]) -> None:
+    import batchrun.ray
+
+    tpm = 20_000
+    sim = make_sim(tpm=tpm, latency_ms=10)
+    job = _job(write_job, sim, 200, limits=f"tpm = {tpm}")
+    ds = ray.data.from_items([{"id": f"r{i:04d}", "text": f"text number {i}"} for i in range(200)])
+    t0 = time.monotonic()
+    rows = batchrun.ray.process(ds, job, actors=2, max_in_flight_per_actor=8).take_all()
+    wall = time.monotonic() - t0
+    stats = sim.stats()
+    assert len(rows) == 200 and all(r["status"] == "ok" for r in rows)
+    assert stats["charged_tokens"] > tpm  # binding
+    assert stats["charged_tokens"] <= tpm + tpm / 60 * wall
+    assert stats["rate_limited"] <= 0.005 * stats["requests"]
