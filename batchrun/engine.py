@@ -153,6 +153,8 @@ class Engine:
         self.on_spend = on_spend
         """Called with the cost of every reply received (bad-reply retries included): the spend record."""
         self.embedding_extra: dict[str, Any] = {}
+        self.notes: list[str] = []
+        """What the summary should say about how this engine ran (a cluster run's actors and leases)."""
         self.stats = RunStats()
         self.stop_error: BatchrunError | None = None
         self.stopped = asyncio.Event()

@@ -265,7 +265,7 @@ class OnlineRun:
 
     def _result(self) -> RunResult:
         stats = self.engine.stats
-        notes = []
+        notes = list(self.engine.notes)
         if self.ctx.endpoint.simulated:
             notes.append(
                 "simulated endpoint: replies are synthetic, nothing was billed; set the API key to run for real"
