@@ -182,6 +182,9 @@ class RowWorker:
             budget=self.budget,
             on_spend=self._on_spend,
             price_for=setup.price_for,
+            tiers=(job.request.flex_fallback, job.request.flex_fallback_after)
+            if job.request.service_tier == "flex"
+            else None,
         )
         self.engine.embedding_extra.update(setup.embedding_extra)
 

@@ -220,6 +220,7 @@ class RunContext:
             audit=self.audit.add if self.audit.enabled else None,
             on_spend=lambda usd: ledger.record_spend(usd, key),
             price_for=self.price_for,
+            tiers=flex_policy(self.job),
         )
         return self.stopper.attach(engine)
 
@@ -251,6 +252,21 @@ class RunContext:
         lat = sorted(stats.latencies_ms)
         if limiter.slowdowns:
             notes.append(f"the server asked to slow down {limiter.slowdowns} time(s); rates were lowered")
+        if stats.tiers and (len(stats.tiers) > 1 or job.request.service_tier not in (None, *stats.tiers)):
+            by_tier = ", ".join(f"{t} {n:,} rows ${usd:,.4f}" for t, (n, usd) in sorted(stats.tiers.items()))
+            notes.append(f"service tiers (as the server said, billed by them): {by_tier}")
+        elif stats.tiers and job.request.service_tier is not None:
+            ((t, (n, usd)),) = stats.tiers.items()
+            notes.append(f"service tier: {t} for all {n:,} rows answered, ${usd:,.4f}")
+        if stats.unavailable:
+            notes.append(
+                f"flex had no capacity {stats.unavailable:,} time(s) (429 resource unavailable, not billed); "
+                + (
+                    f"a row refused {job.request.flex_fallback_after} times went on the default tier"
+                    if job.request.flex_fallback == "default"
+                    else "rows waited for flex (flex_fallback = never)"
+                )
+            )
         if limiter.limits != (job.limits.rpm, job.limits.tpm):
             learned = ", ".join(f"{k} {v:,}" for k, v in zip(("rpm", "tpm"), limiter.limits, strict=True) if v)
             said = ", ".join(f"{k} {v:,}" for k, v in (("rpm", job.limits.rpm), ("tpm", job.limits.tpm)) if v)
@@ -334,6 +350,12 @@ def require_price(job: Job, price: ModelPrice | None, model: str | None = None) 
             f"no price is known for {model or job.request.model!r}{whose}, so a budget cannot be enforced; "
             "add its price under [pricing.models] or remove the budget",
         )
+
+
+def flex_policy(job: Job) -> tuple[str, int] | None:
+    """What the engine does with a flex row refused as resource unavailable (None: the job is not flex)."""
+    req = job.request
+    return (req.flex_fallback, req.flex_fallback_after) if req.service_tier == "flex" else None
 
 
 def accepted_statuses(job: Job, extra: tuple[str, ...] = ()) -> tuple[str, ...]:

@@ -52,8 +52,15 @@ def _http(job: Job) -> openai.DefaultAsyncHttpxClient | None:
     return openai.DefaultAioHttpClient(timeout=_timeout(job))
 
 
+FLEX_TIMEOUT_S = 900.0
+"""OpenAI's advice for flex, whose replies are slower and may queue (the flex processing guide)."""
+
+
 def _timeout(job: Job) -> openai.Timeout:
-    return openai.Timeout(job.endpoint.timeout_s, connect=10.0)
+    seconds = job.endpoint.timeout_s
+    if job.request.service_tier == "flex" and "timeout_s" not in job.endpoint.model_fields_set:
+        seconds = FLEX_TIMEOUT_S  # the job did not choose one: flex gets the long timeout it needs
+    return openai.Timeout(seconds, connect=10.0)
 
 
 def open_endpoint(job: Job, *, sim_config: SimConfig | None = None) -> Endpoint:

@@ -18,10 +18,7 @@ import asyncio
 import json
 import random
 import time
-from array import array
-from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import openai
@@ -32,10 +29,10 @@ from .gate import InFlight
 from .headers import read_headers
 from .limits import RateLimiter, RequestTooLarge
 from .pricing import ModelPrice
-from .prompts import Request
 from .replies import ReplyParser, usage_tokens
-from .retries import Action, Backoff, Failure, classify
+from .retries import Action, Failure, classify
 from .sinks import RowResult
+from .workload import EngineOptions, RunStats, WorkItem
 
 try:  # the HTTP library under the openai SDK: httpx2 in current releases, httpx before
     from httpx2 import Response as HTTP_RESPONSE
@@ -43,77 +40,6 @@ except ImportError:  # pragma: no cover
     from httpx import Response as HTTP_RESPONSE  # type: ignore[assignment,no-redef]
 
 MAX_RATE_LIMIT_WAITS = 50
-
-
-@dataclass(frozen=True, slots=True)
-class WorkItem:
-    """One API request: a chat row, or a group of embedding rows."""
-
-    seqs: tuple[int, ...]
-    requests: tuple[Request, ...]
-
-    @property
-    def charged(self) -> int:
-        return sum(r.charged_tokens for r in self.requests)
-
-
-@dataclass
-class RunStats:
-    started: float = field(default_factory=time.monotonic)
-    by_status: dict[str, int] = field(default_factory=dict)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    charged_tokens: int = 0
-    refused_tokens: int = 0
-    """Of `charged_tokens`, what was asked for by requests the server refused with a rate-limit 429."""
-    cost_usd: float = 0.0
-    requests_sent: int = 0
-    requests_ok: int = 0
-    rate_limited: int = 0
-    retries: int = 0
-    latencies_ms: array = field(default_factory=lambda: array("d"))
-    recent: deque = field(default_factory=deque)  # (time, tokens) of replies in the last 60 s
-    reorder_peak: int = 0
-    first_send: float | None = None
-    cached_rows: int = 0
-    cached_usd: float = 0.0
-
-    def add(self, r: RowResult) -> None:
-        self.by_status[r.status] = self.by_status.get(r.status, 0) + 1
-        if r.from_cache:
-            if r.status != "failed":  # "answered without a request": a copied failure answered nothing
-                self.cached_rows += 1
-                self.cached_usd += r.cost_usd or 0.0
-        else:
-            self.spend(r.prompt_tokens, r.completion_tokens, r.cost_usd)
-
-    def spend(self, prompt: int | None, completion: int | None, cost: float | None) -> None:
-        self.prompt_tokens += prompt or 0
-        self.completion_tokens += completion or 0
-        self.cost_usd += cost or 0.0
-
-    @property
-    def admitted(self) -> tuple[int, int]:
-        """Requests and tokens the server took (sent, less what a rate-limit 429 refused): the work
-        the limits had to allow."""
-        return self.requests_sent - self.rate_limited, self.charged_tokens - self.refused_tokens
-
-    def tokens_last_minute(self, now: float) -> int:
-        while self.recent and self.recent[0][0] < now - 60:
-            self.recent.popleft()
-        return sum(n for _, n in self.recent)
-
-
-@dataclass(frozen=True, slots=True)
-class EngineOptions:
-    max_in_flight: int = 256
-    max_attempts: int = 6
-    retry_bad_replies: int = 0
-    window: int = 20_000
-    fail_fast_rows: int = 10
-    """Distinct rows failing the same way in a row, no success between, that stop the run (0: never)."""
-    backoff: Backoff = field(default_factory=Backoff)
-    seed: int = 0
 
 
 class Engine:
@@ -135,8 +61,11 @@ class Engine:
         audit: Callable[[dict[str, Any]], None] | None = None,
         on_spend: Callable[[float], None] | None = None,
         price_for: Callable[[str], ModelPrice | None] | None = None,
+        tiers: tuple[str, int] | None = None,
     ) -> None:
         self.client = client
+        self.tiers = tiers
+        """(flex_fallback, flex_fallback_after) of the job: what a flex row refused as unavailable does."""
         self.model = model
         self.kind = kind
         self.limiter = limiter
@@ -250,7 +179,9 @@ class Engine:
         self.stats.add(result)
         self.on_result(seq, result)
 
-    async def _send(self, item: WorkItem, max_tokens: int | None) -> tuple[Any, dict[str, Any]]:
+    async def _send(
+        self, item: WorkItem, max_tokens: int | None, tier: str | None = None
+    ) -> tuple[Any, dict[str, Any]]:
         """POST through the SDK's own client (auth, base URL, Azure routing, error mapping) and take
         the raw HTTP response: headers for the limiter, JSON parsed once into plain dicts. The
         typed `create()` costs ~1 ms of CPU per request in parameter transforms and model
@@ -269,6 +200,8 @@ class Engine:
             if max_tokens is not None:
                 key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
                 body[key] = max_tokens
+            if tier is not None:
+                body["service_tier"] = tier
             path = "/chat/completions"
         response = await self.client.post(path, body=body, cast_to=HTTP_RESPONSE)
         try:
@@ -301,6 +234,8 @@ class Engine:
         attempts = 0  # every send
         budget_used = 0  # sends that count against max_attempts (not rate-limit 429s)
         rate_waits = 0
+        unavailable = 0  # flex "resource unavailable" answers to this row
+        tier_override: str | None = None  # "default" once a flex row falls back
         bad_replies = 0
         max_tokens: int | None = None
         last_error = ""
@@ -332,7 +267,7 @@ class Engine:
             t0 = time.monotonic()
             token = self.flow.sending()
             try:
-                raw, reply = await self._send(item, max_tokens)
+                raw, reply = await self._send(item, max_tokens, tier_override)
             except (openai.APIError, openai.APIConnectionError) as exc:
                 self.flow.answered(token)
                 if self.budget is not None:
@@ -369,6 +304,25 @@ class Engine:
                         f"still rate limited after {rate_waits} waits: {last_error}",
                         attempts,
                         retryable=True,
+                    )
+                    return
+                if failure.action is Action.UNAVAILABLE:
+                    # flex had no capacity: nothing billed, nobody else paused; after flex_fallback_after
+                    # refusals (or never) the row goes on the default tier, at the default price
+                    unavailable += 1
+                    self.stats.unavailable += 1
+                    self.stats.refused_tokens += item.charged + extra_tokens
+                    budget_used -= 1
+                    req_spec = self.tiers
+                    if req_spec is not None and req_spec[0] == "default" and unavailable >= req_spec[1]:
+                        tier_override = "default"
+                        continue
+                    if unavailable < opts.max_attempts * 4:
+                        async with self.flow.backing_off():
+                            await asyncio.sleep(opts.backoff.delay(min(unavailable, 6), self.rng, failure.wait))
+                        continue
+                    self._emit_all(
+                        item, "failed", f"flex unavailable {unavailable} times: {last_error}", attempts, retryable=True
                     )
                     return
                 if failure.action is Action.RETRY and budget_used < opts.max_attempts:
@@ -477,6 +431,10 @@ class Engine:
         price = self._price(item)
         if price is None:
             return 0.0
+        asked = item.requests[0].body.get("service_tier") if self.kind == "chat" else None
+        if asked in ("priority", "auto") and price.priority is not None:
+            # it may be served (and billed) at priority; flex may fall back to default: never less
+            price = max(price, price.priority, key=lambda p: p.input + p.output)
         prompt = sum(r.prompt_tokens for r in item.requests)
         out = sum(r.max_output_tokens for r in item.requests) + extra_tokens
         return price.cost(prompt, out)
@@ -486,6 +444,7 @@ class Engine:
         price = self._price(item)
         if price is None:
             return 0.0
+        price = price.tier(reply.get("service_tier"))  # billed by the tier that served it
         if not usage:
             return self._worst_cost(item, 0)  # no usage reported: assume the worst, never less
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
@@ -518,9 +477,11 @@ class Engine:
             }
         )
 
-    def _cost(self, item: WorkItem, prompt: int, completion: int, cached: int = 0) -> float | None:
+    def _cost(
+        self, item: WorkItem, prompt: int, completion: int, cached: int = 0, tier: str | None = None
+    ) -> float | None:
         price = self._price(item)
-        return None if price is None else price.cost(prompt, completion, cached_tokens=cached)
+        return None if price is None else price.tier(tier).cost(prompt, completion, cached_tokens=cached)
 
     def _chat_result(
         self, item: WorkItem, reply: dict[str, Any], attempts: int, latency: float, request_id: str | None
@@ -539,13 +500,17 @@ class Engine:
             attempts=attempts,
             prompt_tokens=prompt,
             completion_tokens=completion,
-            cost_usd=self._cost(item, prompt or 0, completion or 0, cached) if usage else None,
+            cost_usd=self._cost(item, prompt or 0, completion or 0, cached, reply.get("service_tier"))
+            if usage
+            else None,
             latency_ms=round(latency, 2),
             finish_reason=parsed.finish_reason,
             model=reply.get("model"),
             request_id=request_id,
             output=parsed.output,
             raw_text=parsed.raw_text,
+            service_tier=reply.get("service_tier"),
+            cached_tokens=cached if usage else None,
         )
 
     def _emit_embeddings(

@@ -117,6 +117,14 @@ class RequestSpec(Spec):
     max_tokens: int | None = Field(default=None, gt=0)
     max_completion_tokens: int | None = Field(default=None, gt=0)
     seed: int | None = None
+    service_tier: Literal["default", "flex", "priority", "auto"] | None = None
+    """The processing tier asked for (OpenAI, Azure): flex = Batch API prices on the synchronous API,
+    slower, sometimes "resource unavailable"; priority = faster at a premium. Billed by the tier the
+    response says served the row. None: not sent (the project's own default)."""
+    flex_fallback: Literal["default", "never"] = "default"
+    """A flex row refused `flex_fallback_after` times as resource unavailable is sent on the default tier
+    ("default"), or kept on flex until max_attempts ("never")."""
+    flex_fallback_after: int = Field(default=3, ge=1, le=50)
     dimensions: int | None = Field(default=None, gt=0)
     expected_output_tokens: int | None = Field(default=None, ge=0)
     """What a typical reply uses, for the plan's expected cost (worst case uses max_tokens)."""
@@ -347,6 +355,11 @@ class Job(Spec):
                     f"[limits] {', '.join(keys)} do not apply to the Batch API (it has no per-minute limits; its "
                     "queue is [batch] enqueued_token_limit): ignored in batch mode"
                 )
+        if mode == "batch" and self.request.service_tier is not None:
+            out.append(
+                "[request] service_tier does not apply to the Batch API (a tier of its own, at batch prices): "
+                "not sent in batch mode"
+            )
         # a [batch] table in an online job is not warned about: it is kept to switch `mode` back and forth
         if mode == "online" and self.mode == "online" and self.deadline_hours is not None:
             out.append('deadline_hours applies to mode = "batch" or "auto"; this job runs online')

@@ -72,7 +72,9 @@ CREATE TABLE IF NOT EXISTS results (
     row_id TEXT,
     endpoint TEXT,
     created_at REAL NOT NULL,
-    max_output_tokens INTEGER
+    max_output_tokens INTEGER,
+    service_tier TEXT,
+    cached_tokens INTEGER
 );
 CREATE TABLE IF NOT EXISTS spend (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -132,7 +134,7 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 RESULT_COLUMNS = (
     "fingerprint, status, error, attempts, prompt_tokens, completion_tokens, cost_usd, latency_ms, finish_reason, "
-    "model, request_id, output, raw_text, row_id, endpoint, created_at, max_output_tokens"
+    "model, request_id, output, raw_text, row_id, endpoint, created_at, max_output_tokens, service_tier, cached_tokens"
 )
 
 
@@ -251,6 +253,9 @@ class Ledger:
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
         if "max_output_tokens" not in cols:
             self.db.execute("ALTER TABLE results ADD COLUMN max_output_tokens INTEGER")
+        for col, kind in (("service_tier", "TEXT"), ("cached_tokens", "INTEGER")):
+            if col not in cols:  # answers recorded before tiers and caching were: NULL (unknown)
+                self.db.execute(f"ALTER TABLE results ADD COLUMN {col} {kind}")
         found = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if found is not None and found[0] == "1":
             # version 1 kept spend only as each answer's cost: carried over unattributed (job ''),
@@ -297,10 +302,29 @@ class Ledger:
             self.db,
             "SELECT fingerprint, status, error, attempts, prompt_tokens, completion_tokens, cost_usd, "
             "latency_ms, finish_reason, model, request_id, output, raw_text, row_id, created_at, "
-            "max_output_tokens FROM results WHERE fingerprint IN ({marks})",
+            "max_output_tokens, service_tier, cached_tokens FROM results WHERE fingerprint IN ({marks})",
             fingerprints,
         ):
-            fp, status, error, attempts, pt, ct, cost, lat, finish, model, rid, output, raw, row_id, at, mx = row
+            (
+                fp,
+                status,
+                error,
+                attempts,
+                pt,
+                ct,
+                cost,
+                lat,
+                finish,
+                model,
+                rid,
+                output,
+                raw,
+                row_id,
+                at,
+                mx,
+                tier,
+                cached,
+            ) = row
             into = found
             if policy is not None and not policy.accepts(status, ct, mx, at):
                 if rejected is None:
@@ -324,6 +348,8 @@ class Ledger:
                 output=json.loads(output) if output is not None else None,
                 raw_text=raw,
                 from_cache=True,
+                service_tier=tier,
+                cached_tokens=cached,
             )
 
     def answered(self, fingerprints: Sequence[str], policy: CachePolicy | None = None) -> dict[str, float]:
@@ -436,6 +462,8 @@ class Ledger:
             endpoint,
             time.time(),
             self.max_output_tokens,
+            result.service_tier,
+            result.cached_tokens,
         )
         with self.queue_lock:
             self.pending.append(row)
@@ -463,7 +491,7 @@ class Ledger:
             self.db.execute("BEGIN")
             if batch:
                 self.db.executemany(
-                    f"INSERT OR REPLACE INTO results ({RESULT_COLUMNS}) VALUES ({','.join('?' * 17)})", batch
+                    f"INSERT OR REPLACE INTO results ({RESULT_COLUMNS}) VALUES ({','.join('?' * 19)})", batch
                 )
             for endpoint, (n, usd) in spend.items():
                 self.db.execute(

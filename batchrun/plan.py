@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,7 +16,7 @@ from .pricing import PriceTable, default_table, is_local_url, load_table
 from .prompts import Renderer, Request
 from .shards import CHAT_URL, EMBEDDINGS_URL, ShardCounter, ShardLimits, line_overhead, queue_limit
 from .sources import Source, open_source
-from .tokens import EMBED_MAX_INPUTS, EMBED_MAX_TOKENS_PER_INPUT, EMBED_MAX_TOKENS_PER_REQUEST
+from .tokens import EMBED_MAX_INPUTS, EMBED_MAX_TOKENS_PER_INPUT, EMBED_MAX_TOKENS_PER_REQUEST, Histogram
 
 LISTED_ISSUES = 20
 T = TypeVar("T")
@@ -94,6 +93,8 @@ class Plan:
     recommendation: str = ""
     notes: list[str] = field(default_factory=list)
     document: dict[str, Any] | None = None
+    cost_tiers: dict[str, list[float | None]] = field(default_factory=dict)
+    """Online at another service tier: tier → [expected, worst case] (flex; priority where priced)."""
     """Document jobs: chapters, paragraphs, chunks (rows are paragraphs, requests are chunks)."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,38 +148,6 @@ class _ModelTally:
     def out_tokens(outs: Counter[int], expected_of: Callable[[int], int] | None) -> int:
         """Output tokens of requests by limit: the limits themselves (worst), or what is expected of each."""
         return sum((limit if expected_of is None else expected_of(limit)) * n for limit, n in outs.items())
-
-
-class Histogram:
-    """Prompt sizes as counts per token count: the mean, p95 and max of millions of rows in the memory
-    of a few hundred distinct sizes (a list of every row's count grew with the input)."""
-
-    def __init__(self) -> None:
-        self.by_size: Counter[int] = Counter()
-        self.n = 0
-        self.total = 0
-
-    def append(self, tokens: int) -> None:
-        self.by_size[tokens] += 1
-        self.n += 1
-        self.total += tokens
-
-    def __len__(self) -> int:
-        return self.n
-
-    def max(self) -> int:
-        return max(self.by_size, default=0)
-
-    def p95(self) -> int:
-        if not self.n:
-            return 0
-        rank = min(self.n, math.ceil(0.95 * self.n))  # the same row a sorted list's [ceil(.95 n) - 1] is
-        seen = 0
-        for size in sorted(self.by_size):
-            seen += self.by_size[size]
-            if seen >= rank:
-                return size
-        return self.max()
 
 
 def embedding_groups(
@@ -432,19 +401,22 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
             "add it under [pricing.models] in the job"
         )
 
-    def priced(outs_of: Callable[[_ModelTally], tuple[int, int]], discount: float = 1.0) -> float | None:
+    def priced(
+        outs_of: Callable[[_ModelTally], tuple[int, int]], discount: float = 1.0, tier: str | None = None
+    ) -> float | None:
         """Σ over models of (prompt, output) tokens at each model's price; None if one has no price."""
         total = 0.0
         for model, tally in (by_model or {job.request.model: _ModelTally()}).items():
             p = table.lookup(model)
-            if p is None:
+            if p is None or (tier == "priority" and p.priority is None):
                 return None
+            p = p.tier(tier)
             prompt, out = outs_of(tally)
             total += p.cost(prompt, out, discount=discount)
         return total
 
-    def cost(expected: bool, discount: float) -> float | None:
-        return priced(lambda t: (t.prompt, t.out_tokens(t.outs, expected_of if expected else None)), discount)
+    def cost(expected: bool, discount: float, tier: str | None = None) -> float | None:
+        return priced(lambda t: (t.prompt, t.out_tokens(t.outs, expected_of if expected else None)), discount, tier)
 
     unpriced = sorted(m for m in by_model if m != job.request.model and table.lookup(m) is None)
     if unpriced:
@@ -485,6 +457,9 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
         cost_online_expected=cost(True, 1.0),
         cost_batch_worst=cost(False, table.batch_discount),
         cost_batch_expected=cost(True, table.batch_discount),
+        cost_tiers={t: [cost(True, 1.0, t), cost(False, 1.0, t)] for t in ("flex", "priority")}
+        if job.request.kind == "chat"
+        else {},
         rpm=rpm,
         tpm=tpm,
         minutes_at_rpm=m_rpm,

@@ -75,6 +75,12 @@ def format_plan(plan: Plan) -> str:
         f"  cost (prices as of {plan.price_as_of})",
         f"    online             expected {_money(plan.cost_online_expected)}   worst case {_money(plan.cost_online_worst)}",
         f"    Batch API          expected {_money(plan.cost_batch_expected)}   worst case {_money(plan.cost_batch_worst)}",
+        *(
+            f"    {label:<19}expected {_money(exp)}   worst case {_money(worst)}"
+            for tier, label in (("flex", "online, flex"), ("priority", "online, priority"))
+            for exp, worst in [plan.cost_tiers.get(tier) or [None, None]]
+            if exp is not None
+        ),
         f"  time online at your limits (rpm {plan.rpm or '?'}, tpm {plan.tpm or '?'})",
         f"    requests/min bound {_minutes(plan.minutes_at_rpm)}   tokens/min bound {_minutes(plan.minutes_at_tpm)}"
         f"   → {_minutes(plan.minutes_online)}"

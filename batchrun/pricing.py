@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import tomllib
 from collections.abc import Mapping
@@ -25,6 +26,19 @@ class ModelPrice:
     output: float
     cached_input: float | None = None
     context_window: int | None = None
+    flex: ModelPrice | None = None
+    """Flex processing's price: the table's `[models.X.flex]`, else the Batch API price."""
+    priority: ModelPrice | None = None
+    """Priority processing's price, where the table has one (`[models.X.priority]`)."""
+
+    def tier(self, name: str | None) -> ModelPrice:
+        """The price of the tier that served a request (the response's `service_tier`): flex and
+        priority where known, the standard price for "default" and anything else."""
+        if name == "flex" and self.flex is not None:
+            return self.flex
+        if name == "priority" and self.priority is not None:
+            return self.priority
+        return self
 
     def cost(
         self, prompt_tokens: int, completion_tokens: int, *, discount: float = 1.0, cached_tokens: int = 0
@@ -72,24 +86,37 @@ class PriceTable:
         )
 
 
+def _price(name: str, row: Mapping[str, Any], origin: str, key: str) -> ModelPrice:
+    if not isinstance(row, Mapping) or "input" not in row or "output" not in row:
+        raise JobFileError(origin, key, "needs numbers `input` and `output` (USD per 1M tokens)")
+    try:
+        return ModelPrice(
+            model=name,
+            input=float(row["input"]),
+            output=float(row["output"]),
+            cached_input=float(row["cached_input"]) if "cached_input" in row else None,
+            context_window=int(row["context_window"]) if "context_window" in row else None,
+        )
+    except (TypeError, ValueError) as exc:
+        raise JobFileError(origin, key, f"prices must be numbers: {exc}") from exc
+
+
 def _parse(data: Mapping[str, Any], origin: str) -> PriceTable:
-    models: dict[str, ModelPrice] = {}
-    for name, row in (data.get("models") or {}).items():
-        if not isinstance(row, Mapping) or "input" not in row or "output" not in row:
-            raise JobFileError(origin, f"models.{name}", "needs numbers `input` and `output` (USD per 1M tokens)")
-        try:
-            models[name] = ModelPrice(
-                model=name,
-                input=float(row["input"]),
-                output=float(row["output"]),
-                cached_input=float(row["cached_input"]) if "cached_input" in row else None,
-                context_window=int(row["context_window"]) if "context_window" in row else None,
-            )
-        except (TypeError, ValueError) as exc:
-            raise JobFileError(origin, f"models.{name}", f"prices must be numbers: {exc}") from exc
     discount = float(data.get("batch_discount", 0.5))
     if not 0 < discount <= 1:
         raise JobFileError(origin, "batch_discount", "must be in (0, 1], e.g. 0.5 for half price")
+    models: dict[str, ModelPrice] = {}
+    for name, row in (data.get("models") or {}).items():
+        base = _price(name, row, origin, f"models.{name}")
+        tiers = {t: _price(name, row[t], origin, f"models.{name}.{t}") for t in ("flex", "priority") if t in row}
+        # flex is priced at Batch API rates (OpenAI's flex processing guide) unless the table says otherwise
+        flex = tiers.get("flex") or ModelPrice(
+            model=name,
+            input=base.input * discount,
+            output=base.output * discount,
+            cached_input=None if base.cached_input is None else base.cached_input * discount,
+        )
+        models[name] = dataclasses.replace(base, flex=flex, priority=tiers.get("priority"))
     return PriceTable(
         as_of=str(data.get("as_of", "unknown")),
         batch_discount=discount,

@@ -182,7 +182,7 @@ class Renderer:
         self.schema = job.schema_strict
         self.schema_tokens = self.counter.schema_overhead(self.schema)
         self.params: dict[str, Any] = {"model": req.model}
-        for key in ("temperature", "max_tokens", "max_completion_tokens", "seed"):
+        for key in ("temperature", "max_tokens", "max_completion_tokens", "seed", "service_tier"):
             value = getattr(req, key)
             if value is not None:
                 self.params[key] = value
@@ -473,14 +473,17 @@ class Renderer:
             head["input"] = sentinel
         else:
             head = {
-                **self.params,
+                # the Batch API is a tier of its own (batch prices): a service_tier is not sent there
+                **{k: v for k, v in self.params.items() if k != "service_tier"},
                 "model": model,
                 "messages": [*self.fixed_messages, {"role": "user", "content": sentinel}],
             }
         if self.per_row and self.kind != "embeddings":
             # the system prompt or the parameters differ per row: no constant part to serialise once
             def per_row(text: str) -> bytes:
-                return json.dumps(self.body(text, model), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+                body = self.body(text, model)
+                body.pop("service_tier", None)
+                return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
             return per_row
         whole = json.dumps(head, ensure_ascii=False, separators=(",", ":"))

@@ -37,6 +37,7 @@ class Action(enum.Enum):
     TOO_LONG = "too_long"  # larger than the TPM bucket: never retried
     STOP_QUOTA = "stop_quota"  # the account is out of credit: stop the run
     STOP_ENDPOINT = "stop_endpoint"  # auth / model access: every row would fail the same way
+    UNAVAILABLE = "unavailable"  # flex has no capacity now: unbilled; back off, this row only (or fall back)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,10 @@ def classify(exc: BaseException) -> Failure:
                 return Failure(Action.STOP_QUOTA, message, status, headers=headers)
             if message.startswith("Request too large"):
                 return Failure(Action.TOO_LONG, message, status, headers=headers)
+            if code == "resource_unavailable" or "resource unavailable" in message.lower():
+                # flex processing's "429 Resource Unavailable": the tier has no capacity for this request
+                # right now — not the account's rate limit (no pause for everyone) and not billed
+                return Failure(Action.UNAVAILABLE, message, status, wait=headers.retry_after, headers=headers)
             wait = headers.retry_after or try_again_in(message)
             if wait is None:
                 wait = headers.reset_tokens if type_ == "tokens" else headers.reset_requests

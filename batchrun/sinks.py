@@ -37,6 +37,8 @@ META_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("latency_ms", pa.float64()),
     ("finish_reason", pa.string()),
     ("model", pa.string()),
+    ("service_tier", pa.string()),
+    ("cached_tokens", pa.int64()),
     ("request_id", pa.string()),
     ("from_cache", pa.bool_()),
 )
@@ -67,6 +69,10 @@ class RowResult:
     """Answered from the ledger (an earlier run, or an identical request in this run): not paid again."""
     retryable: bool = False
     """A failure that another run may fix (5xx, timeouts): not kept as the row's final answer."""
+    service_tier: str | None = None
+    """The tier that served the request, as the response says (billed by it); None when it did not say."""
+    cached_tokens: int | None = None
+    """Of prompt_tokens, those the provider's prompt cache served (usage.prompt_tokens_details), priced lower."""
 
 
 EMPTY_ERROR = (

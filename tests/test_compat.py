@@ -196,7 +196,9 @@ def test_a_server_that_queues_instead_of_429_is_run_without_refusals(make_sim, t
     proc = _cli("run", str(path), "-q")
     assert proc.returncode == ExitCode.DONE, proc.stderr
     stats = sim.stats()
-    assert stats["rate_limited"] == 0 and stats["queued"] > 0 and stats["ok"] == 130
+    # whether any request had to queue depends on how soon the limiter learnt rpm 120 from the first
+    # replies' headers (often before the 121st send): what must hold is that none was refused
+    assert stats["rate_limited"] == 0 and stats["ok"] == 130
 
 
 def test_least_time_counts_what_the_server_admitted_not_what_it_refused(make_sim, tmp_path: Path) -> None:

@@ -84,6 +84,13 @@ class SimConfig:
     """False: send no x-ratelimit-* headers, as self-hosted servers do not."""
     queue_when_limited: bool = False
     """Hold a request until the limits admit it instead of answering 429, as a proxy with a queue does."""
+    flex_unavailable_rate: float = 0.0
+    """Of requests asking `service_tier = "flex"`, the fraction answered 429 "Resource Unavailable"
+    (code resource_unavailable): not admitted to the limits, not billed."""
+    flex_latency_factor: float = 3.0
+    """Flex replies take this many times the usual latency."""
+    priority_served_as: str | None = None
+    """A request asking for priority is served (and its reply says) this tier instead, e.g. "default"."""
     max_batch_lines: int = 50_000
     max_file_bytes: int = 200 * 1024 * 1024
     models: tuple[str, ...] = (

@@ -38,6 +38,18 @@ def error_body(message: str, type_: str, code: str | None = None, param: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+FLEX_UNAVAILABLE = Reply(
+    429,
+    error_body(
+        "Resource Unavailable: flex processing does not have capacity for this request right now. "
+        "Retry later, or send it on the default tier.",
+        "server_error",
+        "resource_unavailable",
+    ),
+)
+"""Flex processing's refusal when it has no capacity (unbilled; OpenAI's flex processing guide)."""
+
+
 def markers(body: dict[str, Any]) -> list[tuple[str, int | None]]:
     """Forced outcomes written into the request's text."""
     found: list[tuple[str, int | None]] = []

@@ -27,7 +27,7 @@ from ..headers import format_duration
 from . import content
 from .batches import BatchStore
 from .config import SimConfig
-from .responder import Reply, Responder, error_body, markers
+from .responder import FLEX_UNAVAILABLE, Reply, Responder, error_body, markers
 
 QUOTA_MESSAGE = (
     "You exceeded your current quota, please check your plan and billing details. "
@@ -88,6 +88,11 @@ class Stats:
         self.queued = 0
         self.queue_peak = 0
         self.rate_limited_by_type: Counter[str] = Counter()
+        self.flex_unavailable = 0
+        self.by_tier: Counter[str] = Counter()
+        """Replies by the tier that served them (the reply's service_tier)."""
+        self.tier_tokens: dict[str, list[int]] = {}
+        """tier → [prompt, completion] tokens billed: what the provider would charge, tier by tier."""
         self.quota_rejected = 0
         self.too_large = 0
         self.charged_tokens = 0
@@ -109,6 +114,9 @@ class Stats:
             "queued": self.queued,
             "queue_peak": self.queue_peak,
             "rate_limited_by_type": dict(self.rate_limited_by_type),
+            "flex_unavailable": self.flex_unavailable,
+            "by_tier": dict(self.by_tier),
+            "tier_tokens": {k: list(v) for k, v in self.tier_tokens.items()},
             "quota_rejected": self.quota_rejected,
             "too_large": self.too_large,
             "faults": dict(self.faults),
@@ -157,6 +165,7 @@ class Simulator:
         self.requests_bucket = Bucket(cfg.rpm, now) if cfg.rpm else None
         self.tokens_bucket = Bucket(cfg.tpm, now) if cfg.tpm else None
         self.fault_rng = random.Random(cfg.seed)
+        self.tier_rng = random.Random(cfg.seed + 7)
         self.latency_rng = random.Random(cfg.seed + 1)
         self.marker_seen: Counter[tuple[bytes, str]] = Counter()
         self.last_wait = 0.0
@@ -415,6 +424,15 @@ class Simulator:
         users = [m for m in body["messages"] if isinstance(m, dict) and m.get("role") == "user"]
         if users and isinstance(users[-1].get("content"), str):
             self.user_prompts.append(users[-1]["content"])
+        asked = body.get("service_tier")
+        if (
+            asked == "flex"
+            and self.config.flex_unavailable_rate
+            and self.tier_rng.random() < self.config.flex_unavailable_rate
+        ):
+            # flex processing without capacity: refused before admission, so neither limited nor billed
+            self.stats.flex_unavailable += 1
+            return self.respond(FLEX_UNAVAILABLE)
         prompt_tokens = self.responder.chat_prompt_tokens(body)
         max_out = body.get("max_completion_tokens") or body.get("max_tokens") or 0
         limited = await self.admit_or_queue(body["model"], prompt_tokens + max_out)
@@ -427,7 +445,17 @@ class Simulator:
             )
         fault = self.pick_fault(forced)
         reply = self.responder.chat(self.config, body, digest, forced, self.fault_rng.random())
-        return await self.deliver(request, reply, fault, digest)
+        served = {"flex": "flex", "priority": self.config.priority_served_as or "priority"}.get(asked, "default")
+        extra_s = 0.0
+        if reply.status == 200:
+            reply.body["service_tier"] = served  # as OpenAI: the tier that served it, billed by it
+            self.stats.by_tier[served] += 1
+            tokens = self.stats.tier_tokens.setdefault(served, [0, 0])
+            tokens[0] += reply.prompt_tokens
+            tokens[1] += reply.completion_tokens
+            if served == "flex":
+                extra_s = self.latency(reply.completion_tokens) * max(self.config.flex_latency_factor - 1, 0.0)
+        return await self.deliver(request, reply, fault, digest, extra_s)
 
     async def handle_embeddings(self, request: web.Request) -> web.StreamResponse:
         self.stats.by_endpoint["embeddings"] += 1
