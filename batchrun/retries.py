@@ -101,6 +101,10 @@ def classify(exc: BaseException) -> Failure:
             return Failure(Action.STOP_ENDPOINT, f"{status} {message}", status, headers=headers)
         if status == 404 and (code == "model_not_found" or "model" in message.lower()):
             return Failure(Action.STOP_ENDPOINT, f"404 {message}", status, headers=headers)
+        if status == 498 and code == "capacity_exceeded":
+            # Groq's flex tier without capacity (console.groq.com/docs/flex-processing): like OpenAI's
+            # "resource unavailable", this row backs off (or falls back); the account is not limited
+            return Failure(Action.UNAVAILABLE, f"498 {message}", status, wait=headers.retry_after, headers=headers)
         if status in RETRYABLE_STATUS or status >= 500:
             slow = status == 503 and "slow down" in message.lower()
             return Failure(

@@ -42,6 +42,15 @@ def test_quota_codes_stop_the_run(code: str) -> None:
     assert f.action is Action.STOP_QUOTA
 
 
+def test_flex_without_capacity_is_unavailable_not_a_rate_limit() -> None:
+    openai_flex = status_error(
+        429, err("Resource Unavailable: no flex capacity", "server_error", "resource_unavailable")
+    )
+    groq_flex = status_error(498, err("flex tier capacity exceeded", "capacity_exceeded", "capacity_exceeded"))
+    for exc in (openai_flex, groq_flex):
+        assert classify(exc).action is Action.UNAVAILABLE
+
+
 def test_rate_limit_wait_from_message_header_or_reset() -> None:
     msg = "Rate limit reached ... on tokens per min (TPM): Limit 100, Used 90, Requested 20. Please try again in 1.5s."
     f = classify(status_error(429, err(msg, "tokens", "rate_limit_exceeded")))
