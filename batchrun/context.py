@@ -258,6 +258,16 @@ class RunContext:
         elif stats.tiers and job.request.service_tier is not None:
             ((t, (n, usd)),) = stats.tiers.items()
             notes.append(f"service tier: {t} for all {n:,} rows answered, ${usd:,.4f}")
+        if stats.cached_prompt_tokens:
+            price = engine.price
+            saved = (
+                stats.cached_prompt_tokens * (price.input - (price.cached_input or price.input)) / 1e6 if price else 0.0
+            )
+            notes.append(
+                f"prompt cache: {stats.cached_prompt_tokens:,} of {stats.prompt_tokens:,} prompt tokens "
+                f"({stats.cached_prompt_tokens / max(stats.prompt_tokens, 1):.0%}) served from the provider's cache, "
+                f"${saved:,.4f} less than uncached"
+            )
         if stats.unavailable:
             notes.append(
                 f"flex had no capacity {stats.unavailable:,} time(s) (429 resource unavailable, not billed); "

@@ -50,6 +50,8 @@ class RunStats:
     first_send: float | None = None
     cached_rows: int = 0
     cached_usd: float = 0.0
+    cached_prompt_tokens: int = 0
+    """Of prompt_tokens, those the provider's prompt cache served (priced at the cached rate)."""
     tiers: dict[str, list[Any]] = field(default_factory=dict)
     """Rows answered in this run by the tier that served them: [rows, dollars]."""
 
@@ -61,6 +63,7 @@ class RunStats:
                 self.cached_usd += r.cost_usd or 0.0
         else:
             self.spend(r.prompt_tokens, r.completion_tokens, r.cost_usd)
+            self.cached_prompt_tokens += r.cached_tokens or 0
             if r.service_tier is not None:
                 tally = self.tiers.setdefault(r.service_tier, [0, 0.0])
                 tally[0] += 1

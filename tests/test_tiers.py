@@ -129,3 +129,28 @@ def test_the_plan_prices_flex_and_priority(make_sim: SimFactory, write_job: Call
     assert priority[0] > plan.cost_online_expected
     text = format_plan(plan)
     assert "online, flex" in text and "online, priority" in text
+
+
+def test_prompt_cache_hits_are_recorded_per_row_and_priced_at_the_cached_rate(
+    make_sim: SimFactory, write_job: Callable[..., Path]
+) -> None:
+    sim = make_sim(prompt_cache=True, latency_ms=20, models=(MODEL,))
+    rules = " ".join(f"Rule {i}: label the text by its topic and tone, never by its length." for i in range(120))
+    job = _job(write_job, sim, 80, "")
+    text = job.source_path.read_text().replace('system = "Label it."', f'system = "Label it. {rules}"')
+    if 'system = "Label it.' not in text:  # the structured job has no system prompt: give it one
+        text = text.replace("[prompt]\n", f'[prompt]\nsystem = "Label it. {rules}"\n', 1)
+    job = load_job(write_job(text, name="cached.toml"))
+    result = asyncio.run(arun(job))
+    assert result.by_status == {"ok": 80}
+    frame = pl.read_parquet(job.output_path)
+    assert frame["prompt_tokens"].min() >= 1024  # long enough to be cached
+    cached = frame["cached_tokens"].sum()
+    assert cached == sim.stats()["cached_tokens"] > 0
+    assert (frame["cached_tokens"] % 128 == 0).all()  # hits come in 128-token steps from 1,024
+    price = default_table().lookup(MODEL)
+    assert price is not None
+    for row in frame.iter_rows(named=True):
+        want = price.cost(row["prompt_tokens"], row["completion_tokens"], cached_tokens=row["cached_tokens"])
+        assert row["cost_usd"] == pytest.approx(want)
+    assert any(n.startswith("prompt cache:") for n in result.notes)

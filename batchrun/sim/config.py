@@ -89,6 +89,10 @@ class SimConfig:
     (code resource_unavailable): not admitted to the limits, not billed."""
     flex_latency_factor: float = 3.0
     """Flex replies take this many times the usual latency."""
+    prompt_cache: bool = False
+    """Model OpenAI's prompt cache (sim/cache.py): prompts of ≥ 1,024 tokens, exact prefix in 128-token
+    steps, routed by their first 256 tokens and prompt_cache_key; hits reported as cached_tokens."""
+    cache_ttl_s: float = 300.0
     priority_served_as: str | None = None
     """A request asking for priority is served (and its reply says) this tier instead, e.g. "default"."""
     max_batch_lines: int = 50_000

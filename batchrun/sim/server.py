@@ -26,7 +26,9 @@ from aiohttp import web
 from ..headers import format_duration
 from . import content
 from .batches import BatchStore
+from .cache import PromptCache
 from .config import SimConfig
+from .meters import Bucket, Window
 from .responder import FLEX_UNAVAILABLE, Reply, Responder, error_body, markers
 
 QUOTA_MESSAGE = (
@@ -34,48 +36,6 @@ QUOTA_MESSAGE = (
     "For more information on this error, read the docs: "
     "https://platform.openai.com/docs/guides/error-codes/api-errors."
 )
-
-
-class Bucket:
-    """A server-side token bucket: capacity = the per-minute limit, refilled continuously.
-
-    Deliberately not batchrun.limits.Bucket: the simulator is the test double for the client's
-    limiter, so it keeps its own, independent arithmetic."""
-
-    def __init__(self, per_minute: int, now: float) -> None:
-        self.capacity = float(per_minute)
-        self.rate = per_minute / 60.0
-        self.level = self.capacity
-        self.updated = now
-
-    def refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
-        self.updated = now
-
-    def wait_for(self, amount: float) -> float:
-        return max(amount - self.level, 0.0) / self.rate
-
-    def reset_seconds(self) -> float:
-        return (self.capacity - self.level) / self.rate
-
-
-class Window:
-    """Largest sum of amounts seen in any `span`-second window (peak RPM / TPM)."""
-
-    def __init__(self, span: float = 60.0) -> None:
-        self.span = span
-        self.events: deque[tuple[float, int]] = deque()
-        self.total = 0
-        self.peak = 0
-        self.accepted = 0
-
-    def add(self, now: float, amount: int) -> None:
-        self.accepted += 1
-        self.events.append((now, amount))
-        self.total += amount
-        while self.events and self.events[0][0] <= now - self.span:
-            self.total -= self.events.popleft()[1]
-        self.peak = max(self.peak, self.total)
 
 
 class Stats:
@@ -89,6 +49,8 @@ class Stats:
         self.queue_peak = 0
         self.rate_limited_by_type: Counter[str] = Counter()
         self.flex_unavailable = 0
+        self.cached_tokens = 0
+        """Prompt tokens the prompt cache served (reported as usage.prompt_tokens_details.cached_tokens)."""
         self.by_tier: Counter[str] = Counter()
         """Replies by the tier that served them (the reply's service_tier)."""
         self.tier_tokens: dict[str, list[int]] = {}
@@ -115,6 +77,7 @@ class Stats:
             "queue_peak": self.queue_peak,
             "rate_limited_by_type": dict(self.rate_limited_by_type),
             "flex_unavailable": self.flex_unavailable,
+            "cached_tokens": self.cached_tokens,
             "by_tier": dict(self.by_tier),
             "tier_tokens": {k: list(v) for k, v in self.tier_tokens.items()},
             "quota_rejected": self.quota_rejected,
@@ -166,6 +129,7 @@ class Simulator:
         self.tokens_bucket = Bucket(cfg.tpm, now) if cfg.tpm else None
         self.fault_rng = random.Random(cfg.seed)
         self.tier_rng = random.Random(cfg.seed + 7)
+        self.cache = PromptCache(ttl_s=cfg.cache_ttl_s) if cfg.prompt_cache else None
         self.latency_rng = random.Random(cfg.seed + 1)
         self.marker_seen: Counter[tuple[bytes, str]] = Counter()
         self.last_wait = 0.0
@@ -453,6 +417,11 @@ class Simulator:
             tokens = self.stats.tier_tokens.setdefault(served, [0, 0])
             tokens[0] += reply.prompt_tokens
             tokens[1] += reply.completion_tokens
+            if self.cache is not None:  # the prefix the provider has seen recently is billed as cached
+                encode = self.responder.counter(body["model"]).encoding.encode_ordinary
+                hit = self.cache.use(PromptCache.prompt_tokens(encode, body), body.get("prompt_cache_key"))
+                reply.body["usage"]["prompt_tokens_details"]["cached_tokens"] = min(hit, reply.prompt_tokens)
+                self.stats.cached_tokens += min(hit, reply.prompt_tokens)
             if served == "flex":
                 extra_s = self.latency(reply.completion_tokens) * max(self.config.flex_latency_factor - 1, 0.0)
         return await self.deliver(request, reply, fault, digest, extra_s)

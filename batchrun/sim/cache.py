@@ -1,0 +1,79 @@
+"""The simulator's prompt cache, modelled on OpenAI's documented rules (docs/service-tiers.md):
+
+* only prompts of at least `min_tokens` (1,024) are cached, on their exact prefix;
+* a hit covers the longest cached prefix, counted from `min_tokens` in `increment` (128) steps;
+* an entry lives `ttl_s` after its last use;
+* requests are routed by a hash of the prompt's first `route_tokens` (256) tokens together with
+  `prompt_cache_key`, so the same prefix under two keys lands on two machines, each with its own cache.
+
+The reply reports the hit as `usage.prompt_tokens_details.cached_tokens`, which the client prices at the
+cached rate. The prompt is the request's messages as the server would see them, tokenized with the
+model's encoding (role and content of each message in order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from array import array
+from collections.abc import Callable
+from typing import Any
+
+
+class PromptCache:
+    def __init__(
+        self,
+        *,
+        min_tokens: int = 1024,
+        increment: int = 128,
+        ttl_s: float = 300.0,
+        route_tokens: int = 256,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.min_tokens = min_tokens
+        self.increment = increment
+        self.ttl_s = ttl_s
+        self.route_tokens = route_tokens
+        self.clock = clock
+        self.entries: dict[bytes, float] = {}
+        """(machine, prefix) digest → last used."""
+        self.hits = 0
+        self.cached_tokens = 0
+        self.cacheable_tokens = 0
+
+    @staticmethod
+    def prompt_tokens(encode: Callable[[str], list[int]], body: dict[str, Any]) -> list[int]:
+        tokens: list[int] = []
+        for m in body.get("messages") or []:
+            if isinstance(m, dict):
+                content = m.get("content")
+                text = content if isinstance(content, str) else str(content)
+                tokens += encode(f"<|{m.get('role')}|>{text}")
+        return tokens
+
+    def use(self, tokens: list[int], key: str | None) -> int:
+        """The cached tokens of this prompt; its prefixes are cached from now on."""
+        n = len(tokens)
+        if n < self.min_tokens:
+            return 0
+        now = self.clock()
+        ids = array("I", tokens)
+        route = hashlib.blake2b(ids[: self.route_tokens].tobytes() + (key or "").encode(), digest_size=8).digest()
+        h = hashlib.blake2b(route, digest_size=16)
+        done = 0
+        hit = 0
+        for length in range(self.min_tokens, n + 1, self.increment):
+            h.update(ids[done:length].tobytes())
+            done = length
+            digest = h.copy().digest()
+            seen = self.entries.get(digest)
+            if seen is not None and now - seen <= self.ttl_s:
+                hit = length
+            self.entries[digest] = now
+        self.cacheable_tokens += n
+        if hit:
+            self.hits += 1
+            self.cached_tokens += hit
+        if len(self.entries) > 200_000:  # expired entries go, so a long benchmark does not grow without end
+            self.entries = {d: t for d, t in self.entries.items() if now - t <= self.ttl_s}
+        return hit
