@@ -35,8 +35,9 @@ class PromptCache:
         self.ttl_s = ttl_s
         self.route_tokens = route_tokens
         self.clock = clock
-        self.entries: dict[bytes, float] = {}
-        """(machine, prefix) digest → last used."""
+        self.entries: dict[bytes, tuple[float, float]] = {}
+        """(machine, prefix) digest → (cached from, last used): a prefix is cached once the first request
+        carrying it has been processed, so requests sent together before that all miss."""
         self.hits = 0
         self.cached_tokens = 0
         self.cacheable_tokens = 0
@@ -51,8 +52,9 @@ class PromptCache:
                 tokens += encode(f"<|{m.get('role')}|>{text}")
         return tokens
 
-    def use(self, tokens: list[int], key: str | None) -> int:
-        """The cached tokens of this prompt; its prefixes are cached from now on."""
+    def use(self, tokens: list[int], key: str | None, ready_after: float = 0.0) -> int:
+        """The cached tokens of this prompt; its prefixes are cached `ready_after` seconds from now (when
+        this request has been processed)."""
         n = len(tokens)
         if n < self.min_tokens:
             return 0
@@ -67,13 +69,15 @@ class PromptCache:
             done = length
             digest = h.copy().digest()
             seen = self.entries.get(digest)
-            if seen is not None and now - seen <= self.ttl_s:
+            if seen is not None and seen[0] <= now and now - seen[1] <= self.ttl_s:
                 hit = length
-            self.entries[digest] = now
+                self.entries[digest] = (seen[0], now)
+            elif seen is None or now - seen[1] > self.ttl_s:
+                self.entries[digest] = (now + ready_after, now)
         self.cacheable_tokens += n
         if hit:
             self.hits += 1
             self.cached_tokens += hit
         if len(self.entries) > 200_000:  # expired entries go, so a long benchmark does not grow without end
-            self.entries = {d: t for d, t in self.entries.items() if now - t <= self.ttl_s}
+            self.entries = {d: t for d, t in self.entries.items() if now - t[1] <= self.ttl_s}
         return hit

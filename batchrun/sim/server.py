@@ -419,7 +419,8 @@ class Simulator:
             tokens[1] += reply.completion_tokens
             if self.cache is not None:  # the prefix the provider has seen recently is billed as cached
                 encode = self.responder.counter(body["model"]).encoding.encode_ordinary
-                hit = self.cache.use(PromptCache.prompt_tokens(encode, body), body.get("prompt_cache_key"))
+                tokens = PromptCache.prompt_tokens(encode, body)
+                hit = self.cache.use(tokens, body.get("prompt_cache_key"), self.latency(reply.completion_tokens))
                 reply.body["usage"]["prompt_tokens_details"]["cached_tokens"] = min(hit, reply.prompt_tokens)
                 self.stats.cached_tokens += min(hit, reply.prompt_tokens)
             if served == "flex":
