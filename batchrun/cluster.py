@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .endpoints import worker_client
+from .endpoints import make_client
 from .engine import Engine, EngineOptions, WorkItem
 from .errors import BatchrunError, BudgetExceeded, EndpointError, Interrupted, QuotaExhausted, UserError
 from .jobs import Job
@@ -144,6 +144,38 @@ class WorkerSetup:
     embedding_extra: dict[str, Any] = field(default_factory=dict)
     budget: bool = False
 
+    @classmethod
+    def of(
+        cls,
+        job: Job,
+        *,
+        base_url: str,
+        model: str,
+        price: ModelPrice | None,
+        price_for: Any,
+        embedding_dims: int | None,
+        embedding_extra: dict[str, Any],
+        max_in_flight: int | None = None,
+    ) -> WorkerSetup:
+        """A worker's setup from the job: its engine options are the job's, in flight per actor."""
+        return cls(
+            job=job,
+            base_url=base_url,
+            model=model,
+            key=os.environ.get(job.endpoint.api_key_env),
+            price=price,
+            price_for=price_for,
+            options=EngineOptions(
+                max_in_flight=max_in_flight or job.ray.max_in_flight_per_actor,
+                max_attempts=job.limits.max_attempts,
+                retry_bad_replies=job.request.retry_bad_replies,
+                fail_fast_rows=job.limits.fail_fast_rows,
+            ),
+            embedding_dims=embedding_dims,
+            embedding_extra=embedding_extra,
+            budget=job.budget.max_usd is not None,
+        )
+
 
 @dataclass
 class Reply:
@@ -170,7 +202,7 @@ class RowWorker:
         self.spent = 0.0
         self.latencies_sent = 0
         self.engine = Engine(
-            client=worker_client(job, setup.base_url, setup.key),
+            client=make_client(job, setup.base_url, setup.key),
             model=setup.model,
             kind=job.request.kind,
             limiter=self.limiter,
@@ -182,9 +214,7 @@ class RowWorker:
             budget=self.budget,
             on_spend=self._on_spend,
             price_for=setup.price_for,
-            tiers=(job.request.flex_fallback, job.request.flex_fallback_after)
-            if job.request.service_tier == "flex"
-            else None,
+            tiers=job.request.flex_policy,
         )
         self.engine.embedding_extra.update(setup.embedding_extra)
 
@@ -199,18 +229,9 @@ class RowWorker:
         await self.limiter.watch()
 
     async def run(self, items: list[WorkItem]) -> Reply:
-        engine = self.engine
-
-        async def one(item: WorkItem) -> None:
-            if engine.stopped.is_set():
-                engine._emit_all(item, "not_sent", engine.stopped_reason(), 0)
-                return
-            async with engine.gate:
-                await engine.process(item)
-
         async with asyncio.TaskGroup() as tg:
             for item in items:
-                tg.create_task(one(item))
+                tg.create_task(self.engine.dispatch(item))
         results = [(seq, self.done.pop(seq)) for item in items for seq in item.seqs]
         return self._reply(results)
 
@@ -299,25 +320,15 @@ class RayEngine(Engine):
         self._ids = itertools.count()
 
     def _setup(self) -> WorkerSetup:
-        job = self.job
-        per_actor = job.ray.max_in_flight_per_actor
-        return WorkerSetup(
-            job=job,
+        return WorkerSetup.of(
+            self.job,
             base_url=self.base_url,
             model=self.model,
-            key=os.environ.get(job.endpoint.api_key_env),
             price=self.price,
             # the context's lru_cache over the price table: its table's own lookup travels (pickles)
             price_for=getattr(self.price_for, "__wrapped__", self.price_for),
-            options=EngineOptions(
-                max_in_flight=per_actor,
-                max_attempts=self.options.max_attempts,
-                retry_bad_replies=self.options.retry_bad_replies,
-                fail_fast_rows=self.options.fail_fast_rows,
-            ),
             embedding_dims=self.embedding_dims,
             embedding_extra=dict(self.embedding_extra),
-            budget=self.job.budget.max_usd is not None,
         )
 
     def _spawn(self, remote: Any, setup: WorkerSetup, limiter: Any, slot: int) -> Any:

@@ -220,7 +220,7 @@ class RunContext:
             audit=self.audit.add if self.audit.enabled else None,
             on_spend=lambda usd: ledger.record_spend(usd, key),
             price_for=self.price_for,
-            tiers=flex_policy(self.job),
+            tiers=self.job.request.flex_policy,
         )
         return self.stopper.attach(engine)
 
@@ -360,12 +360,6 @@ def require_price(job: Job, price: ModelPrice | None, model: str | None = None) 
             f"no price is known for {model or job.request.model!r}{whose}, so a budget cannot be enforced; "
             "add its price under [pricing.models] or remove the budget",
         )
-
-
-def flex_policy(job: Job) -> tuple[str, int] | None:
-    """What the engine does with a flex row refused as resource unavailable (None: the job is not flex)."""
-    req = job.request
-    return (req.flex_fallback, req.flex_fallback_after) if req.service_tier == "flex" else None
 
 
 def accepted_statuses(job: Job, extra: tuple[str, ...] = ()) -> tuple[str, ...]:

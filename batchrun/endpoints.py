@@ -76,15 +76,7 @@ def open_endpoint(job: Job, *, sim_config: SimConfig | None = None) -> Endpoint:
             raise JobFileError(
                 job.source_path, "endpoint.api_key_env", f"environment variable {ep.api_key_env} is not set"
             )
-        client: openai.AsyncOpenAI = openai.AsyncAzureOpenAI(
-            azure_endpoint=ep.azure_endpoint,
-            api_version=ep.azure_api_version,
-            api_key=key,
-            max_retries=0,
-            timeout=_timeout(job),
-            http_client=_http(job),
-        )
-        return Endpoint(client, ep.azure_endpoint, ep.azure_deployment or model)
+        return Endpoint(make_client(job, ep.azure_endpoint, key), ep.azure_endpoint, ep.azure_deployment or model)
     if ep.base_url is None and not key:
         config = sim_config or SimConfig(
             rpm=job.limits.rpm,
@@ -95,22 +87,17 @@ def open_endpoint(job: Job, *, sim_config: SimConfig | None = None) -> Endpoint:
             models=tuple(sorted({model, *SimConfig().models})),
         )
         sim = SimServer(config).start()
-        client = openai.AsyncOpenAI(
-            base_url=sim.base_url, api_key="sk-simulator", max_retries=0, timeout=_timeout(job), http_client=_http(job)
-        )
+        client = make_client(job, sim.base_url, "sk-simulator")
         banner = SIM_BANNER.format(env=ep.api_key_env, url=sim.base_url)
         return Endpoint(client, sim.base_url, model, simulated=True, sim=sim, banner=banner)
-    # local servers (vLLM, Ollama, llama.cpp) ignore the key but the SDK needs one
-    client = openai.AsyncOpenAI(
-        base_url=ep.base_url, api_key=key or "no-key", max_retries=0, timeout=_timeout(job), http_client=_http(job)
-    )
+    client = make_client(job, ep.base_url, key)
     return Endpoint(client, str(client.base_url), model)
 
 
-def worker_client(job: Job, base_url: str, key: str | None) -> openai.AsyncOpenAI:
-    """A cluster worker's client for the endpoint the driver opened (`Endpoint.base_url`: the
-    simulator's port, a local server, the provider), with the same timeouts and HTTP client.
-    `key` is passed in memory by the driver; never written anywhere by batchrun."""
+def make_client(job: Job, base_url: str, key: str | None) -> openai.AsyncOpenAI:
+    """The SDK client for `base_url` (Azure's endpoint when the job names one), retries off, with the
+    job's timeouts and HTTP client. Also a cluster worker's, for the endpoint its driver opened: `key`
+    is passed in memory, never written anywhere by batchrun."""
     redact.register(key)
     ep = job.endpoint
     if ep.azure_endpoint:
@@ -122,6 +109,7 @@ def worker_client(job: Job, base_url: str, key: str | None) -> openai.AsyncOpenA
             timeout=_timeout(job),
             http_client=_http(job),
         )
+    # local servers (vLLM, Ollama, llama.cpp) ignore the key but the SDK needs one
     return openai.AsyncOpenAI(
         base_url=base_url, api_key=key or "no-key", max_retries=0, timeout=_timeout(job), http_client=_http(job)
     )

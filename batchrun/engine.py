@@ -127,17 +127,21 @@ class Engine:
 
         async def work() -> None:
             while (item := await queue.get()) is not None:
-                if self.stopped.is_set():
-                    self._emit_all(item, "not_sent", self.stopped_reason(), 0)
-                    continue
-                async with self.gate:
-                    await self.process(item)
+                await self.dispatch(item)
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(feed())
             for _ in range(workers):
                 tg.create_task(work())
         self.finish()
+
+    async def dispatch(self, item: WorkItem) -> None:
+        """One item through the in-flight gate, or written as not_sent once the run has stopped."""
+        if self.stopped.is_set():
+            self._emit_all(item, "not_sent", self.stopped_reason(), 0)
+            return
+        async with self.gate:
+            await self.process(item)
 
     def finish(self) -> None:
         """After the last request: a run in which nothing got a reply says the endpoint is at fault."""

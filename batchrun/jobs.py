@@ -139,6 +139,11 @@ class RequestSpec(Spec):
     """Per-row parameters: request parameter → the input column holding each row's value, e.g.
     { max_tokens = "max_tok", temperature = "t" }. A null cell falls back to the job's own value."""
 
+    @property
+    def flex_policy(self) -> tuple[str, int] | None:
+        """(flex_fallback, flex_fallback_after) for the engine's flex refusals; None when not flex."""
+        return (self.flex_fallback, self.flex_fallback_after) if self.service_tier == "flex" else None
+
     @model_validator(mode="after")
     def _check(self) -> RequestSpec:
         if self.max_tokens is not None and self.max_completion_tokens is not None:

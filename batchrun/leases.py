@@ -88,7 +88,6 @@ class LeaseBook:
         self.usd_held: dict[str, float] = {}
         self.jobs: set[str] = set()
         self.epoch = 0
-        self._lock = asyncio.Lock()
         self._paused = asyncio.Event()
         self.leases = 0
         self.granted = [0.0, 0.0]
@@ -126,22 +125,9 @@ class LeaseBook:
         if lim.tokens is not None and need_tokens > lim.tokens.capacity:
             return Lease(0, 0, lim.limits, self.workers(), too_large=lim.tokens.capacity)
         want_r, want_t = self.share()
-        async with self._lock:  # FIFO, as the one-process limiter
-            while True:
-                now = self.clock()
-                if now < lim.paused_until - 1e-9:
-                    await lim._sleep(lim.paused_until - now)
-                    continue
-                # wait for a whole share, not one request: at a binding limit the level is always near
-                # zero, and granting what is there would make every lease one request (a call each)
-                wait = 0.0
-                for bucket, target in ((lim.requests, max(1.0, want_r)), (lim.tokens, max(need_tokens, want_t))):
-                    if bucket is not None:
-                        bucket.refill(now)
-                        wait = max(wait, bucket.seconds_until(min(target, bucket.capacity)))
-                if wait <= 1e-9:
-                    break
-                await lim._sleep(wait)
+        # wait for a whole share, not one request: at a binding limit the level is always near zero,
+        # and granting what is there would make every lease one request (a call each)
+        await lim.wait_free(max(1.0, want_r), max(need_tokens, want_t))
         # no await from here to the return: the grant is taken atomically after the FIFO wait
         if lim.requests is not None:
             extra_r = max(0.0, min(want_r, lim.requests.level) // 1 - 1)

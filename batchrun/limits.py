@@ -135,26 +135,40 @@ class RateLimiter:
         if self.tokens is not None and tokens > self.tokens.capacity:
             raise RequestTooLarge(tokens, self.tokens.capacity)
         async with self._lock:
-            while True:
-                now = self._clock()
-                if now < self.paused_until - 1e-9:
-                    await self._sleep(self.paused_until - now)
-                    continue
-                if self.tokens is not None and tokens > self.tokens.capacity:
-                    raise RequestTooLarge(tokens, self.tokens.capacity)  # the limit was learned lower
-                wait = 0.0
-                for bucket, amount in ((self.requests, 1), (self.tokens, tokens)):
-                    if bucket is not None:
-                        bucket.refill(now)
-                        wait = max(wait, bucket.seconds_until(amount))
-                # sub-nanosecond shortfalls are float rounding; sleeping for them cannot move the clock
-                if wait <= 1e-9:
-                    if self.requests is not None:
-                        self.requests.level -= 1
-                    if self.tokens is not None:
-                        self.tokens.level -= tokens
-                    return Grant(tokens, now)
-                await self._sleep(wait)
+            now = await self._wait(1, tokens, whole=True)
+            if self.requests is not None:
+                self.requests.level -= 1
+            if self.tokens is not None:
+                self.tokens.level -= tokens
+            return Grant(tokens, now)
+
+    async def wait_free(self, requests: float, tokens: float) -> None:
+        """Wait, first come first served and through any pause, until the buckets hold `requests` and
+        `tokens` (each capped at its bucket's capacity), and take nothing: the caller takes what it
+        wants before its next await (the cluster's lease book, which grants more than one request)."""
+        self._start()
+        async with self._lock:
+            await self._wait(requests, tokens, whole=False)
+
+    async def _wait(self, requests: float, tokens: float, *, whole: bool) -> float:
+        """The wait loop under the lock; returns the clock when the amounts are free. `whole`: the
+        amounts must fit whole (a request larger than a limit learnt lower meanwhile is refused)."""
+        while True:
+            now = self._clock()
+            if now < self.paused_until - 1e-9:
+                await self._sleep(self.paused_until - now)
+                continue
+            if whole and self.tokens is not None and tokens > self.tokens.capacity:
+                raise RequestTooLarge(int(tokens), self.tokens.capacity)  # the limit was learned lower
+            wait = 0.0
+            for bucket, amount in ((self.requests, requests), (self.tokens, tokens)):
+                if bucket is not None:
+                    bucket.refill(now)
+                    wait = max(wait, bucket.seconds_until(amount if whole else min(amount, bucket.capacity)))
+            # sub-nanosecond shortfalls are float rounding; sleeping for them cannot move the clock
+            if wait <= 1e-9:
+                return now
+            await self._sleep(wait)
 
     def observe(self, headers: RateLimitHeaders) -> None:
         """Correct the buckets from a response's headers: learn limits, only ever lower levels."""

@@ -19,7 +19,6 @@ job file with `batchrun run JOB --ray` (cluster.py), which keeps the ledger on t
 from __future__ import annotations
 
 import itertools
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import polars as pl
 
 from .cluster import NAMESPACE, RowWorker, WorkerSetup, connect, import_ray, limiter_actor
 from .endpoints import Endpoint, open_endpoint
-from .engine import EngineOptions, WorkItem
+from .engine import WorkItem
 from .jobs import Job, load_job
 from .plan import embedding_groups, inputs_per_request, price_table_for, too_long_reason
 from .prompts import Renderer
@@ -149,24 +148,17 @@ def process(
     empty = pl.from_arrow(schema.base_schema.empty_table())  # the Arrow schema's polars types
     assert isinstance(empty, pl.DataFrame)
     dtypes = [empty.schema[c] for c in wanted]
-    setup = WorkerSetup(
-        job=job,
+    setup = WorkerSetup.of(
+        job,
         base_url=endpoint.base_url,
         model=endpoint.model,
-        key=os.environ.get(job.endpoint.api_key_env),
         price=price,
         price_for=table.lookup,
-        options=EngineOptions(
-            max_in_flight=per_actor,
-            max_attempts=job.limits.max_attempts,
-            retry_bad_replies=job.request.retry_bad_replies,
-            fail_fast_rows=job.limits.fail_fast_rows,
-        ),
         embedding_dims=embedding_dims(job.request.model, job.request.dimensions)
         if job.request.kind == "embeddings"
         else None,
         embedding_extra={"dimensions": job.request.dimensions} if job.request.dimensions else {},
-        budget=job.budget.max_usd is not None,
+        max_in_flight=per_actor,
     )
     lim = limiter_actor(ray, job, limiter or job.ray.limiter)
     _LIMITERS.append(lim)  # a limiter of the stage's own lives while this driver does
