@@ -24,6 +24,7 @@ Ray is an optional extra (`pip install "batchrun[ray]"`): it is imported only wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import time
@@ -390,13 +391,13 @@ class RayEngine(Engine):
                         tg.create_task(lane(slot))
         finally:
             for h in self.actors:
-                with _quiet(ray):
+                with contextlib.suppress(ray.exceptions.RayError):  # a worker already gone: not the run's error
                     await h.close.remote()
             for w in watches:
                 ray.cancel(w, force=False)
             for h in self.actors:
                 ray.kill(h)
-            with _quiet(ray):
+            with contextlib.suppress(ray.exceptions.RayError):  # a worker already gone: not the run's error
                 self.book = await limiter.snapshot.remote()
             if job.ray.limiter is None:
                 ray.kill(limiter)
@@ -426,7 +427,7 @@ class RayEngine(Engine):
                 # (what it had sent may have been answered and billed: at most its in-flight count)
                 if self.actors[slot] is handle:
                     self.replaced += 1
-                    with _quiet(ray):
+                    with contextlib.suppress(ray.exceptions.RayError):  # a worker already gone: not the run's error
                         await limiter.forfeit.remote(worker)
                     fresh = self._spawn(remote, setup, limiter, slot)
                     self.actors[slot] = fresh
@@ -481,16 +482,3 @@ class RayEngine(Engine):
         lim.tokens = Bucket(limits[1], now) if limits[1] else None
         lim.slowdowns = max(self.book.get("slowdowns", 0), sum(w["slowdowns"] for w in self.counters.values()))
         lim.pauses = self.book.get("pauses", 0)
-
-
-class _quiet:
-    """Best effort at the end of a run: a worker already gone is not an error of the run."""
-
-    def __init__(self, ray: Any) -> None:
-        self.ray = ray
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, et: Any, ev: Any, tb: Any) -> bool:
-        return et is not None and issubclass(et, self.ray.exceptions.RayError)
