@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 from .batch_api import BatchInfo
 from .batch_book import BatchBook, ShardRecord
 from .ledger import Ledger
-from .plan import too_long_reason
 from .prompts import Request
 from .replies import usage_tokens
 from .retries import Action, line_failure
 from .sinks import ParquetSink, RowResult, empty_result
+from .sizing import too_long_reason
 
 if TYPE_CHECKING:
     from .batch_job import BatchJob

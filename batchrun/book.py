@@ -27,10 +27,10 @@ from .documents import Document, Paragraph, Rendering, render_text, write_atomic
 from .engine import WorkItem
 from .errors import BatchrunError
 from .ledger import FINAL_STATUSES
-from .plan import too_long_reason
 from .replies import ReplyParser
 from .results import RunResult
 from .sinks import ParquetSink, RowResult, make_layout
+from .sizing import too_long_reason
 
 # reply statuses worth asking again with fewer paragraphs: the content or its length was the problem
 SPLIT_ON = frozenset({"schema_invalid", "truncated", "refused", "filtered", "too_long", "misaligned"})

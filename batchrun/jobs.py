@@ -9,6 +9,7 @@ from any working directory (cron).
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -125,6 +126,13 @@ class RequestSpec(Spec):
     """A flex row refused `flex_fallback_after` times as resource unavailable is sent on the default tier
     ("default"), or kept on flex until max_attempts ("never")."""
     flex_fallback_after: int = Field(default=3, ge=1, le=50)
+    prompt_cache_key: str | None = Field(default=None, min_length=1, max_length=64)
+    """"auto": a key per shared prompt prefix, spread over more keys when one would pass ~15 requests a
+    minute (docs/service-tiers.md); "off": none; else a template of `{group}`, `{index}`, `{job}`.
+    None: "auto" on OpenAI and Azure, "off" on other servers. Never part of a row's fingerprint."""
+    cache_order: bool = True
+    """Send requests that share a prompt prefix together (within the reorder window; output order
+    unchanged), so the provider's prompt cache serves them."""
     dimensions: int | None = Field(default=None, gt=0)
     expected_output_tokens: int | None = Field(default=None, ge=0)
     """What a typical reply uses, for the plan's expected cost (worst case uses max_tokens)."""
@@ -162,6 +170,11 @@ class RequestSpec(Spec):
             chat_only += ["retry_bad_replies"] if self.retry_bad_replies else []
             if chat_only:
                 raise ValueError(f"{', '.join(chat_only)} apply to chat requests; an embeddings request has none")
+        key = self.prompt_cache_key
+        if key not in (None, "auto", "off") and (bad := set(re.findall(r"{(\w*)}", key)) - {"group", "index", "job"}):
+            raise ValueError(
+                f"prompt_cache_key names {sorted(bad)}: a key template may use {{group}}, {{index}}, {{job}}"
+            )
         if self.kind == "chat" and self.inputs_per_request is not None:
             raise ValueError("`inputs_per_request` is for embeddings jobs (a chat request has one prompt)")
         if self.kind == "chat" and self.dimensions is not None:

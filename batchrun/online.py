@@ -20,11 +20,12 @@ from typing import Any
 from .context import RunContext, TableParts
 from .engine import EngineOptions, RunStats, WorkItem
 from .ledger import COMMIT_ROWS, FINAL_STATUSES
-from .plan import embedding_groups, inputs_per_request, too_long_reason
+from .prefixes import CACHE_MIN_TOKENS, CacheKeys, group_of, key_template, order, prompt_text
 from .prompts import Request
 from .replies import ReplyParser
 from .results import RunResult
 from .sinks import ParquetSink, ReorderBuffer, RowResult, embedding_dims, empty_result
+from .sizing import embedding_groups, inputs_per_request, too_long_reason
 
 
 def _an_answer(result: RowResult) -> bool:
@@ -82,6 +83,9 @@ class OnlineRun:
         if job.request.dimensions:
             self.engine.embedding_extra["dimensions"] = job.request.dimensions
         self.window = asyncio.Semaphore(self.options.window)
+        template = key_template(job.request.prompt_cache_key, job.endpoint.base_url is None)
+        self.cache_keys = CacheKeys(template, job.name) if template and job.request.kind == "chat" else None
+        self.key_of: dict[int, tuple[str, int]] = {}  # seq → (prefix group, key index) of requests sent keyed
         self.inputs: dict[int, dict[str, Any]] = {}
         self.total = parts.source.rows  # counted when the input was checked: no second scan
         self.bar = ctx.bar(self.total, "row")
@@ -89,6 +93,8 @@ class OnlineRun:
     def _on_result(self, seq: int, result: RowResult) -> None:
         """A sent request's result: into the ledger, then out to this row and any identical rows."""
         before = self.earlier.pop(seq, None)
+        if self.key_of and (keyed := self.key_of.pop(seq, None)) is not None:
+            self.cache_keys.answered(*keyed)  # type: ignore[union-attr]
         if before is not None and result.status == "not_sent":
             result = dataclasses.replace(before, row=result.row, row_id=result.row_id)
         self.results.put_nowait((seq, result))
@@ -127,6 +133,7 @@ class OnlineRun:
         # embedding rows wait here until they fill a request; the last, partial group is carried
         # into the next batch so requests are grouped exactly as `plan` counted them
         todo: list[tuple[int, Request]] = []
+        ready: list[WorkItem] = []  # chat requests of this batch, sent once it is rendered
         while (batch := await asyncio.to_thread(next, it, None)) is not None:
             positions, ids, texts = await asyncio.to_thread(self.renderer.texts, batch)
             empty = await asyncio.to_thread(self.renderer.empty, batch, texts)
@@ -193,16 +200,44 @@ class OnlineRun:
                     if before is not None:
                         self.earlier[seq] = dataclasses.replace(before, from_cache=True)
                     if self.job.request.kind == "chat":
-                        yield WorkItem((seq,), (req,))
+                        ready.append(WorkItem((seq,), (req,)))
                     else:
                         todo.append((seq, req))
                 seq += 1
+            for item, group in self._for_cache(ready):
+                yield await self._keyed(item, group)
+            ready = []
             groups = embedding_groups(todo, lambda pair: pair[1].prompt_tokens, self.inputs_per_request)
             todo = groups.pop() if groups else []
             for group in groups:
                 yield _work_item(group)
         if todo:
             yield _work_item(todo)
+
+    def _for_cache(self, items: list[WorkItem]) -> list[tuple[WorkItem, str | None]]:
+        """A batch's chat requests in the order the prompt cache likes (prefixes.py): requests sharing
+        a prompt prefix together, each with its group. Only prompts long enough to be cached have one."""
+        if not (self.job.request.cache_order or self.cache_keys):
+            return [(item, None) for item in items]
+        groups: dict[int, str] = {}
+        for item in items:
+            req = item.requests[0]
+            if req.prompt_tokens >= CACHE_MIN_TOKENS:
+                groups[item.seqs[0]] = group_of(req.model or self.job.request.model, prompt_text(req.body))
+        if groups and self.job.request.cache_order:
+            items = order(items, lambda item: groups.get(item.seqs[0]))
+        return [(item, groups.get(item.seqs[0])) for item in items]
+
+    async def _keyed(self, item: WorkItem, group: str | None) -> WorkItem:
+        """The item with its group's prompt_cache_key, taken as it goes to the engine (a key's first
+        request goes alone: see prefixes.CacheKeys). The key is in the body only, never in the
+        fingerprint."""
+        if group is None or self.cache_keys is None:
+            return item
+        key, index = await self.cache_keys.take(group, self.engine.stopped)
+        self.key_of[item.seqs[0]] = (group, index)
+        req = item.requests[0]
+        return WorkItem(item.seqs, (dataclasses.replace(req, body={**req.body, "prompt_cache_key": key}),))
 
     async def writer(self, sink: ParquetSink) -> None:
         """Results into output rows in input order; the bar moves per row, its figures a few times a second."""

@@ -5,18 +5,21 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
+from .advice import recommend
 from .checks import check_excel_rows, check_job_paths
 from .jobs import Job
 from .ledger import CachePolicy, Ledger, endpoint_key
-from .pricing import PriceTable, default_table, is_local_url, load_table
+from .prefixes import KEY_RPM, Forecast, key_template
+from .pricing import PriceTable, default_table, flex_offered, is_local_url, load_table
 from .prompts import Renderer, Request
 from .shards import CHAT_URL, EMBEDDINGS_URL, ShardCounter, ShardLimits, line_overhead, queue_limit
+from .sizing import embedding_groups, inputs_per_request, too_long_reason
 from .sources import Source, open_source
-from .tokens import EMBED_MAX_INPUTS, EMBED_MAX_TOKENS_PER_INPUT, EMBED_MAX_TOKENS_PER_REQUEST, Histogram
+from .tokens import Histogram
 
 LISTED_ISSUES = 20
 T = TypeVar("T")
@@ -95,6 +98,16 @@ class Plan:
     document: dict[str, Any] | None = None
     cost_tiers: dict[str, list[float | None]] = field(default_factory=dict)
     """Online at another service tier: tier → [expected, worst case] (flex; priority where priced)."""
+    cache_groups: int = 0
+    """Groups of ≥ 2 prompts of ≥ 1,024 tokens sharing their opening (prefixes.py)."""
+    cache_requests: int = 0
+    cached_tokens_expected: int = 0
+    """Prompt tokens the provider's prompt cache is expected to serve (in the expected online costs)."""
+    cache_saving_expected: float | None = None
+    """What the cache saves on the default tier, expected."""
+    cache_keys: str = "off"
+    recommended_tier: str | None = None
+    """The service tier the recommendation names for an online run (flex), if any."""
     """Document jobs: chapters, paragraphs, chunks (rows are paragraphs, requests are chunks)."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,40 +161,6 @@ class _ModelTally:
     def out_tokens(outs: Counter[int], expected_of: Callable[[int], int] | None) -> int:
         """Output tokens of requests by limit: the limits themselves (worst), or what is expected of each."""
         return sum((limit if expected_of is None else expected_of(limit)) * n for limit, n in outs.items())
-
-
-def embedding_groups(
-    items: Sequence[T], tokens: Callable[[T], int], max_inputs: int = EMBED_MAX_INPUTS
-) -> list[list[T]]:
-    """Greedy, order-keeping grouping of embedding inputs into API requests (≤ `max_inputs` inputs —
-    `[request] inputs_per_request`, 2,048 at most — and ≤ 300,000 tokens each). Used by both the plan
-    and the engine."""
-    groups: list[list[T]] = []
-    current: list[T] = []
-    total = 0
-    for item in items:
-        n = tokens(item)
-        if current and (len(current) >= max_inputs or total + n > EMBED_MAX_TOKENS_PER_REQUEST):
-            groups.append(current)
-            current, total = [], 0
-        current.append(item)
-        total += n
-    if current:
-        groups.append(current)
-    return groups
-
-
-LOCAL_INPUTS_PER_REQUEST = 32
-"""Embedding inputs per request on one's own server, unless the job says: a GPU box takes seconds for a
-big request, and one that times out is split in half and sent again."""
-
-
-def inputs_per_request(job: Job) -> int:
-    """How many embedding inputs go in one request: the job's `inputs_per_request`, else OpenAI's 2,048,
-    or LOCAL_INPUTS_PER_REQUEST for a loopback or private-network base_url."""
-    if job.request.inputs_per_request is not None:
-        return job.request.inputs_per_request
-    return LOCAL_INPUTS_PER_REQUEST if is_local_url(job.endpoint.base_url) else EMBED_MAX_INPUTS
 
 
 def make_document_plan(job: Job) -> Plan:
@@ -305,6 +284,7 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
     finish_outs: Counter[int] = Counter()
     # the same, per model, for the cost: rows may name their own model ([request] params_from model)
     by_model: dict[str, _ModelTally] = {}
+    forecast = Forecast()  # the prompt cache's expected hits, from the prompts' shared prefixes
     for batch in source.batches(batch_size):
         positions, ids, texts = renderer.texts(batch)
         empty = renderer.empty(batch, texts)
@@ -325,6 +305,8 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
                 outs[r.max_output_tokens] += 1
                 tally = by_model.setdefault(r.model or job.request.model, _ModelTally())
                 tally.prompt += r.prompt_tokens
+                if job.request.kind == "chat":
+                    forecast.add(r.model or job.request.model, r.body, r.prompt_tokens, i not in done)
                 tally.outs[r.max_output_tokens] += 1
                 if i not in done:
                     finish_rows += 1
@@ -401,10 +383,20 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
             "add it under [pricing.models] in the job"
         )
 
+    keys = key_template(job.request.prompt_cache_key, job.endpoint.base_url is None)
+    spread = keys is not None and "{index}" in keys
+    hits = forecast.cached(lambda _m, text: renderer.counter.count_text(text), job.limits.rpm, spread)
+    cached_all = {m: v[0] for m, v in hits.items()}
+    cached_finish = {m: v[1] for m, v in hits.items()}
+
     def priced(
-        outs_of: Callable[[_ModelTally], tuple[int, int]], discount: float = 1.0, tier: str | None = None
+        outs_of: Callable[[_ModelTally], tuple[int, int]],
+        discount: float = 1.0,
+        tier: str | None = None,
+        cached: dict[str, int] | None = None,
     ) -> float | None:
-        """Σ over models of (prompt, output) tokens at each model's price; None if one has no price."""
+        """Σ over models of (prompt, output) tokens at each model's price, `cached` prompt tokens at its
+        cached rate; None if one has no price."""
         total = 0.0
         for model, tally in (by_model or {job.request.model: _ModelTally()}).items():
             p = table.lookup(model)
@@ -412,11 +404,16 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
                 return None
             p = p.tier(tier)
             prompt, out = outs_of(tally)
-            total += p.cost(prompt, out, discount=discount)
+            total += p.cost(prompt, out, discount=discount, cached_tokens=(cached or {}).get(model, 0))
         return total
 
     def cost(expected: bool, discount: float, tier: str | None = None) -> float | None:
-        return priced(lambda t: (t.prompt, t.out_tokens(t.outs, expected_of if expected else None)), discount, tier)
+        # expected costs count the prompt cache's forecast hits (cached input has a Batch API and a flex
+        # price too); the worst case counts none
+        cached = cached_all if expected else None
+        return priced(
+            lambda t: (t.prompt, t.out_tokens(t.outs, expected_of if expected else None)), discount, tier, cached
+        )
 
     unpriced = sorted(m for m in by_model if m != job.request.model and table.lookup(m) is None)
     if unpriced:
@@ -457,7 +454,12 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
         cost_online_expected=cost(True, 1.0),
         cost_batch_worst=cost(False, table.batch_discount),
         cost_batch_expected=cost(True, table.batch_discount),
-        cost_tiers={t: [cost(True, 1.0, t), cost(False, 1.0, t)] for t in ("flex", "priority")}
+        cost_tiers={
+            t: [cost(True, 1.0, t), cost(False, 1.0, t)]
+            for t in ("flex", "priority")
+            # flex only where the model offers it (or the job asks for it): Azure refuses it otherwise
+            if t != "flex" or flex_offered(job.request.model) or job.request.service_tier == "flex"
+        }
         if job.request.kind == "chat"
         else {},
         rpm=rpm,
@@ -483,7 +485,9 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
     if ledger is not None:
         ledger.close()
     waves = -(-batch_tokens // queue) if queue and batch_tokens else (1 if batch_tokens else 0)
-    finish_expected = priced(lambda t: (t.finish_prompt, t.out_tokens(t.finish_outs, expected_of)))
+    finish_expected = priced(
+        lambda t: (t.finish_prompt, t.out_tokens(t.finish_outs, expected_of)), cached=cached_finish
+    )
     finish_worst = priced(lambda t: (t.finish_prompt, t.out_tokens(t.finish_outs, None)))
     budget = job.budget.max_usd
     left = None if budget is None else max(budget - spent, 0.0)
@@ -502,66 +506,30 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
         over_budget=left is not None and finish_expected is not None and finish_expected > left + 1e-12,
         over_budget_worst=left is not None and finish_worst is not None and finish_worst > left + 1e-12,
     )
-    mode, why = recommend(job, plan)
-    return _with(plan, recommended_mode=mode, recommendation=why)
+    groups, grouped = forecast.summary()
+    uncached = priced(lambda t: (t.prompt, t.out_tokens(t.outs, expected_of)))
+    plan = _with(
+        plan,
+        cache_groups=groups,
+        cache_requests=grouped,
+        cached_tokens_expected=sum(cached_all.values()),
+        cache_saving_expected=None
+        if uncached is None or plan.cost_online_expected is None
+        else uncached - plan.cost_online_expected,
+        cache_keys="off" if keys is None else (f"spread at {KEY_RPM} requests/min per key" if spread else keys),
+    )
+    if groups and not spread and any(g.requests > KEY_RPM for g in forecast.groups.values()):
+        notes.append(
+            f"prompt_cache_key {'off' if keys is None else 'without {index}'}: past ~{KEY_RPM} requests a minute for "
+            "one prefix a provider routes requests to machines without it (the forecast counts no hits there); "
+            'prompt_cache_key = "auto" spreads a prefix over keys'
+        )
+    if forecast.beyond:
+        notes.append(f"{forecast.beyond:,} long prompt(s) past the forecast's first groups are counted uncached")
+    mode, why, tier = recommend(job, plan)
+    return _with(plan, recommended_mode=mode, recommendation=why, recommended_tier=tier)
 
 
 def _with(plan: Plan, **changes: Any) -> Plan:
     data = {**{k: getattr(plan, k) for k in plan.__dataclass_fields__}, **changes}
     return Plan(**data)
-
-
-def too_long_reason(job: Job, r: Request, context: int | None, tpm: int | None) -> str | None:
-    if job.request.kind == "embeddings" and r.prompt_tokens > EMBED_MAX_TOKENS_PER_INPUT:
-        return f"input has {r.prompt_tokens} tokens; embedding models take at most {EMBED_MAX_TOKENS_PER_INPUT}"
-    if context is not None and r.charged_tokens > context:
-        return (
-            f"prompt {r.prompt_tokens} + max output {r.max_output_tokens} tokens exceeds the "
-            f"{context}-token context window"
-        )
-    if tpm is not None and r.charged_tokens > tpm:
-        return f"needs {r.charged_tokens} tokens at once, more than the whole TPM limit ({tpm}); it can never be sent"
-    return None
-
-
-def recommend(job: Job, plan: Plan) -> tuple[str, str]:
-    """Batch when it saves real money or time does not matter; online when a deadline or small job says so."""
-    if job.request.kind == "embeddings" and plan.requests <= 1:
-        return "online", "a single request"
-    if job.deadline_hours is not None and job.deadline_hours < 24:
-        return "online", f"the job's deadline ({job.deadline_hours:g} h) is shorter than the Batch API's 24 h window"
-    saving = None
-    if plan.cost_online_expected is not None and plan.cost_batch_expected is not None:
-        saving = plan.cost_online_expected - plan.cost_batch_expected
-    long_online = plan.minutes_online is not None and plan.minutes_online > 60
-    waves = plan.batch_waves
-    if waves > 1 and plan.batch_hours_typical is not None:
-        batch_h, worst_h = plan.batch_hours_typical, plan.batch_hours_worst or 0.0
-        online_h = plan.minutes_online / 60 if plan.minutes_online is not None else None
-        if job.deadline_hours is not None and worst_h > job.deadline_hours:
-            return "online", (
-                f"the enqueued-token limit needs {waves} waves of batches, one after another: up to {worst_h:,.0f} h, "
-                f"past the job's {job.deadline_hours:g} h deadline"
-            )
-        if online_h is not None and online_h < batch_h:
-            return "online", (
-                f"the enqueued-token limit needs {waves} waves of batches, one after another: about {batch_h:,.0f} h "
-                f"at {job.batch.typical_hours:g} h a wave (up to {worst_h / 24:,.1f} days), while online takes "
-                f"{online_h:,.1f} h at your limits; raise [batch] enqueued_token_limit if your tier allows more"
-            )
-        if saving is not None and saving >= 1.0:
-            return "batch", (
-                f"the Batch API saves about ${saving:,.2f}, but the enqueued-token limit needs {waves} waves of "
-                f"batches one after another: about {batch_h:,.0f} h at {job.batch.typical_hours:g} h a wave, up to "
-                f"{worst_h / 24:,.1f} days; split the job or raise your tier if that is too slow"
-            )
-    if saving is not None and saving >= 1.0:
-        return "batch", f"the Batch API saves about ${saving:,.2f} ({1 - 0.5:.0%}) if results can wait up to 24 h"
-    if long_online:
-        return (
-            "batch",
-            f"online would take {plan.minutes_online:,.0f} min at your limits; the Batch API does not count against them",
-        )
-    if saving is None:
-        return "online", "cost unknown; online gives results as they come"
-    return "online", f"the Batch API would save only ${saving:,.2f}; online finishes sooner"

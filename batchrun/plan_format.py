@@ -57,6 +57,18 @@ def _document_lines(d: dict[str, Any]) -> list[str]:
     ]
 
 
+def _cache_lines(plan: Plan) -> list[str]:
+    if not plan.cache_groups:
+        return []
+    share = plan.cached_tokens_expected / plan.prompt_tokens_total if plan.prompt_tokens_total else 0.0
+    saving = "" if plan.cache_saving_expected is None else f", saving {_money(plan.cache_saving_expected)} online"
+    return [
+        f"  prompt cache         {plan.cache_requests:,} request(s) in {plan.cache_groups:,} group(s) sharing a "
+        f"prompt prefix of ≥ 1,024 tokens: expected {plan.cached_tokens_expected:,} cached token(s), "
+        f"{share:.1%} of prompt tokens{saving} (in the expected online costs; prompt_cache_key {plan.cache_keys})"
+    ]
+
+
 def format_plan(plan: Plan) -> str:
     """The plan as the text `batchrun plan` prints."""
     lines = [
@@ -81,6 +93,7 @@ def format_plan(plan: Plan) -> str:
             for exp, worst in [plan.cost_tiers.get(tier) or [None, None]]
             if exp is not None
         ),
+        *_cache_lines(plan),
         f"  time online at your limits (rpm {plan.rpm or '?'}, tpm {plan.tpm or '?'})",
         f"    requests/min bound {_minutes(plan.minutes_at_rpm)}   tokens/min bound {_minutes(plan.minutes_at_tpm)}"
         f"   → {_minutes(plan.minutes_online)}"
@@ -133,7 +146,8 @@ def format_plan(plan: Plan) -> str:
             )
         else:
             lines.append(f"  budget               {left}: enough even for the worst case")
-    lines.append(f"  recommended mode     {plan.recommended_mode}: {plan.recommendation}")
+    mode = plan.recommended_mode + (f", {plan.recommended_tier} tier" if plan.recommended_tier else "")
+    lines.append(f"  recommended mode     {mode}: {plan.recommendation}")
     for note in plan.notes:
         lines.append(f"  note: {note}")
     return "\n".join(lines)

@@ -17,6 +17,16 @@ from .errors import JobFileError
 _REPO_TABLE = Path(__file__).resolve().parents[1] / "data" / "prices.toml"
 
 
+FLEX_MODELS = ("gpt-5", "o3", "o4-mini")
+"""Model families OpenAI offers flex processing for (its flex guide, and the SDKs that added it for
+them; docs/service-tiers.md). Azure answers 400 for a model without flex, so the plan only recommends
+flex for these."""
+
+
+def flex_offered(model: str) -> bool:
+    return model.startswith(FLEX_MODELS)
+
+
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
     """USD per 1M tokens for one model, standard tier."""

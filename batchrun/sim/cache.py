@@ -4,7 +4,9 @@
 * a hit covers the longest cached prefix, counted from `min_tokens` in `increment` (128) steps;
 * an entry lives `ttl_s` after its last use;
 * requests are routed by a hash of the prompt's first `route_tokens` (256) tokens together with
-  `prompt_cache_key`, so the same prefix under two keys lands on two machines, each with its own cache.
+  `prompt_cache_key`, so the same prefix under two keys lands on two machines, each with its own cache;
+* with `route_rpm` set, a machine takes that many requests a minute for one route (OpenAI documents
+  about 15) and the rest overflow to a random one of `machines`, which has its own cache.
 
 The reply reports the hit as `usage.prompt_tokens_details.cached_tokens`, which the client prices at the
 cached rate. The prompt is the request's messages as the server would see them, tokenized with the
@@ -14,8 +16,10 @@ model's encoding (role and content of each message in order).
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 from array import array
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +32,9 @@ class PromptCache:
         increment: int = 128,
         ttl_s: float = 300.0,
         route_tokens: int = 256,
+        route_rpm: int = 0,
+        machines: int = 512,
+        seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.min_tokens = min_tokens
@@ -35,6 +42,11 @@ class PromptCache:
         self.ttl_s = ttl_s
         self.route_tokens = route_tokens
         self.clock = clock
+        self.route_rpm = route_rpm
+        self.machines = machines
+        self.rng = random.Random(seed + 11)
+        self.routed: dict[bytes, deque[float]] = {}
+        self.overflowed = 0
         self.entries: dict[bytes, tuple[float, float]] = {}
         """(machine, prefix) digest → (cached from, last used): a prefix is cached once the first request
         carrying it has been processed, so requests sent together before that all miss."""
@@ -61,6 +73,15 @@ class PromptCache:
         now = self.clock()
         ids = array("I", tokens)
         route = hashlib.blake2b(ids[: self.route_tokens].tobytes() + (key or "").encode(), digest_size=8).digest()
+        if self.route_rpm:
+            recent = self.routed.setdefault(route, deque())
+            while recent and recent[0] <= now - 60.0:
+                recent.popleft()
+            if len(recent) >= self.route_rpm:  # this machine is busy with the route: another one serves it
+                self.overflowed += 1
+                route = hashlib.blake2b(route + self.rng.randrange(self.machines).to_bytes(4, "big")).digest()[:8]
+            else:
+                recent.append(now)
         h = hashlib.blake2b(route, digest_size=16)
         done = 0
         hit = 0

@@ -93,6 +93,10 @@ class SimConfig:
     """Model OpenAI's prompt cache (sim/cache.py): prompts of ≥ 1,024 tokens, exact prefix in 128-token
     steps, routed by their first 256 tokens and prompt_cache_key; hits reported as cached_tokens."""
     cache_ttl_s: float = 300.0
+    cache_route_rpm: int = 0
+    """A machine serves this many requests a minute for one prefix and key (OpenAI: about 15); the rest
+    overflow to a random one of `cache_machines`, whose cache has its own entries. 0: no overflow."""
+    cache_machines: int = 512
     priority_served_as: str | None = None
     """A request asking for priority is served (and its reply says) this tier instead, e.g. "default"."""
     max_batch_lines: int = 50_000

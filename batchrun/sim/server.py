@@ -51,6 +51,9 @@ class Stats:
         self.flex_unavailable = 0
         self.cached_tokens = 0
         """Prompt tokens the prompt cache served (reported as usage.prompt_tokens_details.cached_tokens)."""
+        self.cache_overflowed = 0
+        """Requests the prompt cache routed away from their prefix's machine (over cache_route_rpm)."""
+        self.cache_keys: set[str] = set()
         self.by_tier: Counter[str] = Counter()
         """Replies by the tier that served them (the reply's service_tier)."""
         self.tier_tokens: dict[str, list[int]] = {}
@@ -78,6 +81,8 @@ class Stats:
             "rate_limited_by_type": dict(self.rate_limited_by_type),
             "flex_unavailable": self.flex_unavailable,
             "cached_tokens": self.cached_tokens,
+            "cache_overflowed": self.cache_overflowed,
+            "cache_keys": len(self.cache_keys),
             "by_tier": dict(self.by_tier),
             "tier_tokens": {k: list(v) for k, v in self.tier_tokens.items()},
             "quota_rejected": self.quota_rejected,
@@ -129,7 +134,13 @@ class Simulator:
         self.tokens_bucket = Bucket(cfg.tpm, now) if cfg.tpm else None
         self.fault_rng = random.Random(cfg.seed)
         self.tier_rng = random.Random(cfg.seed + 7)
-        self.cache = PromptCache(ttl_s=cfg.cache_ttl_s) if cfg.prompt_cache else None
+        self.cache = (
+            PromptCache(
+                ttl_s=cfg.cache_ttl_s, route_rpm=cfg.cache_route_rpm, machines=cfg.cache_machines, seed=cfg.seed
+            )
+            if cfg.prompt_cache
+            else None
+        )
         self.latency_rng = random.Random(cfg.seed + 1)
         self.marker_seen: Counter[tuple[bytes, str]] = Counter()
         self.last_wait = 0.0
@@ -423,6 +434,9 @@ class Simulator:
                 hit = self.cache.use(tokens, body.get("prompt_cache_key"), self.latency(reply.completion_tokens))
                 reply.body["usage"]["prompt_tokens_details"]["cached_tokens"] = min(hit, reply.prompt_tokens)
                 self.stats.cached_tokens += min(hit, reply.prompt_tokens)
+                self.stats.cache_overflowed = self.cache.overflowed
+                if body.get("prompt_cache_key"):
+                    self.stats.cache_keys.add(str(body["prompt_cache_key"]))
             if served == "flex":
                 extra_s = self.latency(reply.completion_tokens) * max(self.config.flex_latency_factor - 1, 0.0)
         return await self.deliver(request, reply, fault, digest, extra_s)
