@@ -70,7 +70,12 @@ def test_forecast_counts_the_shared_prefix_for_all_but_the_first_request_of_each
     f = Forecast()
     head = "x" * 6000
     for i in range(40):
-        f.add("m", {"messages": [{"role": "system", "content": head}, {"role": "user", "content": f"row {i}"}]}, 1600, True)
+        f.add(
+            "m",
+            {"messages": [{"role": "system", "content": head}, {"role": "user", "content": f"row {i}"}]},
+            1600,
+            True,
+        )
     f.add("m", {"messages": [{"role": "user", "content": "short"}]}, 20, True)  # too short to be cached
     count = lambda _m, text: len(text) // 4  # noqa: E731 — a stand-in tokenizer: 4 characters a token
     shared = cacheable((len("<|system|>") + 6000 + len("<|user|>row ")) // 4)
