@@ -155,7 +155,14 @@ class BatchBook:
         sets = ", ".join(f"{k} = ?" for k in fields)
         with self.ledger.lock, self.db:
             self.db.execute(f"UPDATE shards SET {sets} WHERE id = ?", (*fields.values(), shard_id))
-        return self.shard(shard_id)
+        record = self.shard(shard_id)
+        if "state" in fields or "batch_status" in fields:  # the shard's timeline, for the run report
+            self.ledger.events.mark(
+                fields["updated_at"],
+                "shard",
+                note=f"{record.round}.{record.number}:{record.state}/{record.batch_status or ''}",
+            )
+        return record
 
     def drop_unfinished_sharding(self, run_id: int) -> list[ShardRecord]:
         """Shards of an interrupted sharding pass that were never uploaded: forgotten, to be written again."""

@@ -49,6 +49,7 @@ def _options(args: argparse.Namespace, **kw: object) -> RunOptions:
     return RunOptions(
         progress=not args.quiet, cache=cache, wait=args.wait, retry=retry, accept=accept,
         wait_lock=args.wait_lock, started=process_started(), over_budget=getattr(args, "over_budget", False),
+        verbose=getattr(args, "verbose", False),
         ray=getattr(args, "ray", None) is not None, ray_address=getattr(args, "ray", None) or None,
         **kw,  # type: ignore[arg-type]
     )  # fmt: skip
@@ -143,6 +144,56 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report import write_report
+
+    path = write_report(_load(args), run_id=args.run, out=Path(args.out) if args.out else None)
+    print(f"run report written to {path}")
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .starter import write_starter
+
+    source = Path(args.input)
+    out = Path(args.out) if args.out else Path("jobs") / f"{source.stem}.toml"
+    path = write_starter(source, out, force=args.force)
+    print(f"wrote {path}: edit its prompt and schema, then `batchrun plan {path}`")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from .viewer import show
+
+    status = tuple(x.strip() for x in (args.status or "").split(",") if x.strip())
+    columns = tuple(x.strip() for x in (args.columns or "").split(",") if x.strip())
+    print(show(_load(args), status=status, n=None if args.n == 0 else args.n, columns=columns))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .viewer import export
+
+    path = export(_load(args), Path(args.out))
+    print(f"exported to {path}")
+    return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("batchrun")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _sim(args: argparse.Namespace) -> int:
     from .sim import SimConfig, SimServer
 
@@ -171,7 +222,16 @@ def _sim(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batchrun", description="Bulk LLM prompts: plan, run, resume.")
+    parser.add_argument("--version", action="version", version=f"batchrun {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    i = sub.add_parser(
+        "init", help="write a commented job file from an input file (CSV, Parquet, JSONL, Excel, txt/md/epub)"
+    )
+    i.add_argument("input", help="the input file the job reads")
+    i.add_argument("-o", "--out", help="where to write the job file (default: jobs/<input name>.toml)")
+    i.add_argument("--force", action="store_true", help="replace the job file if it exists")
+    i.set_defaults(func=_init)
 
     p = sub.add_parser("plan", help="count tokens, price and time a job; sends nothing")
     p.add_argument("job", help="path to a job file (jobs/*.toml)")
@@ -188,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("job", help="path to a job file (jobs/*.toml)")
     r.add_argument("-o", "--output", help="output path (default: the job's [output] path); the ledger stays the job's")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.add_argument("-v", "--verbose", action="store_true", help="print each request as it is answered or fails")
     r.add_argument("--refresh", action="store_true", help="send every row again, replacing the ledger's answers")
     r.add_argument("--no-cache", action="store_true", help="neither reuse nor keep answers (spend is still recorded)")
     r.add_argument(
@@ -212,42 +273,62 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_run)
 
     rs = sub.add_parser("resume", help="continue a stopped or killed run (the same as run)")
-    rs.add_argument("job")
-    rs.add_argument("-o", "--output")
-    rs.add_argument("-q", "--quiet", action="store_true")
-    rs.add_argument("--wait", action="store_true")
-    rs.add_argument("--accept", metavar="STATUSES")
+    rs.add_argument("job", help="path to a job file (jobs/*.toml)")
+    rs.add_argument("-o", "--output", help="output path (default: the job's [output] path)")
+    rs.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    rs.add_argument("-v", "--verbose", action="store_true", help="print each request as it is answered or fails")
+    rs.add_argument("--wait", action="store_true", help="batch mode: poll until the output is written")
+    rs.add_argument("--accept", metavar="STATUSES", help="count these statuses as answered for the exit code")
     lock_flag(rs)
     rs.set_defaults(func=_run, refresh=False, no_cache=False)
 
     co = sub.add_parser(
         "collect", help="batch mode: collect finished batches, resubmit what needs it; submits no new job"
     )
-    co.add_argument("job")
-    co.add_argument("-q", "--quiet", action="store_true")
+    co.add_argument("job", help="path to a job file (jobs/*.toml)")
+    co.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     co.add_argument("--wait", action="store_true", help="poll until the output is written")
-    co.add_argument("--accept", metavar="STATUSES")
+    co.add_argument("--accept", metavar="STATUSES", help="count these statuses as answered for the exit code")
     lock_flag(co)
     co.set_defaults(func=_collect)
 
     ca = sub.add_parser("cancel", help="batch mode: cancel the job's pending batches and keep what they finished")
-    ca.add_argument("job")
+    ca.add_argument("job", help="path to a job file (jobs/*.toml)")
     lock_flag(ca)
     ca.set_defaults(func=_cancel)
 
     st = sub.add_parser("status", help="what the ledger holds for a job, and its batches; sends nothing")
-    st.add_argument("job")
+    st.add_argument("job", help="path to a job file (jobs/*.toml)")
     st.set_defaults(func=_status)
 
+    rp = sub.add_parser("report", help="write the HTML run report of the job's last run (also written after each run)")
+    rp.add_argument("job", help="path to a job file (jobs/*.toml)")
+    rp.add_argument("-o", "--out", help="where to write it (default: <output>.report.html beside the output)")
+    rp.add_argument("--run", type=int, help="the run's number in the ledger (default: the last finished one)")
+    rp.set_defaults(func=_report)
+
+    sh = sub.add_parser("show", help="print a job's results as a table in the terminal")
+    sh.add_argument("job", help="path to a job file (jobs/*.toml)")
+    sh.add_argument("--status", metavar="STATUSES", help="only rows with these statuses, e.g. failed,truncated")
+    sh.add_argument("-n", type=int, default=20, help="rows to print (default 20; 0: all)")
+    sh.add_argument("--columns", metavar="COLS", help="the columns to print, e.g. review_id,sentiment,error")
+    sh.set_defaults(func=_show)
+
+    ex = sub.add_parser("export", help="write a job's results as .csv, .jsonl, .xlsx or .parquet")
+    ex.add_argument("job", help="path to a job file (jobs/*.toml)")
+    ex.add_argument("out", help="the file to write; its suffix picks the format")
+    ex.set_defaults(func=_export)
+
     s = sub.add_parser("sim", help="run the OpenAI-compatible simulator on 127.0.0.1")
-    s.add_argument("--port", type=int, default=8089)
-    s.add_argument("--rpm", type=int)
-    s.add_argument("--tpm", type=int)
-    s.add_argument("--latency-ms", dest="latency_ms", type=float)
-    s.add_argument("--jitter", type=float)
-    s.add_argument("--seed", type=int)
-    s.add_argument("--batch-run-seconds", dest="batch_run_seconds", type=float)
-    s.add_argument("--insufficient-quota", action="store_true")
+    s.add_argument("--port", type=int, default=8089, help="port on 127.0.0.1 (default 8089)")
+    s.add_argument("--rpm", type=int, help="requests per minute it allows (429 beyond, with x-ratelimit-* headers)")
+    s.add_argument("--tpm", type=int, help="tokens per minute it allows")
+    s.add_argument("--latency-ms", dest="latency_ms", type=float, help="base reply latency in ms")
+    s.add_argument("--jitter", type=float, help="latency jitter, a fraction of the base")
+    s.add_argument("--seed", type=int, help="seed for faults, latency and replies")
+    s.add_argument("--batch-run-seconds", dest="batch_run_seconds", type=float,
+                   help="how long a Batch API batch takes to finish")  # fmt: skip
+    s.add_argument("--insufficient-quota", action="store_true", help="answer every request 429 insufficient_quota")
     s.add_argument("--config", help="other settings as JSON, e.g. '{\"error_500_rate\": 0.05}'")
     s.set_defaults(func=_sim)
     return parser

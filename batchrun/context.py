@@ -52,6 +52,25 @@ class AuditLog:
     def add(self, record: dict[str, Any]) -> None:
         self.lines.append(record)
 
+    def request(
+        self, kind: str, item: Any, max_tokens: int | None, response: Any, reply: dict[str, Any] | None,
+        error: str | None,
+    ) -> None:  # fmt: skip
+        """An engine's request and its answer (or failure), as one audit record."""
+        headers = {}
+        if response is not None:
+            headers = {
+                k: v
+                for k, v in response.headers.items()
+                if k.lower().startswith(("x-ratelimit-", "x-request-id", "retry-after", "openai-"))
+            }
+        body = item.requests[0].body if kind == "chat" else {"input": [r.body["input"] for r in item.requests]}
+        self.add({
+            "time": time.time(), "row_ids": [r.row_id for r in item.requests], "request": body,
+            "max_tokens_override": max_tokens, "status_code": getattr(response, "status_code", None),
+            "response_headers": headers, "response": reply, "error": error,
+        })  # fmt: skip
+
     def take(self) -> list[dict[str, Any]]:
         lines, self.lines = self.lines, []
         return lines
@@ -83,7 +102,7 @@ class Committer:
         async with self._lock:  # one commit at a time, in order
             taken = self.ledger.take()
             lines = self.audit.take()
-            if taken[0] or taken[1] or lines:
+            if taken[0] or taken[1] or taken[2][0] or taken[2][1] or lines:
                 await asyncio.to_thread(self._write, taken, lines)
                 self.committed.extend(row[0] for row in taken[0])
 
@@ -217,12 +236,28 @@ class RunContext:
             on_result=on_result,
             embedding_dims=embedding_dims,
             budget=self.budget,
-            audit=self.audit.add if self.audit.enabled else None,
+            audit=self.audit.request if self.audit.enabled else None,
+            events=self.ledger.events if self.job.output.report or self.ledger.events.listener else None,
             on_spend=lambda usd: ledger.record_spend(usd, key),
             price_for=self.price_for,
             tiers=self.job.request.flex_policy,
         )
         return self.stopper.attach(engine)
+
+    async def marks(self) -> None:
+        """Every second, the limits in force (configured or learned from headers), the requests in
+        flight and whether sending is paused — the run report's limit lines and pause bands."""
+        if not self.job.output.report:
+            return
+        events, limiter = self.ledger.events, self.limiter
+        pauses = limiter.pauses
+        while True:
+            rpm, tpm = limiter.limits
+            paused = limiter.pauses != pauses or limiter.paused_until > time.monotonic()
+            pauses = limiter.pauses
+            flight = sum(e.gate.active for e in self.stopper.engines if hasattr(e.gate, "active"))
+            events.mark(time.time(), "limits", rpm=rpm, tpm=tpm, in_flight=flight, note="paused" if paused else None)
+            await asyncio.sleep(1.0)
 
     def bar(self, total: int | None, unit: str) -> tqdm:
         return tqdm(

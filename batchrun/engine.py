@@ -25,6 +25,7 @@ import openai
 
 from .budget import Budget
 from .errors import BatchrunError, BudgetExceeded, EndpointError, QuotaExhausted
+from .events import EventLog
 from .gate import InFlight
 from .headers import read_headers
 from .limits import RateLimiter, RequestTooLarge
@@ -40,6 +41,10 @@ except ImportError:  # pragma: no cover
     from httpx import Response as HTTP_RESPONSE  # type: ignore[assignment,no-redef]
 
 MAX_RATE_LIMIT_WAITS = 50
+
+
+_OUTCOMES = {Action.RATE_LIMITED: "rate_limited", Action.UNAVAILABLE: "unavailable", Action.RETRY: "retried"}
+"""A failed request's outcome in its run event; any other action ends the row: "failed"."""
 
 
 class Engine:
@@ -58,12 +63,15 @@ class Engine:
         on_result: Callable[[int, RowResult], Any],
         embedding_dims: int | None = None,
         budget: Budget | None = None,
-        audit: Callable[[dict[str, Any]], None] | None = None,
+        audit: Callable[..., None] | None = None,
         on_spend: Callable[[float], None] | None = None,
         price_for: Callable[[str], ModelPrice | None] | None = None,
         tiers: tuple[str, int] | None = None,
+        events: EventLog | None = None,
     ) -> None:
         self.client = client
+        self.events = events
+        """Where each request's event goes (the ledger's, for the run report); None: not kept."""
         self.tiers = tiers
         """(flex_fallback, flex_fallback_after) of the job: what a flex row refused as unavailable does."""
         self.model = model
@@ -249,6 +257,7 @@ class Engine:
                 self._emit_all(item, "not_sent", self.stopped_reason(), attempts)
                 return
             extra_tokens = 0 if max_tokens is None else max_tokens - item.requests[0].max_output_tokens
+            waited = time.monotonic()
             try:
                 await self._limiter(item).acquire(item.charged + extra_tokens)
             except RequestTooLarge as exc:
@@ -269,6 +278,7 @@ class Engine:
                 self.stats.first_send = time.monotonic()
             self.stats.charged_tokens += item.charged + extra_tokens
             t0 = time.monotonic()
+            waited = (t0 - waited) * 1000
             token = self.flow.sending()
             try:
                 raw, reply = await self._send(item, max_tokens, tier_override)
@@ -285,7 +295,10 @@ class Engine:
                         await self._process(WorkItem(item.seqs[part[0] : part[1]], item.requests[part[0] : part[1]]))
                     return
                 failure = classify(exc)
-                self._audit(item, max_tokens, getattr(exc, "response", None), None, failure.message)
+                outcome = _OUTCOMES.get(failure.action, "failed")
+                outcome = "failed" if outcome == "retried" and budget_used >= opts.max_attempts else outcome
+                self._record(item, t0, max_tokens, getattr(exc, "response", None), None, failure.message, outcome,
+                             item.charged + extra_tokens, attempts, waited, 0.0)  # fmt: skip
                 if failure.action in (Action.RETRY, Action.ROW_FAILED) and self._tripped(item, failure):
                     self._emit_all(item, "failed", failure.message, attempts, retryable=True)
                     return
@@ -360,8 +373,10 @@ class Engine:
             self.flow.answered(token)
             latency = (time.monotonic() - t0) * 1000
             self._streak_key, self._streak_rows = None, set()  # a reply: the endpoint works
-            self._audit(item, max_tokens, raw, reply, None)
             cost = self._reply_cost(reply, item)
+            self._record(
+                item, t0, max_tokens, raw, reply, None, "ok", item.charged + extra_tokens, attempts, waited, cost
+            )
             if self.budget is not None:
                 self.budget.settle(worst, cost)
             if self.on_spend is not None:
@@ -454,32 +469,21 @@ class Engine:
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
         return price.cost(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, cached_tokens=cached)
 
-    def _audit(
-        self, item: WorkItem, max_tokens: int | None, response: Any, reply: dict[str, Any] | None, error: str | None
-    ) -> None:
-        if self.audit is None:
-            return
-        headers = {}
-        if response is not None:
-            headers = {
-                k: v
-                for k, v in response.headers.items()
-                if k.lower().startswith(("x-ratelimit-", "x-request-id", "retry-after", "openai-"))
-            }
-        self.audit(
-            {
-                "time": time.time(),
-                "row_ids": [r.row_id for r in item.requests],
-                "request": item.requests[0].body
-                if self.kind == "chat"
-                else {"input": [r.body["input"] for r in item.requests]},
-                "max_tokens_override": max_tokens,
-                "status_code": getattr(response, "status_code", None),
-                "response_headers": headers,
-                "response": reply,
-                "error": error,
-            }
-        )
+    def _record(
+        self, item: WorkItem, t0: float, max_tokens: int | None, response: Any, reply: dict[str, Any] | None,
+        error: str | None, outcome: str, reserved: int, attempt: int, waited_ms: float, cost: float,
+    ) -> None:  # fmt: skip
+        """One request into the audit log (when kept) and the run's events (when kept)."""
+        if self.audit is not None:
+            self.audit(self.kind, item, max_tokens, response, reply, error)
+        if self.events is not None:
+            prompt, completion, cached = usage_tokens(reply) if reply is not None else (None, None, None)
+            latency = time.monotonic() - t0
+            self.events.request(
+                time.time() - latency, latency * 1000, getattr(response, "status_code", None), outcome,
+                len(item.requests), item.requests[0].row_id, reserved, prompt, completion, cached, attempt,
+                waited_ms, cost, (reply or {}).get("service_tier"), error,
+            )  # fmt: skip
 
     def _cost(
         self, item: WorkItem, prompt: int, completion: int, cached: int = 0, tier: str | None = None

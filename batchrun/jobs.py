@@ -277,6 +277,9 @@ class OutputSpec(Spec):
     """Statuses that count as answered for the exit code, besides ok / refused / filtered."""
     audit: Path | None = None
     """Append every request and response to this JSONL file (headers redacted; never the key)."""
+    report: bool = True
+    """Keep each request's event in the ledger and write the HTML run report beside the output
+    (`<output>.report.html`) at the end of every run."""
 
 
 class Job(Spec):
@@ -403,6 +406,11 @@ class Job(Spec):
             tag = spec.language or "translated"
             stem = base if base.name.endswith(f".{tag}") else base.with_name(f"{base.name}.{tag}")
         return [(fmt, stem.with_name(f"{stem.name}.{fmt}")) for fmt in (spec.outputs or (self.input.resolved_format,))]
+
+    @property
+    def report_path(self) -> Path:
+        """The run report beside the output: out/x.parquet → out/x.report.html."""
+        return self.output_path.with_name(f"{self.output_path.stem}.report.html")
 
     @property
     def table_path(self) -> Path:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
+from .events import EventLog
 from .sinks import RowResult
 
 if TYPE_CHECKING:
@@ -238,6 +239,8 @@ class Ledger:
         self.db.execute("PRAGMA cache_size=-65536")
         self.db.executescript(_SCHEMA)
         self._migrate()
+        self.events = EventLog(self.db)
+        """The run's request events and marks (events.py), committed with the answers."""
         self.pending: list[tuple[Any, ...]] = []
         self.pending_spend: dict[str, list[float]] = {}  # endpoint → [requests, usd] not yet committed
         self.last_commit = time.monotonic()
@@ -473,18 +476,19 @@ class Ledger:
             bool(self.pending) and time.monotonic() - self.last_commit >= COMMIT_SECONDS
         )
 
-    def take(self) -> tuple[list[tuple[Any, ...]], dict[str, list[float]]]:
-        """The queued results and spend, handed over for `write` (swapped, so `record` can go on meanwhile)."""
+    def take(self) -> tuple[list[tuple[Any, ...]], dict[str, list[float]], Any]:
+        """The queued results, spend and run events, handed over for `write` (swapped, so `record` can
+        go on meanwhile)."""
         with self.queue_lock:
             batch, self.pending = self.pending, []
             spend, self.pending_spend = self.pending_spend, {}
             self.last_commit = time.monotonic()
-        return batch, spend
+        return batch, spend, self.events.take()
 
-    def write(self, taken: tuple[list[tuple[Any, ...]], dict[str, list[float]]]) -> None:
+    def write(self, taken: tuple[list[tuple[Any, ...]], dict[str, list[float]], Any]) -> None:
         """Commit results and their spend in one transaction: an answer is never kept without its cost."""
-        batch, spend = taken
-        if not batch and not spend:
+        batch, spend, events = taken
+        if not batch and not spend and not events[0] and not events[1]:
             return
         now = time.time()
         with self.lock, self.db:
@@ -498,6 +502,7 @@ class Ledger:
                     "INSERT INTO spend (job, run_id, at, requests, cost_usd, endpoint) VALUES (?, ?, ?, ?, ?, ?)",
                     (self.job, self.run_id, now, int(n), usd, endpoint),
                 )
+            EventLog.write(self.db, events, self.run_id)
 
     def flush(self) -> None:
         self.write(self.take())

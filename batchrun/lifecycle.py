@@ -18,10 +18,12 @@ import dataclasses
 import functools
 import os
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from .checks import check_excel_rows, check_job_paths
@@ -76,6 +78,8 @@ class RunOptions:
     """Send the requests from actors on a Ray cluster (`run --ray`); the ledger and output stay here."""
     ray_address: str | None = None
     """The cluster (`auto`, `ray://…`); None: the job's [ray] address, else a local Ray instance."""
+    verbose: bool = False
+    """Print each request as it is answered or fails (`run -v`): when, status, tokens, latency, error."""
 
     def __post_init__(self) -> None:
         if self.cache not in ("use", "refresh", "off"):
@@ -122,6 +126,8 @@ def build_context(job: Job, endpoint: Endpoint, ledger: Ledger, options: RunOpti
     table = price_table_for(job)
     price = table.lookup(job.request.model)
     audit = AuditLog(job.output.audit)
+    if options.verbose:
+        ledger.events.listener = _say_event
     cache = CachePolicy(
         read=options.cache == "use",
         write=options.cache != "off",
@@ -147,6 +153,15 @@ def build_context(job: Job, endpoint: Endpoint, ledger: Ledger, options: RunOpti
         started=options.started if options.started is not None else time.monotonic(),
         ray=RayTarget(options.ray_address or job.ray.address) if options.ray else None,
     )
+
+
+def _say_event(event: tuple[object, ...]) -> None:
+    """`run -v`: one line per request, above the progress bar."""
+    from tqdm import tqdm
+
+    from .events import describe
+
+    tqdm.write(describe(event), file=sys.stderr)
 
 
 def process_started() -> float:
@@ -223,10 +238,12 @@ async def _run_locked(
             try:
                 async with asyncio.TaskGroup() as tg:
                     timer = tg.create_task(ctx.committer.timer())
+                    marks = tg.create_task(ctx.marks())
                     try:
                         result, error = await _execute(ctx, mode, why, source, options)
                     finally:
                         timer.cancel()
+                        marks.cancel()
             except BaseExceptionGroup as group:
                 raise _single(group) from None
             await ctx.committer.commit()
@@ -234,6 +251,8 @@ async def _run_locked(
             if result.waiting is None and job.output_format != "parquet" and job.table_path.exists():
                 await asyncio.to_thread(export_table, job.table_path, job.output_path, job.output_format or "")
             await asyncio.to_thread(ledger.finish_run, result.rows, result.summary())
+            if job.output.report:
+                result.report_path = await asyncio.to_thread(_write_report, job, ledger.path, ledger.run_id)
         finally:
             await asyncio.to_thread(ledger.close)
     finally:
@@ -262,6 +281,17 @@ def _check_budget(job: Job, source: object) -> None:
             f"(${plan.spent_usd:,.4f} spent). Nothing was sent. Raise the budget, or pass --over-budget to run "
             "until it is reached (finished rows are kept)"
         )
+
+
+def _write_report(job: Job, ledger: Path, run_id: int | None) -> Path | None:
+    """The HTML run report beside the output. A report that cannot be written is a warning: the run's
+    answers, output and exit code stand without it."""
+    from .report import write_report
+
+    try:
+        write_report(job, ledger_path=ledger, run_id=run_id)
+    except Exception as exc:
+        warnings.warn(f"the run report was not written: {exc}", RuntimeWarning, stacklevel=1)
 
 
 def _single(group: BaseExceptionGroup) -> BaseException:

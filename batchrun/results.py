@@ -60,6 +60,8 @@ class RunResult:
     """Document jobs: the translated documents written (the Parquet holds one row per paragraph)."""
 
     table_path: Path | None = None
+    report_path: Path | None = None
+    """The HTML run report written after the run (None: not written)."""
     """The typed Parquet output (the output itself, or what a CSV / JSONL / Excel output was exported from)."""
     startup_seconds: float | None = None
     """From the start (of the process, for the CLI) to the first request sent."""
@@ -79,7 +81,7 @@ class RunResult:
         return {
             k: v
             for k, v in dataclasses.asdict(self).items()
-            if k not in ("output_path", "ledger_path", "documents", "table_path")
+            if k not in ("output_path", "ledger_path", "documents", "table_path", "report_path")
         }
 
     @property
@@ -186,7 +188,8 @@ def _head(r: RunResult, what: str, cost: str) -> list[str]:
 
 def _tail(r: RunResult) -> list[str]:
     """What every summary closes with: the unanswered rows and the notes."""
-    return [*_unanswered_lines(r), *_hints(r), *(f"  note         {n}" for n in r.notes)]
+    report = [f"  report       {r.report_path}"] if r.report_path is not None else []
+    return [*_unanswered_lines(r), *_hints(r), *(f"  note         {n}" for n in r.notes), *report]
 
 
 def _hints(r: RunResult) -> list[str]:
