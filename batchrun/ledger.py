@@ -137,6 +137,11 @@ RESULT_COLUMNS = (
     "fingerprint, status, error, attempts, prompt_tokens, completion_tokens, cost_usd, latency_ms, finish_reason, "
     "model, request_id, output, raw_text, row_id, endpoint, created_at, max_output_tokens, service_tier, cached_tokens"
 )
+_INSERT_RESULTS = (
+    f"INSERT OR REPLACE INTO results ({RESULT_COLUMNS}) SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(RESULT_COLUMNS.split(","))))
+    + " FROM json_each(?)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,10 +498,8 @@ class Ledger:
         now = time.time()
         with self.lock, self.db:
             self.db.execute("BEGIN")
-            if batch:
-                self.db.executemany(
-                    f"INSERT OR REPLACE INTO results ({RESULT_COLUMNS}) VALUES ({','.join('?' * 19)})", batch
-                )
+            if batch:  # one statement over a JSON array: see EventLog.write for why not executemany
+                self.db.execute(_INSERT_RESULTS, (json.dumps(batch, ensure_ascii=False),))
             for endpoint, (n, usd) in spend.items():
                 self.db.execute(
                     "INSERT INTO spend (job, run_id, at, requests, cost_usd, endpoint) VALUES (?, ?, ?, ?, ?, ?)",

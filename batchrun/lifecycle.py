@@ -289,9 +289,10 @@ def _write_report(job: Job, ledger: Path, run_id: int | None) -> Path | None:
     from .report import write_report
 
     try:
-        write_report(job, ledger_path=ledger, run_id=run_id)
-    except Exception as exc:
+        return write_report(job, ledger_path=ledger, run_id=run_id)
+    except Exception as exc:  # any failure here must not cost the run its answers or exit code
         warnings.warn(f"the run report was not written: {exc}", RuntimeWarning, stacklevel=1)
+        return None
 
 
 def _single(group: BaseExceptionGroup) -> BaseException:
