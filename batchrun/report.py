@@ -348,13 +348,24 @@ code{background:#f3f3f3;padding:1px 4px;border-radius:3px}.sim{color:#b71c1c;fon
 """
 
 
+def _num(v: float) -> str:
+    """A float as a person reads it: no exponents (a row's cost is a few millionths of a dollar)."""
+    if v == 0:
+        return "0"
+    if abs(v) >= 100:
+        return f"{v:,.1f}"
+    if abs(v) >= 1:
+        return f"{v:,.3f}"
+    return f"{v:.7f}".rstrip("0").rstrip(".")
+
+
 def _table(head: list[str], rows: list[list[Any]], numeric: set[int] | None = None) -> str:
     numeric = numeric or set()
     out = ["<table><tr>", *(f"<th>{html.escape(h)}</th>" for h in head), "</tr>"]
     for r in rows:
         out.append("<tr>")
         for i, v in enumerate(r):
-            text = v if isinstance(v, str) else ("" if v is None else f"{v:,.4g}" if isinstance(v, float) else f"{v:,}")
+            text = v if isinstance(v, str) else ("" if v is None else _num(v) if isinstance(v, float) else f"{v:,}")
             out.append(f"<td{' class=n' if i in numeric else ''}>{html.escape(text)}</td>")
         out.append("</tr>")
     out.append("</table>")
