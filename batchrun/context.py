@@ -9,6 +9,7 @@ that makes answers durable, and the stopper that carries signals to it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 import time
@@ -206,6 +207,9 @@ class RunContext:
         options = options or EngineOptions(
             max_in_flight=limits.max_in_flight, max_attempts=limits.max_attempts, fail_fast_rows=limits.fail_fast_rows
         )
+        if self.endpoint.max_in_flight is not None and options.max_in_flight > self.endpoint.max_in_flight:
+            # the embedded server queues past its slots: more in flight only grows the latency
+            options = dataclasses.replace(options, max_in_flight=self.endpoint.max_in_flight)
         if self.ray is not None:
             from .cluster import RayEngine
 

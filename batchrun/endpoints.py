@@ -11,11 +11,16 @@ from dataclasses import dataclass
 
 import openai
 
-from . import redact
+from . import local_model, redact
 from .jobs import Job
 from .ledger import SIMULATOR
+from .local_model import LocalModel
 from .sim import SimConfig, SimServer
 
+LOCAL_BANNER = (
+    "{why}running on the embedded LOCAL model {name} (llama.cpp on this machine, {slots} slots, {ctx:,} tokens of "
+    "context each): real answers from a small model, nothing billed."
+)
 SIM_BANNER = (
     "No {env} in the environment and no [endpoint] base_url: running against batchrun's built-in "
     "SIMULATOR at {url}. Replies are synthetic and nothing is billed. Set {env} to run for real."
@@ -31,17 +36,33 @@ class Endpoint:
     simulated: bool = False
     sim: SimServer | None = None
     banner: str = ""
+    local: LocalModel | None = None
+    """The embedded llama.cpp server this run started ([endpoint] local), stopped at close."""
+
+    @property
+    def context_window(self) -> int | None:
+        """Tokens a request may use in all, where the server says (the embedded model's per-slot context)."""
+        return self.local.context if self.local is not None else None
+
+    @property
+    def max_in_flight(self) -> int | None:
+        """A cap on requests in flight the server implies: the embedded model queues past its slots."""
+        return 2 * self.local.slots if self.local is not None else None
 
     @property
     def cache_key(self) -> str:
         """The endpoint as the ledger keys answers: the simulator's port changes every run, so all
         simulated answers share one key."""
+        if self.local is not None:  # its port changes every run: the model file names it
+            return f"local:{self.local.path.name}"
         return SIMULATOR if self.simulated else self.base_url.rstrip("/")
 
     async def close(self) -> None:
         await self.client.close()
         if self.sim is not None:
             self.sim.stop()
+        if self.local is not None:
+            self.local.stop()
 
 
 def _http(job: Job) -> openai.DefaultAsyncHttpxClient | None:
@@ -77,6 +98,15 @@ def open_endpoint(job: Job, *, sim_config: SimConfig | None = None) -> Endpoint:
                 job.source_path, "endpoint.api_key_env", f"environment variable {ep.api_key_env} is not set"
             )
         return Endpoint(make_client(job, ep.azure_endpoint, key), ep.azure_endpoint, ep.azure_deployment or model)
+    no_key = f"No {ep.api_key_env} in the environment and no [endpoint] base_url: "
+    if ep.local is not None or (ep.base_url is None and ep.azure_endpoint is None and not key and sim_config is None
+                                and local_model.available() and not os.environ.get("BATCHRUN_NO_LOCAL_MODEL")):  # fmt: skip
+        base = job.source_path.parent if job.source_path is not None else None
+        server = local_model.start(local_model.model_path(ep.local or local_model.SMOLLM2, base))
+        banner = LOCAL_BANNER.format(
+            why="" if ep.local else no_key, name=server.name, slots=server.slots, ctx=server.context
+        )
+        return Endpoint(make_client(job, server.base_url, None), server.base_url, model, banner=banner, local=server)
     if ep.base_url is None and not key:
         config = sim_config or SimConfig(
             rpm=job.limits.rpm,

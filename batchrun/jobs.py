@@ -211,6 +211,8 @@ class EndpointSpec(Spec):
     azure_api_version: str | None = None
     azure_deployment: str | None = None
     timeout_s: float = Field(default=120.0, gt=0)
+    local: str | None = Field(default=None, min_length=1)
+    """An embedded llama.cpp model (the local extra): "smollm2", or a .gguf path relative to the job."""
 
     @field_validator("base_url", "azure_endpoint")
     @classmethod
@@ -233,8 +235,8 @@ class EndpointSpec(Spec):
     def _azure(self) -> EndpointSpec:
         if self.azure_endpoint and not self.azure_api_version:
             raise ValueError('azure_endpoint needs azure_api_version (e.g. "2024-10-21")')
-        if self.azure_endpoint and self.base_url:
-            raise ValueError("give `base_url` or `azure_endpoint`, not both")
+        if sum(x is not None for x in (self.azure_endpoint, self.base_url, self.local)) > 1:
+            raise ValueError("give one of `base_url`, `azure_endpoint` and `local`")
         return self
 
 

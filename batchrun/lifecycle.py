@@ -124,7 +124,11 @@ def choose_mode(job: Job) -> tuple[str, str]:
 def build_context(job: Job, endpoint: Endpoint, ledger: Ledger, options: RunOptions, stopper: Stopper) -> RunContext:
     """The per-run objects, once (runs in a thread: the price table and the ledger are files)."""
     table = price_table_for(job)
+    if endpoint.local is not None:  # the embedded model runs on this machine: tokens counted, $0
+        table = dataclasses.replace(table, local="all")
     price = table.lookup(job.request.model)
+    if price is not None and endpoint.context_window is not None:  # what the server has, not the model's name
+        price = dataclasses.replace(price, context_window=endpoint.context_window)
     audit = AuditLog(job.output.audit)
     if options.verbose:
         ledger.events.listener = _say_event

@@ -301,6 +301,9 @@ class OnlineRun:
     def _result(self) -> RunResult:
         stats = self.engine.stats
         notes = list(self.engine.notes)
+        if self.ctx.endpoint.local is not None:
+            local = self.ctx.endpoint.local
+            notes.append(f"embedded local model {local.name} ({local.slots} slots): real answers, nothing billed")
         if self.ctx.endpoint.simulated:
             notes.append(
                 "simulated endpoint: replies are synthetic, nothing was billed; set the API key to run for real"

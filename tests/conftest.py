@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,6 +10,9 @@ import pytest
 from batchrun.sim import SimConfig, SimServer
 
 REPO = Path(__file__).resolve().parents[1]
+# a run with no key and no base_url goes to the simulator in every test, whether or not the local extra
+# (which would take it to the embedded model) is installed here; tests/test_local.py asks for that model
+os.environ.setdefault("BATCHRUN_NO_LOCAL_MODEL", "1")
 
 
 @pytest.fixture
