@@ -92,6 +92,7 @@ class Report:
                 "p95": percentile(sorted(ok_lat), 95),
                 "p99": percentile(sorted(ok_lat), 99),
             },
+            "cached_tokens": sum(e["cached_tokens"] or 0 for e in self.events if e["outcome"] == "ok"),
             "cost_by_model": self.cost_by_model,
             "cost_by_tier": self.cost_by_tier,
             "budget_usd": self.budget,
@@ -471,6 +472,7 @@ def render(r: Report) -> str:
         f"from the ledger count there, not here); this job's spend so far: ${r.spent:,.4f}"
         + (f" of a ${r.budget:,.2f} budget" if r.budget is not None else "") + ".</p>",
         bars("budget", [("spent", r.spent), ("budget", r.budget)], unit="$") if r.budget is not None else "",
+        _cache_line(r.events),
         _table(["model", "cost $ (rows paid in this output)"], [[m, v] for m, v in r.cost_by_model.items()], {1}),
         _table(["tier", "rows", "cost $"], [[t, n, usd] for t, (n, usd) in r.cost_by_tier.items()], {1, 2}) if r.cost_by_tier else "",
         "<h2>Slowest rows</h2>", _rows(r.slowest),
@@ -498,6 +500,18 @@ def render(r: Report) -> str:
     data = json.dumps(fig, default=str).replace("</", "<\\/")
     parts.append(f'<script type="application/json" id="report-data">{data}</script></body></html>')
     return "".join(parts)
+
+
+def _cache_line(events: list[dict[str, Any]]) -> str:
+    """The provider's prompt cache in this run: cached prompt tokens of all prompt tokens answered."""
+    prompt = sum(e["prompt_tokens"] or 0 for e in events if e["outcome"] == "ok")
+    cached = sum(e["cached_tokens"] or 0 for e in events if e["outcome"] == "ok")
+    if not cached:
+        return "<p>Prompt cache: no prompt tokens were served from the provider's cache in this run.</p>"
+    return (
+        f"<p>Prompt cache: {cached:,} of {prompt:,} prompt tokens ({cached / prompt:.1%}) were served from the "
+        "provider's cache, at its cached-input price.</p>"
+    )
 
 
 def _ms(v: float | None) -> str:

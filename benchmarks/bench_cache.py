@@ -36,6 +36,9 @@ from batchrun.prefixes import cacheable
 from batchrun.pricing import default_table
 
 MODEL = "gpt-5-mini"
+REPLY_TOKENS = 40
+"""The simulator's replies are this long (text_tokens), and the job says so (expected_output_tokens), so
+the plan's whole bill can be held against the run's."""
 RULE = "Rule: label the review by topic and tone, never by its length or its language. "
 
 
@@ -63,7 +66,7 @@ def job_for(tmp: Path, base_url: str, args: argparse.Namespace, name: str, order
             "request": {
                 "model": MODEL,
                 "max_tokens": 100,
-                "expected_output_tokens": 100,
+                "expected_output_tokens": REPLY_TOKENS,
                 "cache_order": order,
                 "prompt_cache_key": "auto" if keys else "off",
             },
@@ -98,11 +101,14 @@ async def main() -> None:
     assert price is not None
     print(
         "| run | wall s | cached tokens (plan's forecast) | cached share of cacheable prefix | keys | overflowed "
-        "| cost $ | prompt cost $ (plan's forecast) |"
+        "| cost $ (plan's forecast) | prompt cost $ (plan's forecast) |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for label, order, keys, cache in RUNS:
-        sim_config = {"prompt_cache": cache, "cache_route_rpm": 15, "latency_ms": 50, "models": [MODEL], "rpm": 3000}
+        sim_config = {
+            "prompt_cache": cache, "cache_route_rpm": 15, "latency_ms": 50, "models": [MODEL], "rpm": 3000,
+            "text_tokens": [REPLY_TOKENS, REPLY_TOKENS],
+        }  # fmt: skip
         with tempfile.TemporaryDirectory() as d, SimProcess(**sim_config) as sim:
             tmp = Path(d)
             job = job_for(tmp, sim.base_url, args, "bench_cache", order, keys)
@@ -116,8 +122,7 @@ async def main() -> None:
             # what the cache could serve: every row's shared prefix in whole steps, but the first of each
             prefix = cacheable(int(frame["cached_tokens"].fill_null(0).max() or 0))
             possible = prefix * (len(frame) - args.prefixes) if cache else 0
-            # the prompt side of the bill, which caching changes (the simulator's replies are shorter
-            # than the plan's expected_output_tokens, so whole-bill figures would compare output lengths)
+            # the whole bill, and its prompt side (what caching changes)
             prompt_cost = result.cost_usd - int(frame["completion_tokens"].sum()) * price.output / 1e6
             planned = plan.cost_online_expected or 0.0
             planned_prompt = planned - plan.output_tokens_expected * price.output / 1e6
@@ -127,6 +132,7 @@ async def main() -> None:
             print(
                 f"| {label} | {wall:.1f} | {cached:,} ({plan.cached_tokens_expected:,}) | {cached / max(possible, 1):.1%} "
                 f"| {stats.get('cache_keys', 0):,} | {stats.get('cache_overflowed', 0):,} | {result.cost_usd:.4f} "
+                f"({planned:.4f}, {(result.cost_usd - planned) / planned:+.1%}) "
                 f"| {prompt_cost:.4f} ({planned_prompt:.4f}, {(prompt_cost - planned_prompt) / planned_prompt:+.1%}) |"
             )
 

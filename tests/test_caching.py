@@ -5,6 +5,7 @@ simulator's cache (OpenAI's rules, with ~15 requests a minute per machine)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -134,6 +135,9 @@ def test_a_cache_aware_run_gets_the_hits_the_plan_forecasts_and_keys_stay_out_of
     assert cached == pytest.approx(plan.cached_tokens_expected, rel=0.05)
     stats = sim.stats()
     assert stats["cache_overflowed"] == 0 and stats["cache_keys"] >= 2
+    page = job.report_path.read_text()  # the run report says what the cache served, as the Parquet does
+    data = json.loads(page.split('id="report-data">', 1)[1].split("</script>", 1)[0])
+    assert data["cached_tokens"] == cached and "Prompt cache:" in page
     # the key is in the body, not the fingerprint: the same job without keys is answered from the ledger
     again = load_job(_cache_job(write_job, sim.base_url, 120, prompt_cache_key="off"))
     assert asyncio.run(arun(again)).cached_rows == 120
