@@ -15,6 +15,7 @@ from . import local_model, redact
 from .jobs import Job
 from .ledger import SIMULATOR
 from .local_model import LocalModel
+from .pricing import is_local_url
 from .sim import SimConfig, SimServer
 
 LOCAL_BANNER = (
@@ -38,16 +39,22 @@ class Endpoint:
     banner: str = ""
     local: LocalModel | None = None
     """The embedded llama.cpp server this run started ([endpoint] local), stopped at close."""
+    facts: ServerFacts | None = None
+    """What a server of your own says about itself (llama.cpp /props, vLLM /v1/models), if anything."""
 
     @property
     def context_window(self) -> int | None:
-        """Tokens a request may use in all, where the server says (the embedded model's per-slot context)."""
-        return self.local.context if self.local is not None else None
+        """Tokens a request may use in all, where the server says (llama.cpp's per-slot context, vLLM's
+        max_model_len, the embedded model's slots)."""
+        if self.local is not None:
+            return self.local.context
+        return self.facts.context if self.facts is not None else None
 
     @property
     def max_in_flight(self) -> int | None:
-        """A cap on requests in flight the server implies: the embedded model queues past its slots."""
-        return 2 * self.local.slots if self.local is not None else None
+        """A cap on requests in flight the server implies: a llama.cpp server queues past its slots."""
+        slots = self.local.slots if self.local is not None else self.facts.slots if self.facts is not None else None
+        return 2 * slots if slots else None
 
     @property
     def cache_key(self) -> str:
@@ -63,6 +70,44 @@ class Endpoint:
             self.sim.stop()
         if self.local is not None:
             self.local.stop()
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    context: int | None
+    slots: int | None
+
+
+def server_facts(base_url: str, model: str, timeout_s: float = 2.0) -> ServerFacts | None:
+    """Ask a server of your own what it is: llama.cpp's GET /props (total_slots, n_ctx a slot), else
+    vLLM's GET /v1/models (max_model_len of the job's model). Best effort: any failure is no facts."""
+    import json
+    import urllib.request
+
+    def get(url: str) -> dict | None:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as r:
+                data = json.loads(r.read())
+                return data if isinstance(data, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    root = base_url.rstrip("/").removesuffix("/v1")
+    props = get(f"{root}/props")
+    if props is not None:
+        n_ctx = (props.get("default_generation_settings") or {}).get("n_ctx")
+        slots = props.get("total_slots")
+        if isinstance(n_ctx, int) or isinstance(slots, int):
+            return ServerFacts(n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None,
+                               slots if isinstance(slots, int) and slots > 0 else None)  # fmt: skip
+    models = get(f"{base_url.rstrip('/')}/models")
+    for entry in (models or {}).get("data") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("max_model_len"), int) and entry.get("id") in (model, None):
+            return ServerFacts(entry["max_model_len"], None)
+    listed = [e for e in (models or {}).get("data") or [] if isinstance(e, dict)]
+    if len(listed) == 1 and isinstance(listed[0].get("max_model_len"), int):  # one model served: it is the one
+        return ServerFacts(listed[0]["max_model_len"], None)
+    return None
 
 
 def _http(job: Job) -> openai.DefaultAsyncHttpxClient | None:
@@ -121,7 +166,9 @@ def open_endpoint(job: Job, *, sim_config: SimConfig | None = None) -> Endpoint:
         banner = SIM_BANNER.format(env=ep.api_key_env, url=sim.base_url)
         return Endpoint(client, sim.base_url, model, simulated=True, sim=sim, banner=banner)
     client = make_client(job, ep.base_url, key)
-    return Endpoint(client, str(client.base_url), model)
+    # a server of your own may say what it has (context, slots): too-long rows are then never sent
+    facts = server_facts(ep.base_url, model) if is_local_url(ep.base_url) else None
+    return Endpoint(client, str(client.base_url), model, facts=facts)
 
 
 def make_client(job: Job, base_url: str, key: str | None) -> openai.AsyncOpenAI:

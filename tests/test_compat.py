@@ -361,6 +361,28 @@ def test_a_server_that_queues_is_not_flooded_even_when_the_job_states_limits(mak
     assert stats["queue_peak"] <= 24, stats["queue_peak"]  # k + the headroom, not max_in_flight
 
 
+def test_a_server_that_says_its_slots_and_context_is_sized_by_them(make_sim, tmp_path: Path) -> None:
+    # llama.cpp's /props says 2 slots of 700 tokens: at most 4 in flight (2 × its slots), and a row that
+    # cannot fit is too_long before it is sent, as it would be with a model the price table knows
+    sim = make_sim(latency_ms=50, slots=2, rate_headers=False, server_context=700)
+    path = _online_job(tmp_path, sim, 40, limits="max_in_flight = 256")
+    path.write_text(path.read_text().replace("max_in_flight = 16\n", ""))
+    frame = pl.read_csv(tmp_path / "input.csv")
+    frame.with_columns(pl.when(pl.int_range(pl.len()) == 7).then(pl.lit("word " * 800)).otherwise(pl.col("text"))
+                       .alias("text")).write_csv(tmp_path / "input.csv")  # fmt: skip
+    result = batchrun.run(load_job(path))
+    stats = sim.stats()
+    assert result.by_status == {"ok": 39, "too_long": 1} and stats["requests"] == 39
+    assert "700-token context window" in pl.read_parquet(result.output_path).filter(pl.col("status") == "too_long")["error"][0]
+    assert stats["queue_peak"] <= 2, stats["queue_peak"]  # 4 in flight on 2 slots
+    from batchrun.endpoints import server_facts
+
+    assert server_facts(sim.base_url, "gpt-4o-mini").slots == 2  # llama.cpp's /props
+    vllm = make_sim(server_context=32768)  # no /props: max_model_len from /v1/models, as vLLM serves it
+    assert server_facts(vllm.base_url, "a-model-it-does-not-serve") is None
+    assert server_facts(vllm.base_url, "gpt-4o-mini").context == 32768
+
+
 EMBED_JOB = """
 [input]
 path = "input.csv"

@@ -97,6 +97,9 @@ class SimConfig:
     """A machine serves this many requests a minute for one prefix and key (OpenAI: about 15); the rest
     overflow to a random one of `cache_machines`, whose cache has its own entries. 0: no overflow."""
     cache_machines: int = 512
+    server_context: int | None = None
+    """Report a context size as the servers people run do: with `slots`, llama.cpp's GET /props (n_ctx a
+    slot, total_slots); always vLLM's max_model_len in GET /v1/models. None: neither is served."""
     priority_served_as: str | None = None
     """A request asking for priority is served (and its reply says) this tier instead, e.g. "default"."""
     max_batch_lines: int = 50_000

@@ -171,6 +171,7 @@ class Simulator:
                 web.post("/openai/deployments/{deployment}/chat/completions", self.handle_azure),
                 web.post("/openai/deployments/{deployment}/embeddings", self.handle_azure),
                 web.get("/v1/models", self.handle_models),
+                web.get("/props", self.handle_props),
                 web.get("/sim/stats", self.handle_stats),
                 web.post("/sim/config", self.handle_config),
                 web.post("/sim/reset", self.handle_reset),
@@ -470,10 +471,21 @@ class Simulator:
         return await self.handle_chat(request)
 
     async def handle_models(self, request: web.Request) -> web.Response:
+        extra = {"max_model_len": self.config.server_context} if self.config.server_context else {}
         data = [
-            {"id": m, "object": "model", "created": 1700000000, "owned_by": "batchrun-sim"} for m in self.config.models
+            {"id": m, "object": "model", "created": 1700000000, "owned_by": "batchrun-sim", **extra}
+            for m in self.config.models
         ]
         return web.json_response({"object": "list", "data": data}, headers=self.rate_headers())
+
+    async def handle_props(self, request: web.Request) -> web.Response:
+        """llama.cpp's self-description (a k-slot server with server_context): slots, the context each has.
+        Without slots the simulator is vLLM-like: max_model_len in /v1/models only."""
+        cfg = self.config
+        if not cfg.server_context or not cfg.slots:
+            raise web.HTTPNotFound()
+        settings = {"n_ctx": cfg.server_context}
+        return web.json_response({"total_slots": cfg.slots, "default_generation_settings": settings})
 
     async def handle_stats(self, request: web.Request) -> web.Response:
         out = self.stats.to_dict()
