@@ -244,21 +244,28 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"if another run of this job is going, wait up to SECONDS for it (default: exit {ExitCode.LOCKED} at once)",
         )  # fmt: skip
 
+    def run_flags(p: argparse.ArgumentParser) -> None:
+        """The flags `run` and `resume` share."""
+        p.add_argument("job", help="path to a job file (jobs/*.toml)")
+        p.add_argument(
+            "-o", "--output", help="output path (default: the job's [output] path); the ledger stays the job's"
+        )
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        p.add_argument("-v", "--verbose", action="store_true", help="print each request as it is answered or fails")
+        p.add_argument(
+            "--wait", action="store_true", help="batch mode: poll until every batch is collected and the output written"
+        )
+        p.add_argument(
+            "--accept", metavar="STATUSES", help="count these statuses as answered for the exit code, e.g. truncated"
+        )
+        lock_flag(p)
+
     r = sub.add_parser("run", help="run a job and write its output (exit codes: see the README)")
-    r.add_argument("job", help="path to a job file (jobs/*.toml)")
-    r.add_argument("-o", "--output", help="output path (default: the job's [output] path); the ledger stays the job's")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    r.add_argument("-v", "--verbose", action="store_true", help="print each request as it is answered or fails")
+    run_flags(r)
     r.add_argument("--refresh", action="store_true", help="send every row again, replacing the ledger's answers")
     r.add_argument("--no-cache", action="store_true", help="neither reuse nor keep answers (spend is still recorded)")
     r.add_argument(
         "--retry", metavar="STATUSES", help="send rows again whose answer has these statuses, e.g. failed,truncated"
-    )
-    r.add_argument(
-        "--accept", metavar="STATUSES", help="count these statuses as answered for the exit code, e.g. truncated"
-    )
-    r.add_argument(
-        "--wait", action="store_true", help="batch mode: poll until every batch is collected and the output written"
     )
     r.add_argument("--mode", choices=["online", "batch", "auto"], help="override the job's mode")
     r.add_argument(
@@ -269,17 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
         help='send from actors on a Ray cluster ("auto", "ray://host:10001"; none: the job\'s [ray] address, '
         'else a local Ray instance); needs pip install "batchrun[ray]"',
     )  # fmt: skip
-    lock_flag(r)
     r.set_defaults(func=_run)
 
     rs = sub.add_parser("resume", help="continue a stopped or killed run (the same as run)")
-    rs.add_argument("job", help="path to a job file (jobs/*.toml)")
-    rs.add_argument("-o", "--output", help="output path (default: the job's [output] path)")
-    rs.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    rs.add_argument("-v", "--verbose", action="store_true", help="print each request as it is answered or fails")
-    rs.add_argument("--wait", action="store_true", help="batch mode: poll until the output is written")
-    rs.add_argument("--accept", metavar="STATUSES", help="count these statuses as answered for the exit code")
-    lock_flag(rs)
+    run_flags(rs)
     rs.set_defaults(func=_run, refresh=False, no_cache=False)
 
     co = sub.add_parser(
