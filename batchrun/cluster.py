@@ -36,6 +36,7 @@ from typing import Any
 from .endpoints import make_client
 from .engine import Engine, EngineOptions, WorkItem
 from .errors import BatchrunError, BudgetExceeded, EndpointError, Interrupted, QuotaExhausted, UserError
+from .events import RequestSink
 from .jobs import Job
 from .leases import LeaseBook, LeasedBudget, LeasedLimiter
 from .limits import Bucket, RateLimiter
@@ -187,6 +188,22 @@ class Reply:
     spent: float
     stop: tuple[str, str] | None
     last_failure: tuple[int | None, str] | None
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    """The chunk's request events (events.REQUEST_COLUMNS rows), for the driver's ledger and the report."""
+
+
+class EventTape:
+    """A worker's request events, kept until its next reply carries them to the driver."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+
+    def request(self, *values: Any) -> None:
+        self.rows.append(values)
+
+    def take(self) -> list[tuple[Any, ...]]:
+        rows, self.rows = self.rows, []
+        return rows
 
 
 class RowWorker:
@@ -202,6 +219,7 @@ class RowWorker:
         self.done: dict[int, RowResult] = {}
         self.spent = 0.0
         self.latencies_sent = 0
+        self.tape = EventTape()
         self.engine = Engine(
             client=make_client(job, setup.base_url, setup.key),
             model=setup.model,
@@ -216,6 +234,7 @@ class RowWorker:
             on_spend=self._on_spend,
             price_for=setup.price_for,
             tiers=job.request.flex_policy,
+            events=self.tape if job.output.report else None,
         )
         self.engine.embedding_extra.update(setup.embedding_extra)
 
@@ -256,7 +275,8 @@ class RowWorker:
         err = self.engine.stop_error
         stop = None if err is None else (type(err).__name__, str(err))
         last = self.engine._last_failure
-        return Reply(results, counters, spent, stop, None if last is None else (last.status, last.message))
+        failure = None if last is None else (last.status, last.message)
+        return Reply(results, counters, spent, stop, failure, self.tape.take())
 
     def stop(self, name: str, message: str) -> None:
         self.engine.stop(_ERRORS.get(name, EndpointError)(message))
@@ -292,6 +312,7 @@ class RayEngine(Engine):
         address: str | None,
         spent_before: float,
         job_key: str,
+        events: RequestSink | None = None,
     ) -> None:
         super().__init__(
             client=None,  # type: ignore[arg-type]  # nothing is sent from the driver
@@ -305,6 +326,7 @@ class RayEngine(Engine):
             embedding_dims=embedding_dims,
             on_spend=on_spend,
             price_for=price_for,
+            events=events,
         )
         self.job = job
         self.base_url = base_url
@@ -444,6 +466,9 @@ class RayEngine(Engine):
 
     def _take(self, worker: str, reply: Reply) -> None:
         self.counters[worker] = reply.counters
+        if self.events is not None:  # the workers' request events go in the driver's ledger
+            for event in reply.events:
+                self.events.request(*event)
         self.stats.latencies_ms.extend(reply.counters["latencies"])
         if reply.spent and self.on_spend is not None:
             self.on_spend(reply.spent)

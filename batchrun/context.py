@@ -227,6 +227,7 @@ class RunContext:
                     address=self.ray.address,
                     spent_before=ledger.spent(),
                     job_key=f"{self.job.name}:{ledger.path}",
+                    events=ledger.events if self.job.output.report or ledger.events.listener else None,
                 )
             )
         engine = Engine(

@@ -25,7 +25,7 @@ import openai
 
 from .budget import Budget
 from .errors import BatchrunError, BudgetExceeded, EndpointError, QuotaExhausted
-from .events import EventLog
+from .events import RequestSink
 from .gate import InFlight
 from .headers import read_headers
 from .limits import RateLimiter, RequestTooLarge
@@ -67,7 +67,7 @@ class Engine:
         on_spend: Callable[[float], None] | None = None,
         price_for: Callable[[str], ModelPrice | None] | None = None,
         tiers: tuple[str, int] | None = None,
-        events: EventLog | None = None,
+        events: RequestSink | None = None,
     ) -> None:
         self.client = client
         self.events = events

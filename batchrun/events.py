@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS request_events (
@@ -55,6 +55,12 @@ MARK_COLUMNS = ("at", "kind", "rpm", "tpm", "in_flight", "note")
 OUTCOMES = ("ok", "rate_limited", "unavailable", "retried", "failed", "stopped")
 """A request's outcome: answered; refused by a rate limit; flex had no capacity; failed and tried
 again; failed for good; answered nothing because the run stopped."""
+
+
+class RequestSink(Protocol):
+    """Where an engine puts each request's event: the ledger's EventLog, or a Ray worker's tape."""
+
+    def request(self, *values: Any) -> None: ...
 
 
 class EventLog:
@@ -143,4 +149,4 @@ def read_marks(db: sqlite3.Connection, run_id: int, kinds: Sequence[str] | None 
     return rows if kinds is None else [r for r in rows if r["kind"] in kinds]
 
 
-__all__ = ["OUTCOMES", "EventLog", "read_marks", "read_requests"]
+__all__ = ["OUTCOMES", "EventLog", "RequestSink", "read_marks", "read_requests"]

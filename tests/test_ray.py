@@ -6,6 +6,7 @@ in their own step (marker `ray`)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sqlite3
@@ -74,6 +75,10 @@ def test_two_actors_at_a_binding_tpm_limit_match_a_local_run(
     assert stats["charged_tokens"] > tpm
     assert stats["charged_tokens"] <= tpm + tpm / 60 * wall
     assert result.limits[1] == tpm
+    # the actors' request events reach the driver's ledger: the run report counts every request
+    page = job.report_path.read_text()
+    figures = json.loads(page.split('id="report-data">', 1)[1].split("</script>", 1)[0])
+    assert figures["requests"] == result.requests_sent and figures["outcomes"].get("ok") == 300
 
     # the same job run here, against a simulator with no limits: the same table, row for row
     plain = make_sim()
