@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .jobs import Job
-from .pricing import flex_offered
+from .pricing import flex_offered, money
 
 if TYPE_CHECKING:  # the plan imports this module; its type is only named here
     from .plan import Plan
@@ -26,27 +26,23 @@ def recommend(job: Job, plan: Plan) -> tuple[str, str, str | None]:
     time = _minutes_text(plan.minutes_online)
     batch = plan.cost_batch_expected
     if mode == "batch" and plan.minutes_online is not None and plan.minutes_online > 24 * 60:
-        return mode, why + f" (flex would cost about the same, {_money(flex)}, but online takes {time})", None
+        return mode, why + f" (flex would cost about the same, {money(flex)}, but online takes {time})", None
     saving = default - flex
     more = (
         "the Batch API would save nothing more and take up to 24 h"
         if batch is None or batch >= flex - 0.005
-        else f"the Batch API would save {_money(flex - batch)} more and take up to 24 h"
+        else f"the Batch API would save {money(flex - batch)} more and take up to 24 h"
     )
     how = "" if job.request.service_tier == "flex" else ' (set [request] service_tier = "flex")'
     return (
         "online",
         (
-            f"flex{how}: the Batch API's price, {_money(flex)} expected ({_money(saving)} less than the default "
+            f"flex{how}: the Batch API's price, {money(flex)} expected ({money(saving)} less than the default "
             f"tier), done in {time} at your limits (slower replies; refused requests are retried, then sent on the "
             f"default tier); {more}"
         ),
         "flex",
     )
-
-
-def _money(v: float) -> str:
-    return f"${v:,.4f}" if v < 1 else f"${v:,.2f}"
 
 
 def _minutes_text(minutes: float | None) -> str:

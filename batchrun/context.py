@@ -24,6 +24,7 @@ from .budget import Budget
 from .endpoints import Endpoint
 from .engine import Engine, EngineOptions
 from .errors import BatchrunError, Interrupted, JobFileError
+from .events import EventLog
 from .jobs import Job
 from .ledger import COMMIT_SECONDS, CachePolicy, Fingerprinter, Ledger
 from .limits import RateLimiter
@@ -103,7 +104,8 @@ class Committer:
         async with self._lock:  # one commit at a time, in order
             taken = self.ledger.take()
             lines = self.audit.take()
-            if taken[0] or taken[1] or taken[2][0] or taken[2][1] or lines:
+            results, spend, events = taken
+            if results or spend or any(events) or lines:
                 await asyncio.to_thread(self._write, taken, lines)
                 self.committed.extend(row[0] for row in taken[0])
 
@@ -188,6 +190,12 @@ class RunContext:
         return self.price.context_window if self.price else None
 
     @property
+    def events(self) -> EventLog | None:
+        """Where engines put each request's event: the ledger's, when the report or `run -v` wants them."""
+        events = self.ledger.events
+        return events if self.job.output.report or events.listener is not None else None
+
+    @property
     def endpoint_key(self) -> str:
         return self.endpoint.cache_key
 
@@ -227,7 +235,7 @@ class RunContext:
                     address=self.ray.address,
                     spent_before=ledger.spent(),
                     job_key=f"{self.job.name}:{ledger.path}",
-                    events=ledger.events if self.job.output.report or ledger.events.listener else None,
+                    events=self.events,
                 )
             )
         engine = Engine(
@@ -242,7 +250,7 @@ class RunContext:
             embedding_dims=embedding_dims,
             budget=self.budget,
             audit=self.audit.request if self.audit.enabled else None,
-            events=self.ledger.events if self.job.output.report or self.ledger.events.listener else None,
+            events=self.events,
             on_spend=lambda usd: ledger.record_spend(usd, key),
             price_for=self.price_for,
             tiers=self.job.request.flex_policy,
@@ -260,7 +268,7 @@ class RunContext:
             rpm, tpm = limiter.limits
             paused = limiter.pauses != pauses or limiter.paused_until > time.monotonic()
             pauses = limiter.pauses
-            flight = sum(e.gate.active for e in self.stopper.engines if hasattr(e.gate, "active"))
+            flight = sum(e.gate.active for e in self.stopper.engines)
             events.mark(time.time(), "limits", rpm=rpm, tpm=tpm, in_flight=flight, note="paused" if paused else None)
             await asyncio.sleep(1.0)
 

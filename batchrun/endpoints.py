@@ -92,22 +92,21 @@ def server_facts(base_url: str, model: str, timeout_s: float = 2.0) -> ServerFac
         except (OSError, ValueError):
             return None
 
+    def positive(v: object) -> int | None:
+        return v if isinstance(v, int) and v > 0 else None
+
     root = base_url.rstrip("/").removesuffix("/v1")
     props = get(f"{root}/props")
     if props is not None:
-        n_ctx = (props.get("default_generation_settings") or {}).get("n_ctx")
-        slots = props.get("total_slots")
-        if isinstance(n_ctx, int) or isinstance(slots, int):
-            return ServerFacts(n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None,
-                               slots if isinstance(slots, int) and slots > 0 else None)  # fmt: skip
-    models = get(f"{base_url.rstrip('/')}/models")
-    for entry in (models or {}).get("data") or []:
-        if isinstance(entry, dict) and isinstance(entry.get("max_model_len"), int) and entry.get("id") in (model, None):
-            return ServerFacts(entry["max_model_len"], None)
-    listed = [e for e in (models or {}).get("data") or [] if isinstance(e, dict)]
-    if len(listed) == 1 and isinstance(listed[0].get("max_model_len"), int):  # one model served: it is the one
-        return ServerFacts(listed[0]["max_model_len"], None)
-    return None
+        facts = ServerFacts(positive((props.get("default_generation_settings") or {}).get("n_ctx")),
+                            positive(props.get("total_slots")))  # fmt: skip
+        if facts.context or facts.slots:
+            return facts
+    listed = [e for e in (get(f"{base_url.rstrip('/')}/models") or {}).get("data") or [] if isinstance(e, dict)]
+    # the job's model, or the one model a server serves (vLLM serves one, under the name it was given)
+    entry = next((e for e in listed if e.get("id") == model), listed[0] if len(listed) == 1 else None)
+    context = positive(entry.get("max_model_len")) if entry is not None else None
+    return ServerFacts(context, None) if context else None
 
 
 def _http(job: Job) -> openai.DefaultAsyncHttpxClient | None:

@@ -52,9 +52,9 @@ REQUEST_COLUMNS = (
     "error",
 )
 MARK_COLUMNS = ("at", "kind", "rpm", "tpm", "in_flight", "note")
-OUTCOMES = ("ok", "rate_limited", "unavailable", "retried", "failed", "stopped")
+OUTCOMES = ("ok", "rate_limited", "unavailable", "retried", "failed")
 """A request's outcome: answered; refused by a rate limit; flex had no capacity; failed and tried
-again; failed for good; answered nothing because the run stopped."""
+again; failed for good (engine._OUTCOMES maps a failure's action to one of these)."""
 
 
 class RequestSink(Protocol):

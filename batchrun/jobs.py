@@ -231,6 +231,11 @@ class EndpointSpec(Spec):
             raise ValueError(f"{v!r}: {exc}") from None
         return v
 
+    @property
+    def openai_like(self) -> bool:
+        """OpenAI or Azure (not a server of your own, nor the embedded model): prompt_cache_key "auto"."""
+        return self.base_url is None and self.local is None
+
     @model_validator(mode="after")
     def _azure(self) -> EndpointSpec:
         if self.azure_endpoint and not self.azure_api_version:

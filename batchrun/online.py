@@ -83,7 +83,7 @@ class OnlineRun:
         if job.request.dimensions:
             self.engine.embedding_extra["dimensions"] = job.request.dimensions
         self.window = asyncio.Semaphore(self.options.window)
-        template = key_template(job.request.prompt_cache_key, job.endpoint.base_url is None)
+        template = key_template(job.request.prompt_cache_key, job.endpoint.openai_like)
         self.cache_keys = CacheKeys(template, job.name) if template and job.request.kind == "chat" else None
         self.key_of: dict[int, tuple[str, int]] = {}  # seq → (prefix group, key index) of requests sent keyed
         self.inputs: dict[int, dict[str, Any]] = {}
@@ -93,8 +93,8 @@ class OnlineRun:
     def _on_result(self, seq: int, result: RowResult) -> None:
         """A sent request's result: into the ledger, then out to this row and any identical rows."""
         before = self.earlier.pop(seq, None)
-        if self.key_of and (keyed := self.key_of.pop(seq, None)) is not None:
-            self.cache_keys.answered(*keyed)  # type: ignore[union-attr]
+        if self.cache_keys is not None and (keyed := self.key_of.pop(seq, None)) is not None:
+            self.cache_keys.answered(*keyed)  # the key is warm: the provider has its prefix now
         if before is not None and result.status == "not_sent":
             result = dataclasses.replace(before, row=result.row, row_id=result.row_id)
         self.results.put_nowait((seq, result))

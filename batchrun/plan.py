@@ -383,7 +383,7 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
             "add it under [pricing.models] in the job"
         )
 
-    keys = key_template(job.request.prompt_cache_key, job.endpoint.base_url is None)
+    keys = key_template(job.request.prompt_cache_key, job.endpoint.openai_like)
     spread = keys is not None and "{index}" in keys
     hits = forecast.cached(lambda _m, text: renderer.counter.count_text(text), job.limits.rpm, spread)
     cached_all = {m: v[0] for m, v in hits.items()}

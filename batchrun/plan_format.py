@@ -5,10 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .plan import Plan
-
-
-def _money(v: float | None) -> str:
-    return "unknown" if v is None else f"${v:,.4f}" if v < 1 else f"${v:,.2f}"
+from .pricing import money
 
 
 def _minutes(v: float | None) -> str:
@@ -61,7 +58,7 @@ def _cache_lines(plan: Plan) -> list[str]:
     if not plan.cache_groups:
         return []
     share = plan.cached_tokens_expected / plan.prompt_tokens_total if plan.prompt_tokens_total else 0.0
-    saving = "" if plan.cache_saving_expected is None else f", saving {_money(plan.cache_saving_expected)} online"
+    saving = "" if plan.cache_saving_expected is None else f", saving {money(plan.cache_saving_expected)} online"
     return [
         f"  prompt cache         {plan.cache_requests:,} request(s) in {plan.cache_groups:,} group(s) sharing a "
         f"prompt prefix of ≥ 1,024 tokens: expected {plan.cached_tokens_expected:,} cached token(s), "
@@ -85,10 +82,10 @@ def format_plan(plan: Plan) -> str:
         )
     lines += [
         f"  cost (prices as of {plan.price_as_of})",
-        f"    online             expected {_money(plan.cost_online_expected)}   worst case {_money(plan.cost_online_worst)}",
-        f"    Batch API          expected {_money(plan.cost_batch_expected)}   worst case {_money(plan.cost_batch_worst)}",
+        f"    online             expected {money(plan.cost_online_expected)}   worst case {money(plan.cost_online_worst)}",
+        f"    Batch API          expected {money(plan.cost_batch_expected)}   worst case {money(plan.cost_batch_worst)}",
         *(
-            f"    {label:<19}expected {_money(exp)}   worst case {_money(worst)}"
+            f"    {label:<19}expected {money(exp)}   worst case {money(worst)}"
             for tier, label in (("flex", "online, flex"), ("priority", "online, priority"))
             for exp, worst in [plan.cost_tiers.get(tier) or [None, None]]
             if exp is not None
@@ -125,24 +122,24 @@ def format_plan(plan: Plan) -> str:
     if plan.answered_rows or plan.spent_usd:
         lines.append(
             f"  already done         {plan.answered_rows:,} row(s) answered in the ledger (not sent again); "
-            f"{_money(plan.spent_usd)} spent by this job so far"
+            f"{money(plan.spent_usd)} spent by this job so far"
         )
     if plan.answered_rows:
         lines.append(
-            f"  to finish            {plan.finish_rows:,} row(s): expected {_money(plan.finish_cost_expected)} online, "
-            f"worst case {_money(plan.finish_cost_worst)}"
+            f"  to finish            {plan.finish_rows:,} row(s): expected {money(plan.finish_cost_expected)} online, "
+            f"worst case {money(plan.finish_cost_worst)}"
         )
     if plan.budget_usd is not None:
-        left = f"budget.max_usd {_money(plan.budget_usd)}: {_money(plan.budget_left)} left"
+        left = f"budget.max_usd {money(plan.budget_usd)}: {money(plan.budget_left)} left"
         if plan.over_budget:
             lines.append(
-                f"  BUDGET               {left}, less than the expected {_money(plan.finish_cost_expected)} to finish: "
+                f"  BUDGET               {left}, less than the expected {money(plan.finish_cost_expected)} to finish: "
                 "`batchrun run` refuses to start (raise the budget, or pass --over-budget to run until it stops)"
             )
         elif plan.over_budget_worst:
             lines.append(
                 f"  budget               {left}: enough for the expected cost, not the worst case "
-                f"({_money(plan.finish_cost_worst)}); a run may stop at the budget (exit 4) and resume when raised"
+                f"({money(plan.finish_cost_worst)}); a run may stop at the budget (exit 4) and resume when raised"
             )
         else:
             lines.append(f"  budget               {left}: enough even for the worst case")

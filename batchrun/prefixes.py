@@ -152,8 +152,8 @@ class CacheKeys:
             self.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), 0.25)
-        if index is None:  # the run has stopped: whatever is handed out now is not sent
-            index = 0 if self.groups[group] else self.pick(group) or 0
+        if index is None:  # the run has stopped (pick found every key busy, so there is one): not sent anyway
+            index = 0
         keys = self.groups[group]
         keys[index].uses.append(self.clock())
         return self.template.replace("{group}", group).replace("{index}", str(index)), index
@@ -165,10 +165,6 @@ class CacheKeys:
             keys[index].warm = True
             if self.changed is not None:
                 self.changed.set()
-
-    @property
-    def keys_used(self) -> int:
-        return sum(len(k) for k in self.groups.values())
 
 
 @dataclass

@@ -17,6 +17,11 @@ from .errors import JobFileError
 _REPO_TABLE = Path(__file__).resolve().parents[1] / "data" / "prices.toml"
 
 
+def money(v: float | None) -> str:
+    """Dollars as the plan and its advice print them: 4 decimals under $1, cents above; None: unknown."""
+    return "unknown" if v is None else f"${v:,.4f}" if v < 1 else f"${v:,.2f}"
+
+
 FLEX_MODELS = ("gpt-5", "o3", "o4-mini")
 """Model families OpenAI offers flex processing for (its flex guide, and the SDKs that added it for
 them; docs/service-tiers.md). Azure answers 400 for a model without flex, so the plan only recommends

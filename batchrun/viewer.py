@@ -19,9 +19,13 @@ LONG_TEXT = 60
 """Characters of a text cell `show` prints (the rest is cut with an ellipsis)."""
 
 
-def _table(job: Job) -> pl.LazyFrame:
+def _check_output(job: Job) -> None:
     if not job.table_path.exists():
         raise UserError(f"{job.name}: no output yet at {job.table_path}; run the job first (batchrun run JOB)")
+
+
+def _table(job: Job) -> pl.LazyFrame:
+    _check_output(job)
     return pl.scan_parquet(job.table_path)
 
 
@@ -69,8 +73,7 @@ def export(job: Job, out: Path) -> Path:
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"{out}: export writes {', '.join('.' + f for f in EXPORT_FORMATS)} (by the file's suffix)")
-    table = _table(job)  # checks it exists
-    del table
+    _check_output(job)
     if fmt == "parquet":
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")
