@@ -31,7 +31,7 @@ from .headers import read_headers
 from .limits import RateLimiter, RequestTooLarge
 from .pricing import ModelPrice
 from .replies import ReplyParser, usage_tokens
-from .retries import Action, Failure, classify
+from .retries import Action, Failure, FailureRate, classify
 from .sinks import RowResult
 from .workload import EngineOptions, RunStats, WorkItem
 
@@ -100,6 +100,7 @@ class Engine:
         # few round trips as the limit doubles towards the Little's-law target
         self.flow = InFlight(options.max_in_flight)
         self.gate = self.flow.gate
+        self.failures = FailureRate()  # stray failures are retried soon, common ones back off longer
         self.aborted = False
         self._active: set[asyncio.Task[Any]] = set()
         # the circuit breaker: the same failure, row after row, with no success between
@@ -342,12 +343,15 @@ class Engine:
                         item, "failed", f"flex unavailable {unavailable} times: {last_error}", attempts, retryable=True
                     )
                     return
+                if failure.action is Action.RETRY:
+                    self.failures.record(True)
                 if failure.action is Action.RETRY and budget_used < opts.max_attempts:
                     self.stats.retries += 1
                     if failure.slow_down:
                         self._limiter(item).slow_down()
                     async with self.flow.backing_off():  # it holds its slot: counted on top of the target
-                        await asyncio.sleep(opts.backoff.delay(budget_used, self.rng, failure.wait))
+                        rare = self.failures.rare
+                        await asyncio.sleep(opts.backoff.delay(budget_used, self.rng, failure.wait, rare=rare))
                     continue
                 if failure.action is Action.STOP_QUOTA:
                     self.stop(
@@ -371,6 +375,7 @@ class Engine:
                 self._emit_all(item, status, last_error, attempts, retryable=failure.action is Action.RETRY)
                 return
             self.flow.answered(token)
+            self.failures.record(False)
             latency = (time.monotonic() - t0) * 1000
             self._streak_key, self._streak_rows = None, set()  # a reply: the endpoint works
             cost = self._reply_cost(reply, item)

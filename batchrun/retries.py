@@ -132,12 +132,44 @@ def line_failure(status_code: int | None, body: Any, error: Any) -> Failure:
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Exponential backoff with full jitter: uniform(0, min(cap, base · 2^attempt))."""
+    """Exponential backoff with full jitter: uniform(0, min(cap, base · 2^attempt)).
+
+    Two bases: `base` while failures are common (an outage, an overloaded server: spread the
+    retries out), `rare_base` while they are rare (a stray 500 or reset on a healthy server:
+    the row's retry need not wait longer than the server takes to answer it; the AWS SDKs make
+    the same split, 100 ms for errors against 500 ms for throttling).
+    """
 
     base: float = 0.5
     cap: float = 30.0
+    rare_base: float = 0.1
 
-    def delay(self, attempt: int, rng: random.Random, server_wait: float | None = None) -> float:
-        ceiling = min(self.cap, self.base * (2 ** max(attempt - 1, 0)))
+    def delay(
+        self, attempt: int, rng: random.Random, server_wait: float | None = None, *, rare: bool = False
+    ) -> float:
+        base = self.rare_base if rare else self.base
+        ceiling = min(self.cap, base * (2 ** max(attempt - 1, 0)))
         delay = rng.uniform(0, ceiling)
         return max(delay, server_wait or 0.0)
+
+
+class FailureRate:
+    """The share of recent answers that were retryable failures, as an exponential average.
+
+    Over ~`window` answers, so one unlucky burst does not flip it; it starts at zero, and a server
+    failing every request crosses `rare_below` within a handful of answers.
+    """
+
+    __slots__ = ("_alpha", "rare_below", "value")
+
+    def __init__(self, window: int = 200, rare_below: float = 0.1) -> None:
+        self._alpha = 1.0 / window
+        self.rare_below = rare_below
+        self.value = 0.0
+
+    def record(self, failed: bool) -> None:
+        self.value += self._alpha * ((1.0 if failed else 0.0) - self.value)
+
+    @property
+    def rare(self) -> bool:
+        return self.value < self.rare_below

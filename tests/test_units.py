@@ -240,3 +240,18 @@ def test_the_cli_and_the_package_import_without_the_heavy_libraries() -> None:
     assert proc.returncode == 0, proc.stderr
     helped = subprocess.run([sys.executable, "-m", "batchrun", "--help"], capture_output=True, text=True, timeout=60)
     assert helped.returncode == 0 and "plan" in helped.stdout
+
+
+def test_stray_failures_retry_soon_common_ones_back_off() -> None:
+    from batchrun.retries import FailureRate
+
+    rate = FailureRate(window=200, rare_below=0.1)
+    for i in range(1000):  # a healthy server: one answer in 20 fails
+        rate.record(i % 20 == 0)
+    assert rate.rare
+    b = Backoff(base=0.5, rare_base=0.1)
+    assert all(b.delay(1, random.Random(s), rare=True) <= 0.1 for s in range(50))
+    for _ in range(30):  # an outage: every answer fails
+        rate.record(True)
+    assert not rate.rare
+    assert max(b.delay(1, random.Random(s), rare=rate.rare) for s in range(50)) > 0.1
