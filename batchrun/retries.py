@@ -144,9 +144,7 @@ class Backoff:
     cap: float = 30.0
     rare_base: float = 0.1
 
-    def delay(
-        self, attempt: int, rng: random.Random, server_wait: float | None = None, *, rare: bool = False
-    ) -> float:
+    def delay(self, attempt: int, rng: random.Random, server_wait: float | None = None, *, rare: bool = False) -> float:
         base = self.rare_base if rare else self.base
         ceiling = min(self.cap, base * (2 ** max(attempt - 1, 0)))
         delay = rng.uniform(0, ceiling)
