@@ -108,7 +108,9 @@ def recorded_spend(job: Job) -> float:
 
 
 def test_a_second_run_of_the_same_job_is_refused_with_the_holders_pid(make_sim: SimFactory, tmp_path: Path) -> None:
-    sim = make_sim(latency_ms=60)
+    # 200 ms replies, 8 in flight: the first run lasts ≥ 5 s, longer than the second's start-up on a
+    # loaded CI machine (with 60 ms it had once finished, lock released, before the second got there)
+    sim = make_sim(latency_ms=200)
     path = write(tmp_path, sim.base_url, [f"row {i}" for i in range(200)], in_flight=8)
     first = start("run", str(path), "-q")
     wait_for_ok(sim, 5, proc=first)
