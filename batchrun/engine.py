@@ -350,8 +350,8 @@ class Engine:
                     if failure.slow_down:
                         self._limiter(item).slow_down()
                     async with self.flow.backing_off():  # it holds its slot: counted on top of the target
-                        rare = self.failures.rare
-                        await asyncio.sleep(opts.backoff.delay(budget_used, self.rng, failure.wait, rare=rare))
+                        delay = opts.backoff.delay(budget_used, self.rng, failure.wait, rare=self.failures.rare)
+                        await asyncio.sleep(delay)
                     continue
                 if failure.action is Action.STOP_QUOTA:
                     self.stop(

@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover
 
 from batchrun.gate import Gate
 from batchrun.replies import ReplyParser
-from batchrun.retries import Action, Backoff, classify
+from batchrun.retries import Action, Backoff, FailureRate, classify
 from batchrun.sinks import ReorderBuffer, arrow_field_type
 
 REQ = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
@@ -243,8 +243,6 @@ def test_the_cli_and_the_package_import_without_the_heavy_libraries() -> None:
 
 
 def test_stray_failures_retry_soon_common_ones_back_off() -> None:
-    from batchrun.retries import FailureRate
-
     rate = FailureRate(window=200, rare_below=0.1)
     for i in range(1000):  # a healthy server: one answer in 20 fails
         rate.record(i % 20 == 0)
