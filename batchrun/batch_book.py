@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .ledger import Ledger, select_in
+from .ledger import Ledger, insert_rows, select_in
 
 SHARD_FIELDS = (
     "id", "run_id", "round", "number", "path", "lines", "bytes", "tokens", "sha256", "state", "file_id",
@@ -142,10 +142,10 @@ class BatchBook:
                  shard.sha256, time.time()),
             )  # fmt: skip
             sid = cur.lastrowid
-            self.db.executemany(
-                "INSERT OR REPLACE INTO batch_items (fingerprint, shard_id, row_id, attempts, last_error) "
-                "VALUES (?, ?, ?, ?, NULL)",
-                [(fp, sid, row_id, attempts + 1) for fp, row_id, attempts in items],
+            insert_rows(
+                self.db,
+                "INSERT OR REPLACE INTO batch_items (fingerprint, shard_id, row_id, attempts, last_error)",
+                [(fp, sid, row_id, attempts + 1, None) for fp, row_id, attempts in items],
             )
         assert sid is not None
         return self.shard(sid)

@@ -13,6 +13,7 @@ same module, so `batchrun plan` and the simulator's `usage` agree exactly.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import json
@@ -159,6 +160,10 @@ class TokenCounter:
         self.model = model
         self.encoding_name, self.model_known = encoding_name_for_model(model)
         self.encoding = encoding_for_model(model, warn=warn_unknown)
+        # A job has one schema, sent with every row: its count is kept, not redone per request.
+        # Compared by equality (a dict compare is far cheaper than stripping, dumping and encoding
+        # it), since bodies parsed from JSON, as the simulator's are, are equal but never the same object.
+        self._schemas: list[tuple[dict[str, Any], int]] = []
 
     def __repr__(self) -> str:
         return f"TokenCounter(model={self.model!r}, encoding={self.encoding_name!r})"
@@ -213,7 +218,13 @@ class TokenCounter:
         """Estimated prompt tokens a json_schema response_format adds (unofficial heuristic)."""
         if schema is None:
             return 0
-        return self.count_text(schema_for_counting(schema)) + SCHEMA_OVERHEAD
+        for known, tokens in self._schemas:
+            if known is schema or known == schema:
+                return tokens
+        tokens = self.count_text(schema_for_counting(schema)) + SCHEMA_OVERHEAD
+        if len(self._schemas) < 8:
+            self._schemas.append((copy.deepcopy(schema), tokens))
+        return tokens
 
     def count_chat_request(self, body: dict[str, Any]) -> int:
         """Prompt tokens of a chat completions request body, schema overhead included."""

@@ -33,18 +33,24 @@ from _common import texts
 
 
 def open_job(tmp: Path):  # -> BatchJob
+    """The BatchJob a `batchrun run` of the job builds (the same context and table parts)."""
     import openai
 
     from batchrun.batch_job import BatchJob
+    from batchrun.context import Stopper, TableParts
     from batchrun.endpoints import Endpoint
     from batchrun.jobs import load_job
+    from batchrun.ledger import Ledger
+    from batchrun.lifecycle import RunOptions, build_context
     from batchrun.sources import open_source
 
     job = load_job(tmp / "batch.toml")
     # no call reaches this client: the phases measured here are local work
     client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="unused", max_retries=0)
     endpoint = Endpoint(client, "http://127.0.0.1:9/v1", job.request.model)
-    return BatchJob(job, open_source(job.input), endpoint, echo=lambda _m: None)
+    ledger = Ledger(job.ledger_file, job=job.name, max_output_tokens=job.request.max_output_tokens)
+    ctx = build_context(job, endpoint, ledger, RunOptions(), Stopper(say=lambda _m: None))
+    return BatchJob(ctx, TableParts.build(ctx, open_source(job.input)))
 
 
 def peak_rss_mb() -> float:
@@ -160,12 +166,14 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--child")
     ap.add_argument("--tmp")
+    ap.add_argument("--keep", help="build the files in this folder and keep them (to profile a phase with --child)")
     args = ap.parse_args()
     if args.child:
         child(args.child, Path(args.tmp))
         return
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as d:
-        tmp = Path(d)
+        tmp = Path(args.keep or d)
+        tmp.mkdir(parents=True, exist_ok=True)
         # short reviews (~35 tokens each); the children load the job from its file
         pl.DataFrame({"text": texts(args.rows, words=(20, 40))}).write_parquet(tmp / "batch.parquet")
         (tmp / "batch.toml").write_text(JOB_TOML)
