@@ -375,7 +375,10 @@ def test_a_server_that_says_its_slots_and_context_is_sized_by_them(make_sim, tmp
     result = batchrun.run(load_job(path))
     stats = sim.stats()
     assert result.by_status == {"ok": 39, "too_long": 1} and stats["requests"] == 39
-    assert "700-token context window" in pl.read_parquet(result.output_path).filter(pl.col("status") == "too_long")["error"][0]
+    assert (
+        "700-token context window"
+        in pl.read_parquet(result.output_path).filter(pl.col("status") == "too_long")["error"][0]
+    )
     assert stats["queue_peak"] <= 2, stats["queue_peak"]  # 4 in flight on 2 slots
     from batchrun.endpoints import server_facts
 
