@@ -43,6 +43,7 @@ from .limits import Bucket, RateLimiter
 from .pricing import ModelPrice
 from .replies import ReplyParser
 from .sinks import RowResult
+from .transport import for_client
 
 NAMESPACE = "batchrun"
 CHUNK = 16
@@ -220,8 +221,11 @@ class RowWorker:
         self.spent = 0.0
         self.latencies_sent = 0
         self.tape = EventTape()
+        client = make_client(job, setup.base_url, setup.key)
+        self.http = for_client(client)
         self.engine = Engine(
-            client=make_client(job, setup.base_url, setup.key),
+            client=client,
+            http=self.http,
             model=setup.model,
             kind=job.request.kind,
             limiter=self.limiter,
@@ -288,6 +292,7 @@ class RowWorker:
         await self.limiter.close()
         if self.budget is not None:
             await self.budget.close()
+        await self.http.aclose()
 
     def ping(self) -> str:
         return self.id

@@ -240,6 +240,7 @@ class RunContext:
             )
         engine = Engine(
             client=self.endpoint.client,
+            http=self.endpoint.http,
             model=self.endpoint.model,
             kind=kind,
             limiter=self.limiter,

@@ -7,7 +7,8 @@ simulator and says so: a rehearsal costs nothing and sends nothing anywhere.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import openai
 
@@ -16,7 +17,10 @@ from .jobs import Job
 from .ledger import SIMULATOR
 from .local_model import LocalModel
 from .pricing import is_local_url
-from .sim import SimConfig, SimServer
+from .transport import Transport, for_client
+
+if TYPE_CHECKING:  # the simulator (aiohttp's server, its batches) is loaded only by a run that uses it
+    from .sim import SimConfig, SimServer
 
 LOCAL_BANNER = (
     "{why}running on the embedded LOCAL model {name} (llama.cpp on this machine, {slots} slots, {ctx:,} tokens of "
@@ -41,6 +45,11 @@ class Endpoint:
     """The embedded llama.cpp server this run started ([endpoint] local), stopped at close."""
     facts: ServerFacts | None = None
     """What a server of your own says about itself (llama.cpp /props, vLLM /v1/models), if anything."""
+    http: Transport = field(init=False)
+    """How the engines send requests (transport.for_client): one connection pool for the run."""
+
+    def __post_init__(self) -> None:
+        self.http = for_client(self.client)
 
     @property
     def context_window(self) -> int | None:
@@ -65,6 +74,7 @@ class Endpoint:
         return SIMULATOR if self.simulated else self.base_url.rstrip("/")
 
     async def close(self) -> None:
+        await self.http.aclose()
         await self.client.close()
         if self.sim is not None:
             self.sim.stop()
@@ -152,6 +162,8 @@ def open_endpoint(job: Job, *, sim_config: SimConfig | None = None) -> Endpoint:
         )
         return Endpoint(make_client(job, server.base_url, None), server.base_url, model, banner=banner, local=server)
     if ep.base_url is None and not key:
+        from .sim import SimConfig, SimServer
+
         config = sim_config or SimConfig(
             rpm=job.limits.rpm,
             tpm=job.limits.tpm,

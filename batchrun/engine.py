@@ -15,7 +15,6 @@ rows not sent are written with status `not_sent`, and the run reports why.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,12 +32,10 @@ from .pricing import ModelPrice
 from .replies import ReplyParser, usage_tokens
 from .retries import Action, Failure, FailureRate, classify
 from .sinks import RowResult
+from .transport import HTTP_RESPONSE, SdkTransport, Transport
 from .workload import EngineOptions, RunStats, WorkItem
 
-try:  # the HTTP library under the openai SDK: httpx2 in current releases, httpx before
-    from httpx2 import Response as HTTP_RESPONSE
-except ImportError:  # pragma: no cover
-    from httpx import Response as HTTP_RESPONSE  # type: ignore[assignment,no-redef]
+__all__ = ["HTTP_RESPONSE", "Engine"]
 
 MAX_RATE_LIMIT_WAITS = 50
 
@@ -68,8 +65,11 @@ class Engine:
         price_for: Callable[[str], ModelPrice | None] | None = None,
         tiers: tuple[str, int] | None = None,
         events: RequestSink | None = None,
+        http: Transport | None = None,
     ) -> None:
         self.client = client
+        self.http = http or SdkTransport(client)
+        """How requests are sent: the endpoint's transport (transport.for_client), else the SDK's post."""
         self.events = events
         """Where each request's event goes (the ledger's, for the run report); None: not kept."""
         self.tiers = tiers
@@ -195,10 +195,10 @@ class Engine:
     async def _send(
         self, item: WorkItem, max_tokens: int | None, tier: str | None = None
     ) -> tuple[Any, dict[str, Any]]:
-        """POST through the SDK's own client (auth, base URL, Azure routing, error mapping) and take
-        the raw HTTP response: headers for the limiter, JSON parsed once into plain dicts. The
-        typed `create()` costs ~1 ms of CPU per request in parameter transforms and model
-        construction (measured in benchmarks/bench_ceiling.py), which caps a run near 450 req/s."""
+        """POST one request through the transport (transport.py: the SDK's URL, headers and errors,
+        aiohttp's connection) and take the reply's headers for the limiter and its JSON as plain dicts.
+        The typed `create()` costs ~1 ms of CPU per request in parameter transforms and model
+        construction (benchmarks/bench_ceiling.py), which capped a run near 450 req/s."""
         if self.kind == "embeddings":
             body: dict[str, Any] = {
                 "model": self.model,
@@ -216,16 +216,7 @@ class Engine:
             if tier is not None:
                 body["service_tier"] = tier
             path = "/chat/completions"
-        response = await self.client.post(path, body=body, cast_to=HTTP_RESPONSE)
-        try:
-            data = json.loads(response.content)
-        except ValueError as exc:
-            raise openai.APIResponseValidationError(
-                response=response, body=None, message=f"reply is not JSON: {exc}"
-            ) from exc
-        if not isinstance(data, dict):
-            raise openai.APIResponseValidationError(response=response, body=data, message="reply is not an object")
-        return response, data
+        return await self.http.post(path, body)
 
     async def process(self, item: WorkItem) -> None:
         """Send one item until it succeeds, fails for good, or the run stops (or is aborted)."""
