@@ -16,13 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from .budget import Budget
 from .endpoints import Endpoint
-from .engine import Engine, EngineOptions
 from .errors import BatchrunError, Interrupted, JobFileError
 from .events import EventLog
 from .jobs import Job
@@ -35,6 +34,10 @@ from .replies import ReplyParser
 from .results import ACCEPTED_STATUSES, RunResult, percentile
 from .sinks import OutputLayout, RowResult, job_layout
 from .sources import Source
+from .workload import EngineOptions
+
+if TYPE_CHECKING:  # the engine (and the SDK under it) is loaded when a run builds one
+    from .engine import Engine
 
 PROGRESS_SECONDS = 0.25
 """Least time between two redraws of the progress bar's figures."""
@@ -238,6 +241,8 @@ class RunContext:
                     events=self.events,
                 )
             )
+        from .engine import Engine
+
         engine = Engine(
             client=self.endpoint.client,
             http=self.endpoint.http,

@@ -10,17 +10,17 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import openai
-
 from . import local_model, redact
 from .jobs import Job
 from .ledger import SIMULATOR
 from .local_model import LocalModel
 from .pricing import is_local_url
-from .transport import Transport, for_client
 
-if TYPE_CHECKING:  # the simulator (aiohttp's server, its batches) is loaded only by a run that uses it
+if TYPE_CHECKING:  # the SDK and the simulator are loaded when an endpoint is opened, not by `plan` or `status`
+    import openai
+
     from .sim import SimConfig, SimServer
+    from .transport import Transport
 
 LOCAL_BANNER = (
     "{why}running on the embedded LOCAL model {name} (llama.cpp on this machine, {slots} slots, {ctx:,} tokens of "
@@ -49,6 +49,8 @@ class Endpoint:
     """How the engines send requests (transport.for_client): one connection pool for the run."""
 
     def __post_init__(self) -> None:
+        from .transport import for_client
+
         self.http = for_client(self.client)
 
     @property
@@ -120,6 +122,8 @@ def server_facts(base_url: str, model: str, timeout_s: float = 2.0) -> ServerFac
 
 
 def _http(job: Job) -> openai.DefaultAsyncHttpxClient | None:
+    import openai
+
     """The SDK's HTTP client over aiohttp (the SDK's own `DefaultAioHttpClient`): httpcore's pool scans
     every connection for every request (~1 ms of CPU per request at a few hundred connections)."""
     if os.environ.get("BATCHRUN_HTTP_CLIENT") == "httpx":  # the SDK's default, should aiohttp misbehave
@@ -132,6 +136,8 @@ FLEX_TIMEOUT_S = 900.0
 
 
 def _timeout(job: Job) -> openai.Timeout:
+    import openai
+
     seconds = job.endpoint.timeout_s
     if job.request.service_tier == "flex" and "timeout_s" not in job.endpoint.model_fields_set:
         seconds = FLEX_TIMEOUT_S  # the job did not choose one: flex gets the long timeout it needs
@@ -186,6 +192,8 @@ def make_client(job: Job, base_url: str, key: str | None) -> openai.AsyncOpenAI:
     """The SDK client for `base_url` (Azure's endpoint when the job names one), retries off, with the
     job's timeouts and HTTP client. Also a cluster worker's, for the endpoint its driver opened: `key`
     is passed in memory, never written anywhere by batchrun."""
+    import openai
+
     redact.register(key)
     ep = job.endpoint
     if ep.azure_endpoint:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import enum
 import random
 from dataclasses import dataclass
-from typing import Any
-
-import openai
+from typing import TYPE_CHECKING, Any
 
 from .headers import MAX_WAIT_SECONDS, RateLimitHeaders, read_headers, try_again_in
 from .redact import scrub
+
+if TYPE_CHECKING:  # imported where a failure is classified: `plan`, `status` and bad jobs never load the SDK
+    import openai
 
 QUOTA_CODES = frozenset(
     {
@@ -69,6 +70,8 @@ def _error_fields(exc: openai.APIStatusError) -> tuple[str, str, str]:
 
 def classify(exc: BaseException) -> Failure:
     """What a failed call means for the row and the run."""
+    import openai
+
     if isinstance(exc, openai.APITimeoutError):
         return Failure(Action.RETRY, "request timed out")
     if isinstance(exc, openai.APIConnectionError):
