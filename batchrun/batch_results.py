@@ -26,6 +26,14 @@ if TYPE_CHECKING:
     from .batch_job import BatchJob
 
 
+INGEST_COMMIT_ROWS = 50_000
+"""Result lines committed to the ledger at once while a batch's files are read (a shard has ≤ 50,000).
+Each commit writes every index page it dirtied to the WAL, and the results' keys are random, so 5,000-row
+commits into a 1M-row ledger rewrote most of the index each time: 39k rows/s, against 80k at 50,000 rows
+(benchmarks/RESULTS.md). Nothing is lost by waiting: until the shard is marked collected, a killed run
+reads the same result file again."""
+
+
 @dataclass
 class Tally:
     """What the output holds, counted while it is written."""
@@ -94,7 +102,7 @@ class ResultsMixin:
                                            attempts=1)  # fmt: skip
                     counts[result.status] = counts.get(result.status, 0) + 1
                     ledger.record(cid, result, self.endpoint_key)
-                    if len(ledger.pending) >= 5000:
+                    if len(ledger.pending) >= INGEST_COMMIT_ROWS:
                         ledger.flush()
         if line_errors:
             by_line = self._shard_lines(shard)
