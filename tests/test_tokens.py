@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -132,3 +133,17 @@ def test_no_warning_for_known_models() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         TokenCounter("gpt-4.1-mini")
+
+
+def test_the_vocabulary_cache_gives_the_same_ranks_and_a_bad_copy_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHRUN_CACHE_DIR", str(tmp_path))
+    data = gzip.decompress(tokens._bundled_file("cl100k_base").read_bytes())
+    sha = hashlib.sha256(data).hexdigest()
+    first = tokens._parsed_ranks("cl100k_base", data, sha)  # parsed, and the copy written
+    (copy,) = tmp_path.glob("cl100k_base-*.marshal")
+    assert tokens._parsed_ranks("cl100k_base", data, sha) == first  # from the copy
+    copy.write_bytes(b"not marshal")
+    assert tokens._parsed_ranks("cl100k_base", data, sha) == first  # ignored, made again
+    assert copy.read_bytes() != b"not marshal"
