@@ -122,10 +122,10 @@ def server_facts(base_url: str, model: str, timeout_s: float = 2.0) -> ServerFac
 
 
 def _http(job: Job) -> openai.DefaultAsyncHttpxClient | None:
-    import openai
-
     """The SDK's HTTP client over aiohttp (the SDK's own `DefaultAioHttpClient`): httpcore's pool scans
     every connection for every request (~1 ms of CPU per request at a few hundred connections)."""
+    import openai
+
     if os.environ.get("BATCHRUN_HTTP_CLIENT") == "httpx":  # the SDK's default, should aiohttp misbehave
         return None
     return openai.DefaultAioHttpClient(timeout=_timeout(job))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -50,9 +50,16 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _object(data: Any, response: Any) -> dict[str, Any]:
+def _json_object(content: bytes, response: Callable[[], Any]) -> dict[str, Any]:
+    """A 2xx reply's JSON object; else the SDK's validation error, with the response (made only then)."""
+    try:
+        data = json.loads(content)
+    except ValueError as exc:
+        raise openai.APIResponseValidationError(
+            response=response(), body=None, message=f"reply is not JSON: {exc}"
+        ) from exc
     if not isinstance(data, dict):
-        raise openai.APIResponseValidationError(response=response, body=data, message="reply is not an object")
+        raise openai.APIResponseValidationError(response=response(), body=data, message="reply is not an object")
     return data
 
 
@@ -64,13 +71,7 @@ class SdkTransport:
 
     async def post(self, path: str, body: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         response = await self.client.post(path, body=body, cast_to=HTTP_RESPONSE)
-        try:
-            data = json.loads(response.content)
-        except ValueError as exc:
-            raise openai.APIResponseValidationError(
-                response=response, body=None, message=f"reply is not JSON: {exc}"
-            ) from exc
-        return response, _object(data, response)
+        return response, _json_object(response.content, lambda: response)
 
     async def aclose(self) -> None:
         pass  # the client is the endpoint's, closed with it
@@ -137,15 +138,7 @@ class DirectTransport:
             raise openai.APIConnectionError(request=httpx.Request("POST", url)) from exc
         if status >= 400:
             raise self._status_error(url, status, reply_headers, content)
-        try:
-            parsed = json.loads(content)
-        except ValueError as exc:
-            raise openai.APIResponseValidationError(
-                response=self._response(url, status, reply_headers, content), body=None,
-                message=f"reply is not JSON: {exc}",
-            ) from exc  # fmt: skip
-        if not isinstance(parsed, dict):
-            _object(parsed, self._response(url, status, reply_headers, content))
+        parsed = _json_object(content, lambda: self._response(url, status, reply_headers, content))
         return Reply(status, reply_headers), parsed
 
     @staticmethod
