@@ -109,7 +109,14 @@ class Committer:
             lines = self.audit.take()
             results, spend, events = taken
             if results or spend or any(events) or lines:
-                await asyncio.to_thread(self._write, taken, lines)
+                write = asyncio.ensure_future(asyncio.to_thread(self._write, taken, lines))
+                try:
+                    await asyncio.shield(write)
+                except asyncio.CancelledError:
+                    # a cancelled task does not stop its thread: the write finishes before the run goes on
+                    # to close the ledger (closing it under a write crashed the process), and is kept
+                    await write
+                    raise
                 self.committed.extend(row[0] for row in taken[0])
 
     def _write(self, taken: Any, lines: list[dict[str, Any]]) -> None:

@@ -294,7 +294,8 @@ class Ledger:
 
     def close(self) -> None:
         self.flush()
-        self.db.close()
+        with self.lock:  # never under another thread's transaction
+            self.db.close()
 
     # -- reading -------------------------------------------------------------------------------
 
