@@ -55,6 +55,8 @@ def _minutes_text(minutes: float | None) -> str:
 
 def _mode(job: Job, plan: Plan) -> tuple[str, str]:
     """Batch when it saves real money or time does not matter; online when a deadline or small job says so."""
+    if plan.own_server is not None:
+        return "online", "your own server: nothing is billed, and the Batch API is OpenAI's (and Azure's)"
     if job.request.kind == "embeddings" and plan.requests <= 1:
         return "online", "a single request"
     if job.deadline_hours is not None and job.deadline_hours < 24:

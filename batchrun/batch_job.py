@@ -34,7 +34,8 @@ from .batch_book import BatchBook, BatchRunRecord, ShardRecord
 from .batch_results import ResultsMixin
 from .context import RunContext, TableParts
 from .errors import BudgetExceeded, EndpointError, JobFileError
-from .ledger import OUTPUT_LIMIT_KEYS, CachePolicy, Fingerprinter, Ledger
+from .fingerprints import OUTPUT_LIMIT_KEYS, CachePolicy, Fingerprinter
+from .ledger import Ledger
 from .prompts import Request
 from .replies import ReplyParser
 from .shards import CHAT_URL, EMBEDDINGS_URL, LineTooLarge, Shard, ShardLimits, ShardLine, ShardWriter

@@ -21,8 +21,8 @@ from typing import Any
 
 from .documents import Document, Paragraph
 from .errors import InputError
+from .fingerprints import Fingerprinter
 from .jobs import Job
-from .ledger import Fingerprinter
 from .prompts import Request
 from .tokens import TokenCounter
 

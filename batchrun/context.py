@@ -24,8 +24,9 @@ from .budget import Budget
 from .endpoints import Endpoint
 from .errors import BatchrunError, Interrupted, JobFileError
 from .events import EventLog
+from .fingerprints import CachePolicy, Fingerprinter
 from .jobs import Job
-from .ledger import COMMIT_SECONDS, CachePolicy, Fingerprinter, Ledger
+from .ledger import COMMIT_SECONDS, Ledger
 from .limits import RateLimiter
 from .pricing import ModelPrice
 from .prompts import Renderer

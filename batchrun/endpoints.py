@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from . import local_model, redact
 from .jobs import Job
 from .ledger import SIMULATOR
-from .local_model import LocalModel
+from .local_model import LocalModel, ServerFacts, server_facts
 from .pricing import is_local_url
 
 if TYPE_CHECKING:  # the SDK and the simulator are loaded when an endpoint is opened, not by `plan` or `status`
@@ -84,43 +84,6 @@ class Endpoint:
             self.local.stop()
 
 
-@dataclass(frozen=True)
-class ServerFacts:
-    context: int | None
-    slots: int | None
-
-
-def server_facts(base_url: str, model: str, timeout_s: float = 2.0) -> ServerFacts | None:
-    """Ask a server of your own what it is: llama.cpp's GET /props (total_slots, n_ctx a slot), else
-    vLLM's GET /v1/models (max_model_len of the job's model). Best effort: any failure is no facts."""
-    import json
-    import urllib.request
-
-    def get(url: str) -> dict | None:
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as r:
-                data = json.loads(r.read())
-                return data if isinstance(data, dict) else None
-        except (OSError, ValueError):
-            return None
-
-    def positive(v: object) -> int | None:
-        return v if isinstance(v, int) and v > 0 else None
-
-    root = base_url.rstrip("/").removesuffix("/v1")
-    props = get(f"{root}/props")
-    if props is not None:
-        facts = ServerFacts(positive((props.get("default_generation_settings") or {}).get("n_ctx")),
-                            positive(props.get("total_slots")))  # fmt: skip
-        if facts.context or facts.slots:
-            return facts
-    listed = [e for e in (get(f"{base_url.rstrip('/')}/models") or {}).get("data") or [] if isinstance(e, dict)]
-    # the job's model, or the one model a server serves (vLLM serves one, under the name it was given)
-    entry = next((e for e in listed if e.get("id") == model), listed[0] if len(listed) == 1 else None)
-    context = positive(entry.get("max_model_len")) if entry is not None else None
-    return ServerFacts(context, None) if context else None
-
-
 def _http(job: Job) -> openai.DefaultAsyncHttpxClient | None:
     """The SDK's HTTP client over aiohttp (the SDK's own `DefaultAioHttpClient`): httpcore's pool scans
     every connection for every request (~1 ms of CPU per request at a few hundred connections)."""
@@ -159,10 +122,12 @@ def open_endpoint(job: Job, *, sim_config: SimConfig | None = None) -> Endpoint:
             )
         return Endpoint(make_client(job, ep.azure_endpoint, key), ep.azure_endpoint, ep.azure_deployment or model)
     no_key = f"No {ep.api_key_env} in the environment and no [endpoint] base_url: "
-    if ep.local is not None or (ep.base_url is None and ep.azure_endpoint is None and not key and sim_config is None
-                                and local_model.available() and not os.environ.get("BATCHRUN_NO_LOCAL_MODEL")):  # fmt: skip
+    spec = local_model.embedded_spec(
+        ep.local, base_url=ep.base_url, azure=False, key=bool(key) or sim_config is not None
+    )
+    if spec is not None:
         base = job.source_path.parent if job.source_path is not None else None
-        server = local_model.start(local_model.model_path(ep.local or local_model.SMOLLM2, base))
+        server = local_model.start(local_model.model_path(spec, base))
         banner = LOCAL_BANNER.format(
             why="" if ep.local else no_key, name=server.name, slots=server.slots, ctx=server.context
         )

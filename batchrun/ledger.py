@@ -23,9 +23,7 @@ requests in flight plus the last commit window; those rows are sent again on res
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import sqlite3
 import threading
@@ -35,8 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import local_model
 from .errors import UserError
 from .events import EventLog
+from .fingerprints import CachePolicy
 from .sinks import RowResult
 
 if TYPE_CHECKING:
@@ -139,6 +139,20 @@ RESULT_COLUMNS = (
 )
 
 
+THROUGHPUT_GAP_S = 60.0
+"""Answers further apart than this belong to different runs (Ledger.throughput)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    """How fast a server answered a run: answers and output tokens a second, and the mean reply latency."""
+
+    answers: int
+    answers_per_s: float
+    output_tokens_per_s: float | None
+    latency_s: float
+
+
 def insert_rows(db: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]]) -> None:
     """`head` (``INSERT … INTO t (cols)``) VALUES every row, as few multi-row statements as SQLite's
     bound-parameter limit allows.
@@ -159,70 +173,12 @@ def insert_rows(db: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]]
         db.execute(f"{head} VALUES {','.join([one] * len(chunk))}", [v for row in chunk for v in row])
 
 
-@dataclass(frozen=True, slots=True)
-class CachePolicy:
-    """Which answers in the ledger a run reuses instead of paying for them again."""
-
-    read: bool = True
-    """False for --refresh and --no-cache: earlier answers are not reused (this run's own still are)."""
-    write: bool = True
-    """False for --no-cache: answers are not kept (their spend still is)."""
-    max_output_tokens: int | None = None
-    """The job's current output-token limit; answers asked under another limit are checked against it."""
-    retry: frozenset[str] = frozenset()
-    """Statuses to send again (`--retry failed,truncated`): final answers of these are not reused."""
-    since: float = math.inf
-    """Answers recorded at or after this time (this run's start) are always reused."""
-
-    def accepts(self, status: str, completion_tokens: int | None, max_then: int | None, created_at: float) -> bool:
-        if created_at >= self.since:
-            return True
-        if not self.read or status in self.retry:
-            return False
-        limit = self.max_output_tokens
-        if limit is None or max_then == limit:
-            return True
-        if status == "truncated":
-            return False  # cut off at another limit: under this one the answer would differ
-        # finished within the old limit: it stands if it also fits the new one
-        return completion_tokens is not None and completion_tokens < limit
-
-
-OUTPUT_LIMIT_KEYS = frozenset({"max_tokens", "max_completion_tokens"})
-
-
 def select_in(db: sqlite3.Connection, sql: str, keys: Sequence[str]) -> Iterator[tuple[Any, ...]]:
     """Rows of `sql` (whose `{marks}` is an IN list) for every key, 900 keys per statement: SQLite's
     bound-parameter limit. The caller holds whatever lock the connection needs."""
     for start in range(0, len(keys), 900):
         chunk = list(keys[start : start + 900])
         yield from db.execute(sql.format(marks=",".join("?" * len(chunk))), chunk)
-
-
-class Fingerprinter:
-    """The cache key of a request: a hash of what is actually sent, and where.
-
-    A job's requests differ only in the rendered row text; everything else (endpoint, model,
-    parameters but the output-token limit, system and few-shot messages, schema) is hashed once,
-    canonically, and each row's fingerprint is the hash of that digest and the row's text.
-    `legacy` keeps the limit in, as versions before 0.2 did (to find their batch runs again).
-    """
-
-    def __init__(self, endpoint: str, kind: str, constant: dict[str, Any], *, legacy: bool = False) -> None:
-        if not legacy:  # the output-token limit is checked per answer instead (CachePolicy)
-            constant = {k: v for k, v in constant.items() if k not in OUTPUT_LIMIT_KEYS}
-        canonical = json.dumps(
-            {"endpoint": endpoint, "kind": kind, "request": constant},
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
-        self.prefix = hashlib.blake2b(canonical.encode("utf-8"), digest_size=32).digest()
-
-    def of(self, text: str) -> str:
-        h = hashlib.blake2b(self.prefix, digest_size=16)
-        h.update(text.encode("utf-8"))
-        return h.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,6 +376,33 @@ class Ledger:
             ).fetchall()
         return {job: (int(n or 0), float(usd)) for job, n, usd in rows}
 
+    def throughput(self, endpoint: str, last: int = 512) -> Throughput | None:
+        """How fast `endpoint` answered this ledger's last run on it: its newest `last` answers, back to the
+        first gap of a minute (the run before), if ≥ 8. For `plan` on a server of your own, which states
+        no limits to time a job by (a full scan: plan reads the whole input anyway)."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT created_at, latency_ms, completion_tokens FROM results WHERE endpoint = ? "
+                "AND latency_ms IS NOT NULL ORDER BY created_at DESC LIMIT ?",
+                (endpoint, last),
+            ).fetchall()
+        run = rows[:1]
+        for row in rows[1:]:
+            if run[-1][0] - row[0] > THROUGHPUT_GAP_S:
+                break
+            run.append(row)
+        if len(run) < 8 or run[0][0] <= run[-1][0]:
+            return None
+        # the replies after the first: the first's own latency came before the span began
+        seconds = run[0][0] - run[-1][0]
+        tokens = [r[2] for r in run[:-1] if r[2] is not None]
+        return Throughput(
+            answers=len(run),
+            answers_per_s=(len(run) - 1) / seconds,
+            output_tokens_per_s=sum(tokens) / seconds if tokens else None,
+            latency_s=sum(r[1] for r in run) / len(run) / 1000,
+        )
+
     def stats(self) -> LedgerStats:
         by_status = dict(self.db.execute("SELECT status, COUNT(*) FROM results GROUP BY status").fetchall())
         # a shared ledger holds every job's runs: this job's are those its summary names (an unfinished
@@ -549,6 +532,12 @@ def endpoint_key(job: Job) -> tuple[str, str]:
     ep = job.endpoint
     if ep.azure_endpoint:
         return ep.azure_endpoint.rstrip("/"), ep.azure_deployment or job.request.model
+    spec = local_model.embedded_spec(
+        ep.local, base_url=ep.base_url, azure=False, key=bool(os.environ.get(ep.api_key_env))
+    )
+    if spec is not None:  # the embedded model: its file names it (Endpoint.cache_key)
+        base = job.source_path.parent if job.source_path is not None else None
+        return f"local:{local_model.model_path(spec, base).name}", job.request.model
     if ep.base_url is None and not os.environ.get(ep.api_key_env):
         return SIMULATOR, job.request.model
     base = ep.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"

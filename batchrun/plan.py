@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
+from . import local_model
 from .advice import recommend
 from .checks import check_excel_rows, check_job_paths
+from .fingerprints import CachePolicy
 from .jobs import Job
-from .ledger import CachePolicy, Ledger, endpoint_key
+from .ledger import Ledger, endpoint_key
 from .prefixes import KEY_RPM, Forecast, key_template
 from .pricing import PriceTable, default_table, flex_offered, is_local_url, load_table
 from .prompts import Renderer, Request
@@ -108,6 +111,15 @@ class Plan:
     cache_keys: str = "off"
     recommended_tier: str | None = None
     """The service tier the recommendation names for an online run (flex), if any."""
+    own_server: str | None = None
+    """A server of your own (nothing billed, no limits stated): what it is. Its time is how fast it answered."""
+    server_answers_measured: int = 0
+    """Answers of this job's last run on it that the rate below is measured over (0: none yet)."""
+    server_rows_per_s: float | None = None
+    server_latency_s: float | None = None
+    server_output_tokens_per_s: float | None = None
+    minutes_on_server: float | None = None
+    """The rows still to send at the rate measured (None until a run has measured it)."""
     """Document jobs: chapters, paragraphs, chunks (rows are paragraphs, requests are chunks)."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,9 +139,55 @@ def price_table_for(job: Job) -> PriceTable:
     if job.pricing.models:
         table = table.merged({"models": job.pricing.models}, f"{job.source_path} [pricing.models]")
     local = job.pricing.local
+    if local is None and _embedded(job) is not None:  # the embedded model runs on this machine: $0
+        return dataclasses.replace(table, local="all")
     if local is None and job.endpoint.base_url is not None and is_local_url(job.endpoint.base_url):
         return dataclasses.replace(table, local="unknown")  # a model of your own on your own server: $0
     return dataclasses.replace(table, local="all") if local else table
+
+
+def _embedded(job: Job) -> str | None:
+    ep = job.endpoint
+    return local_model.embedded_spec(
+        ep.local, base_url=ep.base_url, azure=ep.azure_endpoint is not None, key=bool(os.environ.get(ep.api_key_env))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OwnServer:
+    """A server of your own the job runs on, as far as the plan can tell without sending anything."""
+
+    what: str
+    context: int | None
+    """Tokens a request may use in all, where the server says (or the embedded model's per-slot context)."""
+
+
+def own_server(job: Job, table: PriceTable) -> OwnServer | None:
+    """The embedded model, or a model of your own priced at $0 (`[pricing] local = true`, or a private address
+    serving a model the price table does not know — not a local proxy in front of OpenAI): asked what it is
+    (llama.cpp's /props, vLLM's /v1/models; GET only, nothing generated). None: a provider's endpoint."""
+    spec = _embedded(job)
+    if spec is not None:
+        name = "SmolLM2-135M-Instruct" if spec == local_model.SMOLLM2 else spec
+        slots = local_model.default_slots()
+        return OwnServer(
+            f"the embedded model {name} (llama.cpp on this machine, {slots} slots, "
+            f"{local_model.CTX_PER_SLOT:,} tokens each)",
+            local_model.CTX_PER_SLOT,
+        )
+    base = job.endpoint.base_url
+    if base is None or not (
+        table.local == "all" or (table.local == "unknown" and table.row(job.request.model) is None)
+    ):
+        return None
+    facts = local_model.server_facts(base, job.request.model)
+    said = []
+    if facts is not None and facts.slots:
+        said.append(f"{facts.slots} slots")
+    if facts is not None and facts.context:
+        said.append(f"{facts.context:,} tokens of context a request")
+    about = f" ({', '.join(said)})" if said else " (it says nothing of its slots or context)"
+    return OwnServer(f"your own server at {base}{about}", facts.context if facts is not None else None)
 
 
 def _binding(known: list[tuple[float, str]]) -> tuple[float | None, str | None]:
@@ -257,6 +315,9 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
     table = price_table_for(job)
     price = table.lookup(job.request.model)
     context = price.context_window if price else None
+    own = own_server(job, table)
+    if own is not None and own.context is not None:  # what the server has, not what the model's name says
+        context = own.context
     tpm = job.limits.tpm
     counts = Histogram()
     charged_total = 0
@@ -426,7 +487,7 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
     m_tpm = _minutes_needed(charged_total, tpm)
     known = [(m, name) for m, name in ((m_rpm, "rpm"), (m_tpm, "tpm")) if m is not None]
     minutes, binding = _binding(known)
-    if not known:
+    if not known and own is None:
         notes.append(
             "no limits.rpm / limits.tpm in the job: run time unknown (the engine learns the "
             "limits from the server's headers)"
@@ -482,8 +543,19 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
         batch_over_queue=shard_counter.too_large,
     )
     spent = ledger.spent() if ledger is not None else 0.0
+    speed = ledger.throughput(endpoint_key(job)[0]) if ledger is not None and own is not None else None
     if ledger is not None:
         ledger.close()
+    if own is not None:
+        plan = _with(
+            plan,
+            own_server=own.what,
+            server_answers_measured=speed.answers if speed else 0,
+            server_rows_per_s=speed.answers_per_s if speed else None,
+            server_latency_s=speed.latency_s if speed else None,
+            server_output_tokens_per_s=speed.output_tokens_per_s if speed else None,
+            minutes_on_server=finish_rows / speed.answers_per_s / 60 if speed else None,
+        )
     waves = -(-batch_tokens // queue) if queue and batch_tokens else (1 if batch_tokens else 0)
     finish_expected = priced(
         lambda t: (t.finish_prompt, t.out_tokens(t.finish_outs, expected_of)), cached=cached_finish

@@ -66,6 +66,45 @@ def _cache_lines(plan: Plan) -> list[str]:
     ]
 
 
+def _limit_lines(plan: Plan) -> list[str]:
+    return [
+        f"  time online at your limits (rpm {plan.rpm or '?'}, tpm {plan.tpm or '?'})",
+        f"    requests/min bound {_minutes(plan.minutes_at_rpm)}   tokens/min bound {_minutes(plan.minutes_at_tpm)}"
+        f"   → {_minutes(plan.minutes_online)}"
+        + (f", {plan.binding_limit.upper()} binds" if plan.binding_limit else "")
+        + (
+            " — the whole job fits in the first minute's allowance (the buckets start full)"
+            if plan.minutes_online == 0
+            else ""
+        ),
+        f"    tokens charged against TPM: {plan.charged_tokens_total:,} (prompt + max output per request)",
+    ]
+
+
+def _server_lines(plan: Plan) -> list[str]:
+    """A server of your own has no bill and states no limits: the time is how fast it answered before."""
+    if plan.own_server is None:
+        return []
+    head = f"  time on your server  {plan.own_server}"
+    if plan.server_rows_per_s is None:
+        return [
+            head,
+            "    not measured yet: no answers from it in this job's ledger. A run finds the concurrency it "
+            "answers best at, and the next plan times the rest at the rate it measured",
+        ]
+    tokens = (
+        f", {plan.server_output_tokens_per_s:,.1f} output tokens/s"
+        if plan.server_output_tokens_per_s is not None
+        else ""
+    )
+    return [
+        head,
+        f"    measured over this job's last {plan.server_answers_measured:,} answers from it: "
+        f"{plan.server_rows_per_s:,.2f} rows/s{tokens}, {plan.server_latency_s or 0:,.1f} s a reply on average",
+        f"    {plan.finish_rows:,} row(s) to send → about {_minutes(plan.minutes_on_server)}",
+    ]
+
+
 def format_plan(plan: Plan) -> str:
     """The plan as the text `batchrun plan` prints."""
     lines = [
@@ -91,17 +130,12 @@ def format_plan(plan: Plan) -> str:
             if exp is not None
         ),
         *_cache_lines(plan),
-        f"  time online at your limits (rpm {plan.rpm or '?'}, tpm {plan.tpm or '?'})",
-        f"    requests/min bound {_minutes(plan.minutes_at_rpm)}   tokens/min bound {_minutes(plan.minutes_at_tpm)}"
-        f"   → {_minutes(plan.minutes_online)}"
-        + (f", {plan.binding_limit.upper()} binds" if plan.binding_limit else "")
-        + (
-            " — the whole job fits in the first minute's allowance (the buckets start full)"
-            if plan.minutes_online == 0
-            else ""
-        ),
-        f"    tokens charged against TPM: {plan.charged_tokens_total:,} (prompt + max output per request)",
-        f"  Batch API            {plan.batch_shards:,} shard file(s); {_queue_line(plan)}"
+        *_server_lines(plan),
+        # on a server of your own the job's limits are only a cap of yours: shown where they slow it down
+        *(_limit_lines(plan) if plan.own_server is None or (plan.minutes_online or 0) > 0 else []),
+        "  Batch API            not on your own server (OpenAI's and Azure's)"
+        if plan.own_server is not None
+        else f"  Batch API            {plan.batch_shards:,} shard file(s); {_queue_line(plan)}"
         if not plan.document
         else "  Batch API            not used for documents yet (cost shown for comparison)",
     ]

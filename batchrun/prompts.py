@@ -18,8 +18,8 @@ import jinja2.meta
 import polars as pl
 
 from .errors import InputError, TemplateError
+from .fingerprints import Fingerprinter
 from .jobs import Job
-from .ledger import Fingerprinter
 from .sources import ID_COLUMN, ROW_COLUMN, Source
 from .tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, TokenCounter
 

@@ -23,6 +23,8 @@ import batchrun
 from batchrun.batch_api import BatchClient
 from batchrun.errors import EndpointError, ExitCode
 from batchrun.jobs import load_job
+from batchrun.plan import make_plan
+from batchrun.plan_format import format_plan
 from batchrun.retries import Action, classify
 from batchrun.sim import SimServer
 
@@ -368,13 +370,25 @@ def test_a_server_that_says_its_slots_and_context_is_sized_by_them(make_sim, tmp
     # cannot fit is too_long before it is sent, as it would be with a model the price table knows
     sim = make_sim(latency_ms=50, slots=2, rate_headers=False, server_context=700)
     path = _online_job(tmp_path, sim, 40, limits="max_in_flight = 256")
-    path.write_text(path.read_text().replace("max_in_flight = 16\n", ""))
+    path.write_text(path.read_text().replace("max_in_flight = 16\n", "") + "[pricing]\nlocal = true\n")
     frame = pl.read_csv(tmp_path / "input.csv")
     frame.with_columns(pl.when(pl.int_range(pl.len()) == 7).then(pl.lit("word " * 800)).otherwise(pl.col("text"))
                        .alias("text")).write_csv(tmp_path / "input.csv")  # fmt: skip
+    before = make_plan(load_job(path))  # the plan, too, sizes rows by the server's context, and bills nothing
+    assert before.context_window == 700 and before.too_long_count == 1 and before.cost_online_expected == 0
+    assert "2 slots, 700 tokens of context a request" in before.own_server and before.recommended_mode == "online"
+    assert before.server_rows_per_s is None and "not measured yet" in format_plan(before)
     result = batchrun.run(load_job(path))
     stats = sim.stats()
     assert result.by_status == {"ok": 39, "too_long": 1} and stats["requests"] == 39
+    # with no limits to time it by, the next plan times the rest at the rate the server answered: 2 slots of
+    # ~50 ms is at most ~40 rows/s; 20 new rows at that rate
+    frame = pl.read_csv(tmp_path / "input.csv")
+    pl.concat([frame, pl.DataFrame({"text": [f"new {i}" for i in range(20)]})]).write_csv(tmp_path / "input.csv")
+    after = make_plan(load_job(path))
+    assert after.server_answers_measured == 39 and 3 < after.server_rows_per_s < 45, after.server_rows_per_s
+    assert after.finish_rows == 20 and after.minutes_on_server == pytest.approx(20 / after.server_rows_per_s / 60)
+    assert "20 row(s) to send → about" in format_plan(after)
     assert (
         "700-token context window"
         in pl.read_parquet(result.output_path).filter(pl.col("status") == "too_long")["error"][0]
