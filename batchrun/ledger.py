@@ -37,6 +37,7 @@ from . import local_model
 from .errors import UserError
 from .events import EventLog
 from .fingerprints import CachePolicy
+from .pricing import embedded_model
 from .sinks import RowResult
 
 if TYPE_CHECKING:
@@ -532,9 +533,7 @@ def endpoint_key(job: Job) -> tuple[str, str]:
     ep = job.endpoint
     if ep.azure_endpoint:
         return ep.azure_endpoint.rstrip("/"), ep.azure_deployment or job.request.model
-    spec = local_model.embedded_spec(
-        ep.local, base_url=ep.base_url, azure=False, key=bool(os.environ.get(ep.api_key_env))
-    )
+    spec = embedded_model(job)
     if spec is not None:  # the embedded model: its file names it (Endpoint.cache_key)
         base = job.source_path.parent if job.source_path is not None else None
         return f"local:{local_model.model_path(spec, base).name}", job.request.model

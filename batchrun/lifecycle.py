@@ -45,7 +45,7 @@ from .jobs import Job
 from .ledger import Ledger, adopt_legacy_ledger, legacy_ledger_path
 from .limits import RateLimiter
 from .locking import JobLock
-from .plan import price_table_for
+from .pricing import price_table_for
 from .results import RunResult
 from .sinks import export_table
 

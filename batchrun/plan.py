@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -17,7 +15,7 @@ from .fingerprints import CachePolicy
 from .jobs import Job
 from .ledger import Ledger, endpoint_key
 from .prefixes import KEY_RPM, Forecast, key_template
-from .pricing import PriceTable, default_table, flex_offered, is_local_url, load_table
+from .pricing import PriceTable, embedded_model, flex_offered, price_table_for
 from .prompts import Renderer, Request
 from .shards import CHAT_URL, EMBEDDINGS_URL, ShardCounter, ShardLimits, line_overhead, queue_limit
 from .sizing import embedding_groups, inputs_per_request, too_long_reason
@@ -126,33 +124,6 @@ class Plan:
         return asdict(self)
 
 
-def price_table_for(job: Job) -> PriceTable:
-    table = default_table()
-    if job.pricing.table is not None:
-        custom = load_table(job.pricing.table)
-        table = PriceTable(
-            as_of=custom.as_of,
-            batch_discount=custom.batch_discount,
-            models={**table.models, **custom.models},
-            source=custom.source,
-        )
-    if job.pricing.models:
-        table = table.merged({"models": job.pricing.models}, f"{job.source_path} [pricing.models]")
-    local = job.pricing.local
-    if local is None and _embedded(job) is not None:  # the embedded model runs on this machine: $0
-        return dataclasses.replace(table, local="all")
-    if local is None and job.endpoint.base_url is not None and is_local_url(job.endpoint.base_url):
-        return dataclasses.replace(table, local="unknown")  # a model of your own on your own server: $0
-    return dataclasses.replace(table, local="all") if local else table
-
-
-def _embedded(job: Job) -> str | None:
-    ep = job.endpoint
-    return local_model.embedded_spec(
-        ep.local, base_url=ep.base_url, azure=ep.azure_endpoint is not None, key=bool(os.environ.get(ep.api_key_env))
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class OwnServer:
     """A server of your own the job runs on, as far as the plan can tell without sending anything."""
@@ -166,7 +137,7 @@ def own_server(job: Job, table: PriceTable) -> OwnServer | None:
     """The embedded model, or a model of your own priced at $0 (`[pricing] local = true`, or a private address
     serving a model the price table does not know — not a local proxy in front of OpenAI): asked what it is
     (llama.cpp's /props, vLLM's /v1/models; GET only, nothing generated). None: a provider's endpoint."""
-    spec = _embedded(job)
+    spec = embedded_model(job)
     if spec is not None:
         name = "SmolLM2-135M-Instruct" if spec == local_model.SMOLLM2 else spec
         slots = local_model.default_slots()

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from . import local_model
 from .errors import JobFileError
+
+if TYPE_CHECKING:
+    from .jobs import Job
 
 _REPO_TABLE = Path(__file__).resolve().parents[1] / "data" / "prices.toml"
 
@@ -171,3 +176,33 @@ def default_table() -> PriceTable:
     if packaged.is_file():
         return _parse(tomllib.loads(packaged.read_text(encoding="utf-8")), "batchrun/_data/prices.toml")
     return load_table(_REPO_TABLE)
+
+
+def price_table_for(job: Job) -> PriceTable:
+    """The job's price table: the bundled one, its [pricing] table and models over it, and $0 for a model of
+    your own (the embedded one, a private address, `[pricing] local = true`)."""
+    table = default_table()
+    if job.pricing.table is not None:
+        custom = load_table(job.pricing.table)
+        table = PriceTable(
+            as_of=custom.as_of,
+            batch_discount=custom.batch_discount,
+            models={**table.models, **custom.models},
+            source=custom.source,
+        )
+    if job.pricing.models:
+        table = table.merged({"models": job.pricing.models}, f"{job.source_path} [pricing.models]")
+    local = job.pricing.local
+    if local is None and embedded_model(job) is not None:  # the embedded model runs on this machine: $0
+        return dataclasses.replace(table, local="all")
+    if local is None and job.endpoint.base_url is not None and is_local_url(job.endpoint.base_url):
+        return dataclasses.replace(table, local="unknown")  # a model of your own on your own server: $0
+    return dataclasses.replace(table, local="all") if local else table
+
+
+def embedded_model(job: Job) -> str | None:
+    """The embedded model `job` runs on (local_model.embedded_spec), if any."""
+    ep = job.endpoint
+    return local_model.embedded_spec(
+        ep.local, base_url=ep.base_url, azure=ep.azure_endpoint is not None, key=bool(os.environ.get(ep.api_key_env))
+    )

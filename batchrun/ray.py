@@ -29,7 +29,7 @@ from .cluster import NAMESPACE, RowWorker, WorkerSetup, connect, import_ray, lim
 from .endpoints import Endpoint, open_endpoint
 from .engine import WorkItem
 from .jobs import Job, load_job
-from .plan import price_table_for
+from .pricing import price_table_for
 from .prompts import Renderer
 from .sinks import RowResult, embedding_dims, empty_result, make_layout
 from .sizing import embedding_groups, inputs_per_request, too_long_reason

@@ -16,6 +16,7 @@ import pytest
 from batchrun import arun, local_model
 from batchrun.endpoints import open_endpoint
 from batchrun.jobs import load_job
+from batchrun.plan import make_plan
 
 pytestmark = [
     pytest.mark.local,
@@ -66,3 +67,7 @@ def test_a_structured_job_runs_on_the_embedded_model_at_no_cost_and_the_server_s
     frame = pl.read_parquet(job.output_path)
     assert set(frame["sentiment"]) <= {"positive", "negative"} and (frame["cost_usd"] == 0).all()
     assert any("embedded local model" in n for n in result.notes)
+    # the plan finds those answers under the embedded model's key (before, it looked under the simulator's)
+    plan = make_plan(load_job(job.source_path))
+    assert plan.answered_rows == 4 and plan.finish_rows == 0 and plan.cost_online_expected == 0
+    assert "the embedded model SmolLM2-135M-Instruct" in (plan.own_server or "")
