@@ -13,8 +13,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import fastjson
 from .batch_api import BatchInfo
 from .batch_book import BatchBook, ShardRecord
+from .bulk import BulkWrite
 from .ledger import Ledger
 from .prompts import Request
 from .replies import usage_tokens
@@ -24,14 +26,6 @@ from .sizing import too_long_reason
 
 if TYPE_CHECKING:
     from .batch_job import BatchJob
-
-
-INGEST_COMMIT_ROWS = 50_000
-"""Result lines committed to the ledger at once while a batch's files are read (a shard has ≤ 50,000).
-Each commit writes every index page it dirtied to the WAL, and the results' keys are random, so 5,000-row
-commits into a 1M-row ledger rewrote most of the index each time: 39k rows/s, against 80k at 50,000 rows
-(benchmarks/RESULTS.md). Nothing is lost by waiting: until the shard is marked collected, a killed run
-reads the same result file again."""
 
 
 @dataclass
@@ -73,49 +67,48 @@ class ResultsMixin:
         ledger = self.ledger
         audit = self.ctx.audit
         trail: list[dict[str, Any]] = []  # [output] audit: every result line as the server sent it
-        for path in files:
-            with path.open("rb") as f:
-                for raw in f:
-                    if not raw.strip():
-                        continue
-                    line = json.loads(raw)
-                    cid = line.get("custom_id")
-                    if cid not in ids or cid in seen:
-                        continue  # not ours (or a repeat): never let it overwrite an answer
-                    seen.add(cid)
-                    if audit.enabled:
-                        trail.append({"time": time.time(), "mode": "batch", "batch_id": info.id, "custom_id": cid,
-                                      "row_ids": [ids[cid]], "shard_file": shard.filename,
-                                      "response": line.get("response"), "error": line.get("error")})  # fmt: skip
-                    response = line.get("response") or None
-                    status_code = response.get("status_code") if response else None
-                    body = response.get("body") if response else None
-                    if status_code == 200 and isinstance(body, dict):
-                        result = self._result(body, response.get("request_id"), ids[cid] or "")
-                        ledger.record_spend(result.cost_usd or 0.0, self.endpoint_key)  # paid, whatever it says
-                    else:
-                        failure = line_failure(status_code, body, line.get("error"))
-                        if failure.action is not Action.ROW_FAILED:
-                            retry.append((cid, failure.message))
+        with BulkWrite(ledger) as bulk:  # one transaction for the shard, inserted beside the parsing
+            for path in files:
+                with path.open("rb") as f:
+                    for raw in f:
+                        if not raw.strip():
                             continue
-                        result = RowResult(row=-1, row_id=ids[cid] or "", status="failed", error=failure.message,
-                                           attempts=1)  # fmt: skip
-                    counts[result.status] = counts.get(result.status, 0) + 1
-                    ledger.record(cid, result, self.endpoint_key)
-                    if len(ledger.pending) >= INGEST_COMMIT_ROWS:
-                        ledger.flush()
-        if line_errors:
-            by_line = self._shard_lines(shard)
-            for e in line_errors:
-                cid = by_line.get(int(e["line"]))
-                if cid is not None and cid not in seen:
-                    seen.add(cid)
-                    msg = f"batch validation: {e.get('code')}: {e.get('message')}"
-                    ledger.record(
-                        cid, RowResult(row=-1, row_id=ids[cid] or "", status="failed", error=msg), self.endpoint_key
-                    )
-                    counts["failed"] = counts.get("failed", 0) + 1
-        ledger.flush()
+                        line = fastjson.loads_api(raw)
+                        cid = line.get("custom_id")
+                        if cid not in ids or cid in seen:
+                            continue  # not ours (or a repeat): never let it overwrite an answer
+                        seen.add(cid)
+                        if audit.enabled:
+                            trail.append({"time": time.time(), "mode": "batch", "batch_id": info.id, "custom_id": cid,
+                                          "row_ids": [ids[cid]], "shard_file": shard.filename,
+                                          "response": line.get("response"), "error": line.get("error")})  # fmt: skip
+                        response = line.get("response") or None
+                        status_code = response.get("status_code") if response else None
+                        body = response.get("body") if response else None
+                        if status_code == 200 and isinstance(body, dict):
+                            result = self._result(body, response.get("request_id"), ids[cid] or "")
+                            bulk.record_spend(result.cost_usd or 0.0, self.endpoint_key)  # paid, whatever it says
+                        else:
+                            failure = line_failure(status_code, body, line.get("error"))
+                            if failure.action is not Action.ROW_FAILED:
+                                retry.append((cid, failure.message))
+                                continue
+                            result = RowResult(row=-1, row_id=ids[cid] or "", status="failed", error=failure.message,
+                                               attempts=1)  # fmt: skip
+                        counts[result.status] = counts.get(result.status, 0) + 1
+                        bulk.record(cid, result, self.endpoint_key)
+            if line_errors:
+                by_line = self._shard_lines(shard)
+                for e in line_errors:
+                    cid = by_line.get(int(e["line"]))
+                    if cid is not None and cid not in seen:
+                        seen.add(cid)
+                        msg = f"batch validation: {e.get('code')}: {e.get('message')}"
+                        bulk.record(
+                            cid, RowResult(row=-1, row_id=ids[cid] or "", status="failed", error=msg), self.endpoint_key
+                        )
+                        counts["failed"] = counts.get("failed", 0) + 1
+        ledger.flush()  # anything else queued meanwhile
         audit.write(trail)  # in this thread, as the ledger is: nothing else writes batch audit lines
         why = f"no result in batch {info.id} ({info.status})"
         retry += [(cid, why) for cid in ids.keys() - seen]

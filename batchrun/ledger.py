@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import local_model
+from . import fastjson, local_model
 from .errors import UserError
 from .events import EventLog
 from .fingerprints import CachePolicy
@@ -125,7 +125,10 @@ CREATE TABLE IF NOT EXISTS batch_items (
     attempts INTEGER NOT NULL,
     last_error TEXT
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS batch_items_shard ON batch_items (shard_id);
+-- covering a shard's lines (the fingerprint is the key, in every index of a WITHOUT ROWID table): reading
+-- a shard's 50,000 ids back is one index range, not a key lookup a line
+DROP INDEX IF EXISTS batch_items_shard;
+CREATE INDEX IF NOT EXISTS batch_items_shard_rows ON batch_items (shard_id, row_id);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     started_at REAL NOT NULL,
@@ -152,6 +155,9 @@ class Throughput:
     answers_per_s: float
     output_tokens_per_s: float | None
     latency_s: float
+
+
+INSERT_RESULTS = f"INSERT OR REPLACE INTO results ({RESULT_COLUMNS})"
 
 
 def insert_rows(db: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -326,7 +332,7 @@ class Ledger:
                 finish_reason=finish,
                 model=model,
                 request_id=rid,
-                output=json.loads(output) if output is not None else None,
+                output=fastjson.loads(output) if output is not None else None,
                 raw_text=raw,
                 from_cache=True,
                 service_tier=tier,
@@ -449,10 +455,17 @@ class Ledger:
 
     def record(self, fp: str, result: RowResult, endpoint: str) -> None:
         """Queue a final result; committed with the next flush (see COMMIT_ROWS / COMMIT_SECONDS)."""
+        row = self.row(fp, result, endpoint)
+        if row is not None:
+            with self.queue_lock:
+                self.pending.append(row)
+
+    def row(self, fp: str, result: RowResult, endpoint: str) -> tuple[Any, ...] | None:
+        """The results row a final result is kept as (RESULT_COLUMNS); None for one that is not kept."""
         if result.status not in FINAL_STATUSES or result.retryable or result.from_cache:
-            return
+            return None
         output = None if result.output is None else json.dumps(result.output, ensure_ascii=False)
-        row = (
+        return (
             fp,
             result.status,
             result.error,
@@ -473,8 +486,6 @@ class Ledger:
             result.service_tier,
             result.cached_tokens,
         )
-        with self.queue_lock:
-            self.pending.append(row)
 
     def due(self) -> bool:
         return len(self.pending) >= COMMIT_ROWS or (
@@ -498,13 +509,17 @@ class Ledger:
         now = time.time()
         with self.lock, self.db:
             self.db.execute("BEGIN")
-            insert_rows(self.db, f"INSERT OR REPLACE INTO results ({RESULT_COLUMNS})", batch)
-            for endpoint, (n, usd) in spend.items():
-                self.db.execute(
-                    "INSERT INTO spend (job, run_id, at, requests, cost_usd, endpoint) VALUES (?, ?, ?, ?, ?, ?)",
-                    (self.job, self.run_id, now, int(n), usd, endpoint),
-                )
+            insert_rows(self.db, INSERT_RESULTS, batch)
+            self.write_spend(spend, now)
             EventLog.write(self.db, events, self.run_id)
+
+    def write_spend(self, spend: dict[str, list[float]], now: float) -> None:
+        """Spend rows (endpoint → [requests, usd]), inside the caller's transaction."""
+        for endpoint, (n, usd) in spend.items():
+            self.db.execute(
+                "INSERT INTO spend (job, run_id, at, requests, cost_usd, endpoint) VALUES (?, ?, ?, ?, ?, ?)",
+                (self.job, self.run_id, now, int(n), usd, endpoint),
+            )
 
     def flush(self) -> None:
         self.write(self.take())

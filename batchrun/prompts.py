@@ -17,6 +17,7 @@ import jinja2
 import jinja2.meta
 import polars as pl
 
+from . import fastjson
 from .errors import InputError, TemplateError
 from .fingerprints import Fingerprinter
 from .jobs import Job
@@ -489,10 +490,10 @@ class Renderer:
         whole = json.dumps(head, ensure_ascii=False, separators=(",", ":"))
         prefix, suffix = whole.split(json.dumps(sentinel, ensure_ascii=False))
         pre, post = prefix.encode("utf-8"), suffix.encode("utf-8")
-        dumps = json.dumps
+        string_bytes = fastjson.string_bytes
 
         def body(text: str) -> bytes:
-            return pre + dumps(text, ensure_ascii=False).encode("utf-8") + post
+            return pre + string_bytes(text) + post
 
         return body
 

@@ -9,6 +9,8 @@ from typing import Any
 import fastjsonschema
 import jsonschema
 
+from . import fastjson
+
 
 @dataclass(frozen=True, slots=True)
 class Parsed:
@@ -86,7 +88,7 @@ class ReplyParser:
         if self.validator is None:
             return Parsed("ok", output=text, raw_text=text, finish_reason=finish)
         try:
-            data = json.loads(text)
+            data = fastjson.loads(text)
         except json.JSONDecodeError as exc:
             return Parsed(
                 "schema_invalid", raw_text=text, error=f"reply is not valid JSON: {exc}", finish_reason=finish

@@ -24,6 +24,8 @@ from typing import Any, Protocol
 import aiohttp
 import openai
 
+from . import fastjson
+
 try:  # the HTTP library under the openai SDK: httpx2 in current releases, httpx before
     import httpx2 as httpx
 except ImportError:  # pragma: no cover
@@ -53,7 +55,7 @@ class Transport(Protocol):
 def _json_object(content: bytes, response: Callable[[], Any]) -> dict[str, Any]:
     """A 2xx reply's JSON object; else the SDK's validation error, with the response (made only then)."""
     try:
-        data = json.loads(content)
+        data = fastjson.loads_api(content)
     except ValueError as exc:
         raise openai.APIResponseValidationError(
             response=response(), body=None, message=f"reply is not JSON: {exc}"
