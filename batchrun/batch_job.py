@@ -20,6 +20,7 @@ answer whatever order the output file is in.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import time
@@ -390,8 +391,16 @@ class BatchJob(ResultsMixin):
 
         per_model = "model" in self.renderer.row_params
         body_of = self.renderer.json_body(self.endpoint.model)
+        max_out = self.renderer.max_output
+
+        @functools.cache
+        def unsendable(prompt_tokens: int) -> bool:
+            # whether a request can go in a batch depends only on its size here (one output limit for the
+            # job): asked once per prompt size, not once per row
+            return self._unsendable(Request(-1, "", {}, prompt_tokens, max_out)) is not None
+
         for batch in self.source.batches(5000):
-            positions, ids, texts = self.renderer.texts(batch)
+            _positions, ids, texts = self.renderer.texts(batch)
             empty = self.renderer.empty(batch, texts)
             fps = [self.fingerprinter.of(t) for t in texts]
             final = self.ledger.answered(fps, policy)
@@ -424,10 +433,9 @@ class BatchJob(ResultsMixin):
                 continue
             sub = [texts[i] for i in send]
             tokens = self.renderer.prompt_tokens(sub)
-            max_out = self.renderer.max_output
             for i, text, n in zip(send, sub, tokens, strict=True):
                 fp = fps[i]
-                if self._unsendable(Request(positions[i], ids[i], {}, n, max_out)):
+                if unsendable(n):
                     open_ids.discard(fp)
                     attempts_of.pop(fp, None)
                     continue  # reported as too_long when the output is written; never sent
