@@ -157,6 +157,9 @@ class Throughput:
     latency_s: float
 
 
+_OUTPUT_JSON = json.JSONEncoder(ensure_ascii=False)
+"""What `json.dumps(output, ensure_ascii=False)` writes, without making an encoder for every answer (~1/3 of
+its time for a small structured answer)."""
 INSERT_RESULTS = f"INSERT OR REPLACE INTO results ({RESULT_COLUMNS})"
 
 
@@ -464,7 +467,7 @@ class Ledger:
         """The results row a final result is kept as (RESULT_COLUMNS); None for one that is not kept."""
         if result.status not in FINAL_STATUSES or result.retryable or result.from_cache:
             return None
-        output = None if result.output is None else json.dumps(result.output, ensure_ascii=False)
+        output = None if result.output is None else _OUTPUT_JSON.encode(result.output)
         return (
             fp,
             result.status,
