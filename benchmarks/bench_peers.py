@@ -152,7 +152,7 @@ def main() -> None:
             prompts = texts(n, words=w["words"], seed=3)
             print(f"\n== {name}: {n:,} requests, simulator {w['sim']}, limits rpm={w['rpm']} tpm={w['tpm']}")
             print(f"{'tool':9} {'wall s':>7} {'req/s':>7} {'CPU ms/req':>10} {'ok':>6} {'failed':>6} {'429s':>5}"
-                  f" {'wall/least':>10}")  # fmt: skip
+                  f" {'wall/least':>10} {'server saw':>10}")  # fmt: skip
             for tool, fn in tools:
                 # a fresh simulator per tool and workload: nothing one tool did (its 429 history,
                 # open connections) reaches the next; server and client each on their own core
@@ -168,7 +168,7 @@ def main() -> None:
                 if floor:  # 0 when the whole run fits in the first minute's bucket (a small --scale)
                     least = f"{r['wall'] / floor:10.3f}"
                 print(f"{tool:9} {r['wall']:7.2f} {n / r['wall']:7.0f} {1000 * r['cpu'] / n:10.2f} {r['ok']:6d} "
-                      f"{r['failed']:6d} {st['rate_limited']:5d} {least}", flush=True)  # fmt: skip
+                      f"{r['failed']:6d} {st['rate_limited']:5d} {least:>10} {st['requests']:10d}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
