@@ -29,7 +29,10 @@ _ABORT: list[Any] = []
 
 
 class BulkWrite:
-    """`with BulkWrite(ledger) as bulk: bulk.record(...)`: results and spend, committed when the block ends."""
+    """`with BulkWrite(ledger) as bulk: bulk.record(...)`: results and spend, committed when the block ends.
+
+    The inserting thread holds the ledger's lock from the first row to the commit, so nothing inside the
+    block may use the ledger (a lookup there would wait for a commit that waits for the block to end)."""
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
