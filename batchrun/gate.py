@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import time
 from collections import deque
@@ -55,6 +56,13 @@ a burst of slow replies coming back together does not move it) is a straggler (s
 STRAGGLER_FLOOR = 0.05
 """... and for at least this many seconds: on a fast server a busy client's own event-loop lag stretches
 replies to a few times their median, and counting those would only add requests in flight, and CPU."""
+QUEUE_WINDOW = 32
+"""Replies whose fastest is compared with the fastest ever, to see a server's queue (InFlight.queue_cap)."""
+QUEUE_INFLATION = 2.0
+"""How much slower than the fastest reply ever the fastest recent one may be before it counts as queueing
+(rows of different lengths still leave a fast one among 16 replies; a queue slows every one of them)."""
+QUEUE_EXTRA = 2
+"""Requests allowed to wait at the server beyond what its capacity needs, so no slot idles between replies."""
 
 
 class InFlight:
@@ -87,6 +95,10 @@ class InFlight:
         """Whether the server states its limits (x-ratelimit-*); without, in flight is found by throughput."""
         self.waiting = 0
         """Requests in backoff before being sent again (they keep their slot in the gate)."""
+        self.capacity: float | None = None
+        """Requests a server that queues serves at once, as its replies show (queue_cap); None: not seen."""
+        self._capacity_at = 0
+        self._capacity_settle = 0
 
     @contextlib.asynccontextmanager
     async def backing_off(self) -> AsyncIterator[None]:
@@ -135,6 +147,35 @@ class InFlight:
         if target != self.gate.limit:
             self.gate.set_limit(target)
 
+    def queue_cap(self) -> int:
+        """In flight at most, once the server has been seen to queue; updates the estimate of its capacity.
+
+        Queueing shows as every recent reply being slower than the fastest ever — the fastest of the last
+        QUEUE_WINDOW against the fastest of the run (TCP Vegas' base RTT; the minimum, not a mean, since
+        rows of different lengths make slow replies without any queue). With L in flight on a server that
+        serves k at once, the fastest recent reply is about L / k times the fastest ever, so the server's
+        capacity is L / that inflation; in flight is then held at QUEUE_INFLATION × the capacity +
+        QUEUE_EXTRA (about 2k + 2: near k, not k + the headroom and the stragglers), and whenever a window
+        shows no queue the estimate grows by a quarter — the server may take more, and a false alarm on a
+        server whose replies merely vary recovers within a few windows. Only for replies taking real time
+        (an LLM generating), not a fast server whose replies are stretched by the client's event loop."""
+        floor = self.latency_min
+        # judged again only once the requests out at the last change have come back, and a window after
+        # them: replies from before a change (a longer queue, or a shorter one) would misjudge the new one
+        settled = self.replies - self._capacity_at >= self._capacity_settle
+        if floor is not None and floor >= STRAGGLER_FLOOR and len(self.recent) >= QUEUE_WINDOW and settled:
+            inflation = min(itertools.islice(reversed(self.recent), QUEUE_WINDOW)) / floor
+            before = self.capacity
+            if inflation >= QUEUE_INFLATION:
+                self.capacity = self.gate.limit / inflation
+            elif self.capacity is not None:  # no queue now: it may take more (a false alarm recovers too)
+                self.capacity *= 1.25
+            if self.capacity != before:
+                self._capacity_at, self._capacity_settle = self.replies, QUEUE_WINDOW + self.gate.limit
+        if self.capacity is None:
+            return self.max_in_flight
+        return max(1, math.ceil(self.capacity * QUEUE_INFLATION) + QUEUE_EXTRA)
+
     def target(self, limits: tuple[int | None, int | None], burst: int, charged: float) -> int:
         """`limits` the (rpm, tpm) known; `burst` what the buckets admit at once (requests); `charged` the
         mean tokens a request reserves."""
@@ -148,7 +189,7 @@ class InFlight:
             need = (
                 math.ceil(throughput * max(self.latency_min, 0.001) * 2) + HEADROOM + self.stragglers() + self.waiting
             )
-            return max(1, min(need, self.max_in_flight))
+            return max(1, min(need, self.queue_cap(), self.max_in_flight))
         rates = [r for r in ((rpm / 60) if rpm else None, (tpm / 60 / charged) if tpm else None) if r is not None]
         need = math.ceil(min(rates) * self.latency_ewma * 2) + 8 + max(burst, 0) + self.waiting
         return max(1, min(need, self.max_in_flight))

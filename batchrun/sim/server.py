@@ -47,15 +47,13 @@ class Stats:
         self.rate_limited = 0
         self.queued = 0
         self.queue_peak = 0
+        self.queue_depths: list[int] = []  # with slots: how many wait as each request arrives
         self.rate_limited_by_type: Counter[str] = Counter()
         self.flex_unavailable = 0
-        self.cached_tokens = 0
-        """Prompt tokens the prompt cache served (reported as usage.prompt_tokens_details.cached_tokens)."""
-        self.cache_overflowed = 0
-        """Requests the prompt cache routed away from their prefix's machine (over cache_route_rpm)."""
+        self.cached_tokens = 0  # prompt tokens the prompt cache served (usage.prompt_tokens_details)
+        self.cache_overflowed = 0  # requests routed away from their prefix's machine (over cache_route_rpm)
         self.cache_keys: set[str] = set()
-        self.by_tier: Counter[str] = Counter()
-        """Replies by the tier that served them (the reply's service_tier)."""
+        self.by_tier: Counter[str] = Counter()  # replies by the tier that served them (their service_tier)
         self.tier_tokens: dict[str, list[int]] = {}
         """tier → [prompt, completion] tokens billed: what the provider would charge, tier by tier."""
         self.quota_rejected = 0
@@ -78,6 +76,7 @@ class Stats:
             "rate_limited": self.rate_limited,
             "queued": self.queued,
             "queue_peak": self.queue_peak,
+            "queue_late_peak": max(self.queue_depths[len(self.queue_depths) // 2 :], default=0),
             "rate_limited_by_type": dict(self.rate_limited_by_type),
             "flex_unavailable": self.flex_unavailable,
             "cached_tokens": self.cached_tokens,
@@ -345,7 +344,8 @@ class Simulator:
         if self.slots is None:
             await asyncio.sleep(self.latency(reply.completion_tokens) + extra_s)
         else:  # a k-slot server (llama.cpp, one GPU): the rest wait their turn, unseen by any header
-            self.stats.queue_peak = max(self.stats.queue_peak, len(self.slots._waiters or ()) + 1)
+            self.stats.queue_depths.append(len(self.slots._waiters or ()) + self.slots.locked())
+            self.stats.queue_peak = max(self.stats.queue_peak, self.stats.queue_depths[-1])
             async with self.slots:
                 await asyncio.sleep(self.latency(reply.completion_tokens) + extra_s)
         if fault == "reset":
