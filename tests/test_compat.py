@@ -368,6 +368,17 @@ def test_a_server_that_queues_is_not_flooded_even_when_the_job_states_limits(mak
     assert stats["queue_late_peak"] <= 8, stats["queue_late_peak"]
 
 
+def test_a_server_that_says_nothing_and_does_not_queue_gets_full_throughput(make_sim, tmp_path: Path) -> None:
+    # no rate-limit headers, 200 ms ± 30 % whatever the load: 16 in flight (the start) would take 5 s for
+    # 400 rows; the target follows the rate the replies come back at, and nothing mistakes it for a queue
+    sim = make_sim(latency_ms=200, jitter=0.3, rate_headers=False)
+    path = _online_job(tmp_path, sim, 400, limits="max_in_flight = 256")
+    path.write_text(path.read_text().replace("max_in_flight = 16\n", ""))
+    result = batchrun.run(load_job(path))
+    assert result.by_status == {"ok": 400} and sim.stats()["requests"] == 400
+    assert result.wall_seconds - (result.startup_seconds or 0) < 3.5, result.wall_seconds
+
+
 def test_a_server_that_says_its_slots_and_context_is_sized_by_them(make_sim, tmp_path: Path) -> None:
     # llama.cpp's /props says 2 slots of 700 tokens: at most 4 in flight (2 × its slots), and a row that
     # cannot fit is too_long before it is sent, as it would be with a model the price table knows
