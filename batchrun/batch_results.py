@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import fastjson
+from . import failpoints, fastjson
 from .batch_api import BatchInfo
 from .batch_book import BatchBook, ShardRecord
 from .bulk import BulkWrite
@@ -97,6 +97,7 @@ class ResultsMixin:
                                                attempts=1)  # fmt: skip
                         counts[result.status] = counts.get(result.status, 0) + 1
                         bulk.record(cid, result, self.endpoint_key)
+            failpoints.reached("ingest")  # every line handed to the ledger's thread, none committed
             if line_errors:
                 by_line = self._shard_lines(shard)
                 for e in line_errors:

@@ -24,6 +24,7 @@ from batchrun.batch_api import BatchInfo
 from batchrun.batch_results import describe_batches
 from batchrun.errors import EndpointError
 from batchrun.jobs import load_job
+from batchrun.ledger import Ledger
 from batchrun.lifecycle import RunOptions, cancel_job, run_job
 from batchrun.plan import make_plan
 from batchrun.plan_format import format_plan
@@ -394,7 +395,7 @@ def test_azure_batches(make_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["upload", "create", "poll", "download"])
+@pytest.mark.parametrize("point", ["upload", "create", "poll", "download", "ingest"])
 def test_a_kill_at_any_step_never_uploads_or_submits_a_shard_twice(make_sim, tmp_path: Path, point: str) -> None:
     sim = make_sim(**FAST)
     path = write_batch_job(tmp_path, sim, texts(25))  # 3 shards
@@ -412,6 +413,10 @@ def test_a_kill_at_any_step_never_uploads_or_submits_a_shard_twice(make_sim, tmp
     assert len(shards) == 3 and set(shards.values()) == {1}, shards
     stats = sim.stats()["batches"]
     assert stats["files_uploaded"] == 3 and stats["batches_created"] == 3
+    # a shard's results read again after the kill are paid for once: the ledger's spend is the output's
+    ledger = Ledger(load_job(path).ledger_file, job=load_job(path).name)
+    assert ledger.spent() == pytest.approx(float(df["cost_usd"].sum())) and ledger.spent() > 0
+    ledger.close()
 
 
 def test_plan_counts_queue_waves(make_sim, tmp_path: Path) -> None:
