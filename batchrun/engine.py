@@ -341,7 +341,9 @@ class Engine:
                     if failure.slow_down:
                         self._limiter(item).slow_down()
                     async with self.flow.backing_off():  # it holds its slot: counted on top of the target
-                        delay = opts.backoff.delay(budget_used, self.rng, failure.wait, rare=self.failures.rare)
+                        delay = opts.backoff.delay(
+                            budget_used, self.rng, failure.wait, rare=self.failures.rare, typical=self.flow.typical()
+                        )
                         await asyncio.sleep(delay)
                     continue
                 if failure.action is Action.STOP_QUOTA:

@@ -140,15 +140,25 @@ class Backoff:
     Two bases: `base` while failures are common (an outage, an overloaded server: spread the
     retries out), `rare_base` while they are rare (a stray 500 or reset on a healthy server:
     the row's retry need not wait longer than the server takes to answer it; the AWS SDKs make
-    the same split, 100 ms for errors against 500 ms for throttling).
+    the same split, 100 ms for errors against 500 ms for throttling). Where the server answers
+    faster than `rare_base`, the rare base is its typical reply time (`typical`): with 50 ms replies
+    a row failing twice near the end of a run held it 0.3–0.5 s, most of the cost of the faults.
     """
 
     base: float = 0.5
     cap: float = 30.0
     rare_base: float = 0.1
 
-    def delay(self, attempt: int, rng: random.Random, server_wait: float | None = None, *, rare: bool = False) -> float:
-        base = self.rare_base if rare else self.base
+    def delay(
+        self,
+        attempt: int,
+        rng: random.Random,
+        server_wait: float | None = None,
+        *,
+        rare: bool = False,
+        typical: float = 0.0,
+    ) -> float:
+        base = (min(self.rare_base, typical) if typical > 0 else self.rare_base) if rare else self.base
         ceiling = min(self.cap, base * (2 ** max(attempt - 1, 0)))
         delay = rng.uniform(0, ceiling)
         return max(delay, server_wait or 0.0)

@@ -249,6 +249,11 @@ def test_stray_failures_retry_soon_common_ones_back_off() -> None:
     assert rate.rare
     b = Backoff(base=0.5, rare_base=0.1)
     assert all(b.delay(1, random.Random(s), rare=True) <= 0.1 for s in range(50))
+    # a server answering in 20 ms: a stray failure waits no longer than it takes to answer (then doubles)
+    assert all(b.delay(1, random.Random(s), rare=True, typical=0.02) <= 0.02 for s in range(50))
+    assert max(b.delay(3, random.Random(s), rare=True, typical=0.02) for s in range(50)) > 0.02
+    assert all(b.delay(1, random.Random(s), rare=True, typical=0.5) <= 0.1 for s in range(50))  # never above
+    assert max(b.delay(1, random.Random(s), rare=False, typical=0.02) for s in range(50)) > 0.1  # common: base
     for _ in range(30):  # an outage: every answer fails
         rate.record(True)
     assert not rate.rare
