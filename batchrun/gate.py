@@ -60,7 +60,9 @@ QUEUE_WINDOW = 32
 """Replies whose fastest is compared with the fastest ever, to see a server's queue (InFlight.queue_cap)."""
 QUEUE_INFLATION = 2.0
 """How much slower than the fastest reply ever the fastest recent one may be before it counts as queueing
-(rows of different lengths still leave a fast one among 16 replies; a queue slows every one of them)."""
+(rows of different lengths still leave a fast one among 32 replies; a queue slows every one of them). At
+1.5, or over 16 replies, a server whose replies ranged 25 ms–1.2 s with no queue at all was taken for one
+now and then, and ran 4–10 % slower (benchmarks/RESULTS.md)."""
 QUEUE_EXTRA = 2
 """Requests allowed to wait at the server beyond what its capacity needs, so no slot idles between replies."""
 

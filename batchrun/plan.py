@@ -97,6 +97,7 @@ class Plan:
     recommendation: str = ""
     notes: list[str] = field(default_factory=list)
     document: dict[str, Any] | None = None
+    """Document jobs: chapters, paragraphs, chunks (rows are paragraphs, requests are chunks)."""
     cost_tiers: dict[str, list[float | None]] = field(default_factory=dict)
     """Online at another service tier: tier → [expected, worst case] (flex; priority where priced)."""
     cache_groups: int = 0
@@ -118,7 +119,6 @@ class Plan:
     server_output_tokens_per_s: float | None = None
     minutes_on_server: float | None = None
     """The rows still to send at the rate measured (None until a run has measured it)."""
-    """Document jobs: chapters, paragraphs, chunks (rows are paragraphs, requests are chunks)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,7 +139,8 @@ def own_server(job: Job, table: PriceTable) -> OwnServer | None:
     (llama.cpp's /props, vLLM's /v1/models; GET only, nothing generated). None: a provider's endpoint."""
     spec = embedded_model(job)
     if spec is not None:
-        name = "SmolLM2-135M-Instruct" if spec == local_model.SMOLLM2 else spec
+        base_dir = job.source_path.parent if job.source_path is not None else None
+        name = local_model.model_path(spec, base_dir).stem  # as the run's banner names it
         slots = local_model.default_slots()
         return OwnServer(
             f"the embedded model {name} (llama.cpp on this machine, {slots} slots, "
@@ -147,9 +148,7 @@ def own_server(job: Job, table: PriceTable) -> OwnServer | None:
             local_model.CTX_PER_SLOT,
         )
     base = job.endpoint.base_url
-    if base is None or not (
-        table.local == "all" or (table.local == "unknown" and table.row(job.request.model) is None)
-    ):
+    if base is None or not table.own(job.request.model):
         return None
     facts = local_model.server_facts(base, job.request.model)
     said = []
@@ -403,8 +402,7 @@ def make_plan(job: Job, source: Source | None = None, *, batch_size: int = 20_00
             "prompt tokens include an estimate of the response_format schema's overhead "
             "(schema JSON tokens + 9; OpenAI publishes no exact formula)"
         )
-    if table.local == "all" or (table.local == "unknown" and price is not None and not price.input
-                                and table.row(job.request.model) is None):  # fmt: skip
+    if table.own(job.request.model):
         notes.append(
             f"{job.request.model!r} runs on your own server ({job.endpoint.base_url or 'local'}): priced at $0, "
             "tokens still counted ([pricing] local = false to price it from the table)"

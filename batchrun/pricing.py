@@ -80,10 +80,14 @@ class PriceTable:
     """Set for your own hardware: "all" prices every model at $0, "unknown" only those the table lacks
     (a local proxy in front of OpenAI, such as LiteLLM on localhost, still costs what OpenAI charges)."""
 
+    def own(self, model: str) -> bool:
+        """Whether `model` is priced as a model of your own: $0, tokens still counted."""
+        return self.local == "all" or (self.local == "unknown" and self.row(model) is None)
+
     def lookup(self, model: str) -> ModelPrice | None:
         """The price row for a model: exact name, else the longest table name it starts with."""
         found = self.row(model)
-        if self.local == "all" or (self.local == "unknown" and found is None):
+        if self.own(model):
             window = found.context_window if found else None
             return ModelPrice(model=model, input=0.0, output=0.0, cached_input=0.0, context_window=window)
         return found
