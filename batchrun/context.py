@@ -252,7 +252,6 @@ class RunContext:
         from .engine import Engine
 
         engine = Engine(
-            client=self.endpoint.client,
             http=self.endpoint.http,
             model=self.endpoint.model,
             kind=kind,

@@ -7,8 +7,9 @@ simulator and says so: a rehearsal costs nothing and sends nothing anywhere.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import local_model, redact
 from .jobs import Job
@@ -22,6 +23,28 @@ if TYPE_CHECKING:  # the SDK and the simulator are loaded when an endpoint is op
     from .sim import SimConfig, SimServer
     from .transport import Transport
 
+CONNECT_TIMEOUT_S = 10.0
+NO_KEY = "no-key"
+"""Sent where a server needs no key (vLLM, Ollama, llama.cpp ignore it; the SDK needs one)."""
+SIM_KEY = "sk-simulator"
+
+
+class PlainServer(NamedTuple):
+    """What a request to a server named by its base URL needs besides the URL (Endpoint.plain)."""
+
+    key: str
+    read_s: float
+    """The longest wait between a reply's bytes (the SDK client's read timeout)."""
+
+
+def _plain(job: Job, key: str | None) -> PlainServer | None:
+    from .transport import PLAIN_ENV_BLOCKERS
+
+    if any(os.environ.get(name) is not None for name in PLAIN_ENV_BLOCKERS):
+        return None  # the SDK adds headers from the environment: let it build the requests
+    return PlainServer(key or NO_KEY, _timeout_seconds(job))
+
+
 LOCAL_BANNER = (
     "{why}running on the embedded LOCAL model {name} (llama.cpp on this machine, {slots} slots, {ctx:,} tokens of "
     "context each): real answers from a small model, nothing billed."
@@ -34,7 +57,9 @@ SIM_BANNER = (
 
 @dataclass
 class Endpoint:
-    client: openai.AsyncOpenAI
+    connect: Callable[[], openai.AsyncOpenAI]
+    """Makes the SDK client for this endpoint — called once, when something first needs the SDK (the
+    Batch API, an error reply to map, Azure's or OpenAI's own request shape): see `client`."""
     base_url: str
     model: str
     """The model name sent in requests (the deployment name on Azure)."""
@@ -45,13 +70,29 @@ class Endpoint:
     """The embedded llama.cpp server this run started ([endpoint] local), stopped at close."""
     facts: ServerFacts | None = None
     """What a server of your own says about itself (llama.cpp /props, vLLM /v1/models), if anything."""
+    plain: PlainServer | None = None
+    """A server named by its base URL with a static key: sent to without loading the SDK (transport)."""
     http: Transport = field(init=False)
     """How the engines send requests (transport.for_client): one connection pool for the run."""
+    _client: openai.AsyncOpenAI | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
-        from .transport import for_client
+        from .transport import DirectTransport, for_client, http_client_forced
 
-        self.http = for_client(self.client)
+        if self.plain is not None and not http_client_forced():
+            p = self.plain
+            self.http = DirectTransport.plain(
+                self.base_url, p.key, read_s=p.read_s, connect_s=CONNECT_TIMEOUT_S, sdk=lambda: self.client
+            )
+        else:
+            self.http = for_client(self.client)
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The SDK client (made on first use: ~0.4 s of imports a plain run never pays)."""
+        if self._client is None:
+            self._client = self.connect()
+        return self._client
 
     @property
     def context_window(self) -> int | None:
@@ -77,7 +118,8 @@ class Endpoint:
 
     async def close(self) -> None:
         await self.http.aclose()
-        await self.client.close()
+        if self._client is not None:
+            await self._client.close()
         if self.sim is not None:
             self.sim.stop()
         if self.local is not None:
@@ -98,13 +140,17 @@ FLEX_TIMEOUT_S = 900.0
 """OpenAI's advice for flex, whose replies are slower and may queue (the flex processing guide)."""
 
 
-def _timeout(job: Job) -> openai.Timeout:
-    import openai
-
+def _timeout_seconds(job: Job) -> float:
     seconds = job.endpoint.timeout_s
     if job.request.service_tier == "flex" and "timeout_s" not in job.endpoint.model_fields_set:
         seconds = FLEX_TIMEOUT_S  # the job did not choose one: flex gets the long timeout it needs
-    return openai.Timeout(seconds, connect=10.0)
+    return seconds
+
+
+def _timeout(job: Job) -> openai.Timeout:
+    import openai
+
+    return openai.Timeout(_timeout_seconds(job), connect=CONNECT_TIMEOUT_S)
 
 
 def open_endpoint(job: Job, *, sim_config: SimConfig | None = None) -> Endpoint:
@@ -120,7 +166,8 @@ def open_endpoint(job: Job, *, sim_config: SimConfig | None = None) -> Endpoint:
             raise JobFileError(
                 job.source_path, "endpoint.api_key_env", f"environment variable {ep.api_key_env} is not set"
             )
-        return Endpoint(make_client(job, ep.azure_endpoint, key), ep.azure_endpoint, ep.azure_deployment or model)
+        client = make_client(job, ep.azure_endpoint, key)
+        return Endpoint(lambda: client, ep.azure_endpoint, ep.azure_deployment or model)
     no_key = f"No {ep.api_key_env} in the environment and no [endpoint] base_url: "
     spec = local_model.embedded_spec(
         ep.local, base_url=ep.base_url, azure=False, key=bool(key) or sim_config is not None
@@ -131,7 +178,14 @@ def open_endpoint(job: Job, *, sim_config: SimConfig | None = None) -> Endpoint:
         banner = LOCAL_BANNER.format(
             why="" if ep.local else no_key, name=server.name, slots=server.slots, ctx=server.context
         )
-        return Endpoint(make_client(job, server.base_url, None), server.base_url, model, banner=banner, local=server)
+        return Endpoint(
+            lambda: make_client(job, server.base_url, None),
+            server.base_url,
+            model,
+            banner=banner,
+            local=server,
+            plain=_plain(job, None),
+        )
     if ep.base_url is None and not key:
         from .sim import SimConfig, SimServer
 
@@ -144,16 +198,26 @@ def open_endpoint(job: Job, *, sim_config: SimConfig | None = None) -> Endpoint:
             models=tuple(sorted({model, *SimConfig().models})),
         )
         sim = SimServer(config).start()
-        client = make_client(job, sim.base_url, "sk-simulator")
         banner = SIM_BANNER.format(env=ep.api_key_env, url=sim.base_url)
-        return Endpoint(client, sim.base_url, model, simulated=True, sim=sim, banner=banner)
-    client = make_client(job, ep.base_url, key)
+        return Endpoint(
+            lambda: make_client(job, sim.base_url, SIM_KEY),
+            sim.base_url,
+            model,
+            simulated=True,
+            sim=sim,
+            banner=banner,
+            plain=_plain(job, SIM_KEY),
+        )
+    if ep.base_url is None:  # OpenAI itself: the SDK's own URL (OPENAI_BASE_URL, data residency …) and headers
+        client = make_client(job, None, key)
+        return Endpoint(lambda: client, str(client.base_url), model)
+    base_url = ep.base_url
     # a server of your own may say what it has (context, slots): too-long rows are then never sent
-    facts = server_facts(ep.base_url, model) if is_local_url(ep.base_url) else None
-    return Endpoint(client, str(client.base_url), model, facts=facts)
+    facts = server_facts(base_url, model) if is_local_url(base_url) else None
+    return Endpoint(lambda: make_client(job, base_url, key), base_url, model, facts=facts, plain=_plain(job, key))
 
 
-def make_client(job: Job, base_url: str, key: str | None) -> openai.AsyncOpenAI:
+def make_client(job: Job, base_url: str | None, key: str | None) -> openai.AsyncOpenAI:
     """The SDK client for `base_url` (Azure's endpoint when the job names one), retries off, with the
     job's timeouts and HTTP client. Also a cluster worker's, for the endpoint its driver opened: `key`
     is passed in memory, never written anywhere by batchrun."""
@@ -172,5 +236,5 @@ def make_client(job: Job, base_url: str, key: str | None) -> openai.AsyncOpenAI:
         )
     # local servers (vLLM, Ollama, llama.cpp) ignore the key but the SDK needs one
     return openai.AsyncOpenAI(
-        base_url=base_url, api_key=key or "no-key", max_retries=0, timeout=_timeout(job), http_client=_http(job)
+        base_url=base_url, api_key=key or NO_KEY, max_retries=0, timeout=_timeout(job), http_client=_http(job)
     )

@@ -18,9 +18,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
-
-import openai
+from typing import TYPE_CHECKING, Any
 
 from .budget import Budget
 from .errors import BatchrunError, BudgetExceeded, EndpointError, QuotaExhausted
@@ -32,10 +30,22 @@ from .pricing import ModelPrice
 from .replies import ReplyParser, usage_tokens
 from .retries import Action, Failure, FailureRate, classify
 from .sinks import RowResult
-from .transport import HTTP_RESPONSE, SdkTransport, Transport
+from .transport import SdkTransport, Transport, is_api_error
 from .workload import EngineOptions, RunStats, WorkItem
 
-__all__ = ["HTTP_RESPONSE", "Engine"]
+if TYPE_CHECKING:  # loaded where a request is sent through it or an error is mapped: see transport
+    import openai
+
+__all__ = ["Engine"]  # and HTTP_RESPONSE, made on first use (below)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HTTP_RESPONSE":  # the SDK's HTTP response class (tests, bench_ceiling), loaded when asked for
+        from . import transport
+
+        return transport.HTTP_RESPONSE
+    raise AttributeError(name)
+
 
 MAX_RATE_LIMIT_WAITS = 50
 
@@ -50,7 +60,7 @@ class Engine:
     def __init__(
         self,
         *,
-        client: openai.AsyncOpenAI,
+        client: openai.AsyncOpenAI | None = None,
         model: str,
         kind: str,
         limiter: RateLimiter,
@@ -67,8 +77,7 @@ class Engine:
         events: RequestSink | None = None,
         http: Transport | None = None,
     ) -> None:
-        self.client = client
-        self.http = http or SdkTransport(client)
+        self.http = http if http is not None else SdkTransport(client)  # type: ignore[arg-type]
         """How requests are sent: the endpoint's transport (transport.for_client), else the SDK's post."""
         self.events = events
         """Where each request's event goes (the ledger's, for the run report); None: not kept."""
@@ -274,7 +283,11 @@ class Engine:
             token = self.flow.sending()
             try:
                 raw, reply = await self._send(item, max_tokens, tier_override)
-            except (openai.APIError, openai.APIConnectionError) as exc:
+            except Exception as exc:
+                if not is_api_error(exc):  # (an SDK error implies the SDK is loaded: see is_api_error)
+                    raise
+                import openai
+
                 self.flow.answered(token)
                 if self.budget is not None:
                     self.budget.settle(worst, 0.0)  # a request that got no reply is not billed

@@ -10,30 +10,58 @@ shape with one aiohttp session; an error reply is handed back to the SDK to beco
 
 Only for a static API key: a client whose credentials can change (workload identity, a token
 provider, Azure AD) keeps the SDK path, which refreshes them. `BATCHRUN_HTTP_CLIENT=sdk` forces it.
+
+A server named by its base URL (the job's `base_url`, the simulator, the embedded model) with a static
+key is sent to without loading the SDK at all (`DirectTransport.plain`): its requests are a bearer key
+and JSON, the same URL and headers the SDK would build (tests/test_transport.py compares them), and
+the SDK — ~0.4 s and ~22 MB of every run's start — is imported only to turn a failure into its
+exception. OpenAI itself (no base_url: the SDK's own default URL, data residency, custom headers from
+the environment) and Azure keep the SDK-built shape.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import aiohttp
-import openai
 
 from . import fastjson
 
-try:  # the HTTP library under the openai SDK: httpx2 in current releases, httpx before
-    import httpx2 as httpx
-except ImportError:  # pragma: no cover
-    import httpx  # type: ignore[no-redef]
+if TYPE_CHECKING:
+    import openai
 
-HTTP_RESPONSE = httpx.Response
 # set by aiohttp for each request (or meaningless on a reused connection): never copied from the SDK's
 _PER_REQUEST_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding"})
+PLAIN_ENV_BLOCKERS = ("OPENAI_CUSTOM_HEADERS",)
+"""Environment the SDK reads into every request's headers: with it set, the SDK builds the shape."""
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HTTP_RESPONSE":  # the response class of the HTTP library under the SDK, loaded when asked for
+        return _httpx().Response
+    raise AttributeError(name)
+
+
+def _httpx() -> Any:
+    try:  # the HTTP library under the openai SDK: httpx2 in current releases, httpx before
+        import httpx2 as httpx
+    except ImportError:  # pragma: no cover
+        import httpx  # type: ignore[no-redef]
+    return httpx
+
+
+def is_api_error(exc: BaseException) -> bool:
+    """Whether `exc` is one of the SDK's API or connection errors — without importing the SDK: when it
+    has not been imported, no exception can be one of its."""
+    openai = sys.modules.get("openai")
+    return openai is not None and isinstance(exc, (openai.APIError, openai.APIConnectionError))
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +85,57 @@ def _json_object(content: bytes, response: Callable[[], Any]) -> dict[str, Any]:
     try:
         data = fastjson.loads_api(content)
     except ValueError as exc:
+        import openai
+
         raise openai.APIResponseValidationError(
             response=response(), body=None, message=f"reply is not JSON: {exc}"
         ) from exc
     if not isinstance(data, dict):
+        import openai
+
         raise openai.APIResponseValidationError(response=response(), body=data, message="reply is not an object")
     return data
+
+
+class Shape(NamedTuple):
+    """What every request of one (path, model) is sent with."""
+
+    url: str
+    headers: dict[str, str]
+    proxy: str | None
+    """The proxy the environment names for the URL (HTTPS_PROXY, NO_PROXY …), as httpx would use."""
+
+
+def _proxy_for(url: str) -> str | None:
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
+
+
+def _user_agent() -> str:
+    from importlib import metadata  # already loaded by the run's imports: no cost of its own
+
+    try:
+        return f"batchrun/{metadata.version('batchrun')}"
+    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree on PYTHONPATH
+        return "batchrun"
+
+
+def plain_headers(key: str) -> dict[str, str]:
+    """The headers the SDK sends a server named by its base URL with a static key: the bearer key, JSON
+    both ways, the organization and project the environment names (OPENAI_ORG_ID, OPENAI_PROJECT_ID)."""
+    headers = {
+        "Accept": "application/json",
+        "Content-Type": "application/json",
+        "User-Agent": _user_agent(),
+        "Authorization": f"Bearer {key}",
+    }
+    for name, env in (("OpenAI-Organization", "OPENAI_ORG_ID"), ("OpenAI-Project", "OPENAI_PROJECT_ID")):
+        if os.environ.get(env) is not None:
+            headers[name] = os.environ[env]
+    return headers
 
 
 class SdkTransport:
@@ -72,7 +145,7 @@ class SdkTransport:
         self.client = client
 
     async def post(self, path: str, body: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        response = await self.client.post(path, body=body, cast_to=HTTP_RESPONSE)
+        response = await self.client.post(path, body=body, cast_to=_httpx().Response)
         return response, _json_object(response.content, lambda: response)
 
     async def aclose(self) -> None:
@@ -80,18 +153,48 @@ class SdkTransport:
 
 
 class DirectTransport:
-    """POSTs with the SDK's URL and headers through one aiohttp session (see the module docstring)."""
+    """POSTs with the SDK's URL and headers through one aiohttp session (see the module docstring).
+
+    `DirectTransport(client)` learns each shape from the SDK client; `DirectTransport.plain(...)` knows
+    them from the base URL and key and needs an SDK client (`sdk`, called once) only for an error."""
 
     def __init__(self, client: openai.AsyncOpenAI) -> None:
-        self.client = client
-        self._shapes: dict[tuple[str, str], tuple[str, dict[str, str], str | None]] = {}
-        self._session: aiohttp.ClientSession | None = None
+        import openai
+
+        self._client: openai.AsyncOpenAI | None = client
+        self._make_client: Callable[[], openai.AsyncOpenAI] | None = None
+        self._plain: tuple[str, dict[str, str]] | None = None
         timeout = client.timeout
         if isinstance(timeout, openai.Timeout):
             # httpx's read timeout is the longest wait between bytes, as aiohttp's sock_read is
             self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout.connect, sock_read=timeout.read)
         else:
             self._timeout = aiohttp.ClientTimeout(total=float(timeout) if timeout else None)
+        self._shapes: dict[tuple[str, str], Shape] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def plain(
+        cls, base_url: str, key: str, *, read_s: float, connect_s: float, sdk: Callable[[], openai.AsyncOpenAI]
+    ) -> DirectTransport:
+        """For a server named by its base URL with a static key (see the module docstring): `read_s` and
+        `connect_s` as the SDK client's timeout, `sdk` the client an error reply is mapped by."""
+        self = cls.__new__(cls)
+        self._client = None
+        self._make_client = sdk
+        self._plain = (base_url.rstrip("/"), plain_headers(key))
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)
+        self._shapes = {}
+        self._session = None
+        return self
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The SDK client: the one given, or (plain) made on first need — an error to map."""
+        if self._client is None:
+            assert self._make_client is not None
+            self._client = self._make_client()
+        return self._client
 
     @staticmethod
     def usable(client: openai.AsyncOpenAI) -> bool:
@@ -100,22 +203,22 @@ class DirectTransport:
         azure_token = getattr(client, "_azure_ad_token", None) or getattr(client, "_azure_ad_token_provider", None)
         return isinstance(client.api_key, str) and bool(client.api_key) and not azure_token
 
-    def _shape(self, path: str, model: str) -> tuple[str, dict[str, str], str | None]:
-        """The URL and headers the SDK would send a request of this path and model with, and the
-        proxy the environment names for it (HTTPS_PROXY, NO_PROXY …), as httpx would use."""
+    def _shape(self, path: str, model: str) -> Shape:
+        """The URL and headers the SDK would send a request of this path and model with, and its proxy."""
         key = (path, model)
         shape = self._shapes.get(key)
         if shape is None:
-            from openai._models import FinalRequestOptions
+            if self._plain is not None:
+                base, headers = self._plain
+                url = f"{base}/{path.lstrip('/')}"
+            else:
+                from openai._models import FinalRequestOptions
 
-            options = FinalRequestOptions.construct(method="post", url=path, json_data={"model": model})
-            request = self.client._build_request(options)
-            headers = {k: v for k, v in request.headers.items() if k.lower() not in _PER_REQUEST_HEADERS}
-            url = str(request.url)
-            proxy = urllib.request.getproxies().get(request.url.scheme)
-            if proxy and urllib.request.proxy_bypass(request.url.host):
-                proxy = None
-            shape = self._shapes[key] = (url, headers, proxy)
+                options = FinalRequestOptions.construct(method="post", url=path, json_data={"model": model})
+                request = self.client._build_request(options)
+                headers = {k: v for k, v in request.headers.items() if k.lower() not in _PER_REQUEST_HEADERS}
+                url = str(request.url)
+            shape = self._shapes[key] = Shape(url, headers, _proxy_for(url))
         return shape
 
     def _open(self) -> aiohttp.ClientSession:
@@ -135,9 +238,13 @@ class DirectTransport:
                 content = await resp.read()
                 status, reply_headers = resp.status, resp.headers
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise openai.APITimeoutError(request=httpx.Request("POST", url)) from exc
+            import openai
+
+            raise openai.APITimeoutError(request=_httpx().Request("POST", url)) from exc
         except aiohttp.ClientError as exc:
-            raise openai.APIConnectionError(request=httpx.Request("POST", url)) from exc
+            import openai
+
+            raise openai.APIConnectionError(request=_httpx().Request("POST", url)) from exc
         if status >= 400:
             raise self._status_error(url, status, reply_headers, content)
         parsed = _json_object(content, lambda: self._response(url, status, reply_headers, content))
@@ -145,6 +252,7 @@ class DirectTransport:
 
     @staticmethod
     def _response(url: str, status: int, headers: Mapping[str, str], content: bytes) -> Any:
+        httpx = _httpx()
         return httpx.Response(
             status, headers=list(headers.items()), content=content, request=httpx.Request("POST", url)
         )
@@ -155,6 +263,8 @@ class DirectTransport:
         make = getattr(self.client, "_make_status_error_from_response", None)
         if make is not None:
             return make(response)
+        import openai  # pragma: no cover
+
         return openai.APIStatusError(f"Error code: {status}", response=response, body=None)  # pragma: no cover
 
     async def aclose(self) -> None:
@@ -163,8 +273,13 @@ class DirectTransport:
             self._session = None
 
 
+def http_client_forced() -> bool:
+    """`BATCHRUN_HTTP_CLIENT=sdk` (or `httpx`): every request through the SDK's own `post`."""
+    return os.environ.get("BATCHRUN_HTTP_CLIENT") in ("sdk", "httpx")
+
+
 def for_client(client: openai.AsyncOpenAI) -> Transport:
     """The transport for a client: direct where it is safe, else the SDK's (see the module docstring)."""
-    if os.environ.get("BATCHRUN_HTTP_CLIENT") in ("sdk", "httpx") or not DirectTransport.usable(client):
+    if http_client_forced() or not DirectTransport.usable(client):
         return SdkTransport(client)
     return DirectTransport(client)

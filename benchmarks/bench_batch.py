@@ -47,7 +47,7 @@ def open_job(tmp: Path):  # -> BatchJob
     job = load_job(tmp / "batch.toml")
     # no call reaches this client: the phases measured here are local work
     client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="unused", max_retries=0)
-    endpoint = Endpoint(client, "http://127.0.0.1:9/v1", job.request.model)
+    endpoint = Endpoint(lambda: client, "http://127.0.0.1:9/v1", job.request.model)
     ledger = Ledger(job.ledger_file, job=job.name, max_output_tokens=job.request.max_output_tokens)
     ctx = build_context(job, endpoint, ledger, RunOptions(), Stopper(say=lambda _m: None))
     return BatchJob(ctx, TableParts.build(ctx, open_source(job.input)))

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -139,3 +143,94 @@ def test_the_environments_proxy_is_used_unless_no_proxy_names_the_host(monkeypat
         transport = for_client(client)
         assert isinstance(transport, DirectTransport)
         assert transport._shape("/chat/completions", "m")[2] == proxy
+
+
+def plain(url: str, client: openai.AsyncOpenAI, timeout: float = 30.0) -> DirectTransport:
+    return DirectTransport.plain(f"{url}/v1", "sk-test", read_s=timeout, connect_s=10.0, sdk=lambda: client)
+
+
+async def test_a_server_named_by_its_url_gets_the_sdks_request_without_the_sdk(
+    echo: tuple[Echo, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, url = echo
+    for org, project in ((None, None), ("org-1", "proj-2")):
+        for name, value in (("OPENAI_ORG_ID", org), ("OPENAI_PROJECT_ID", project)):
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        client = clients(url)[0]
+        made: list[int] = []
+
+        def sdk(made: list[int] = made) -> openai.AsyncOpenAI:
+            made.append(1)
+            raise AssertionError("no SDK client is needed for answers")
+
+        ours = DirectTransport.plain(f"{url}/v1/", "sk-test", read_s=30, connect_s=10, sdk=sdk)
+        for t in (SdkTransport(client), ours):
+            response, data = await t.post("/chat/completions", dict(BODY))
+            assert data == REPLY and response.status_code == 200
+            assert response.headers.get("X-Request-Id") == "req_1"
+        sdk, sent = server.seen[-2:]
+        assert sent["path"] == sdk["path"] == "/v1/chat/completions"
+        assert sent["query"] == sdk["query"] and sent["body"] == sdk["body"] == BODY
+        theirs = {k.lower(): v for k, v in sdk["headers"].items()}
+        mine = {k.lower(): v for k, v in sent["headers"].items()}
+        for header in ("authorization", "content-type", "accept", "openai-organization", "openai-project"):
+            assert mine.get(header) == theirs.get(header), header
+        assert (org is None) == ("openai-organization" not in mine)
+        assert sent["headers"]["User-Agent"].startswith("batchrun")
+        assert made == []  # a run that gets only answers never makes an SDK client
+        await ours.aclose()
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        ("429", openai.RateLimitError),
+        ("500", openai.InternalServerError),
+        ("reset", openai.APIConnectionError),
+        ("slow", openai.APITimeoutError),
+        ("list", openai.APIResponseValidationError),
+    ],
+)
+async def test_a_plain_servers_failures_are_the_sdks_exceptions(
+    echo: tuple[Echo, str], answer: str, error: type
+) -> None:
+    server, url = echo
+    server.answer = answer
+    client = clients(url, timeout=0.5)[0]
+    seen = []
+    for t in (SdkTransport(client), plain(url, client, timeout=0.5)):
+        with pytest.raises(error) as info:
+            await t.post("/chat/completions", dict(BODY))
+        seen.append(info.value)
+        await t.aclose()
+    await client.close()
+    sdk, ours = seen
+    assert type(ours) is type(sdk)
+    if isinstance(sdk, openai.APIStatusError):
+        assert isinstance(ours, openai.APIStatusError)
+        assert ours.status_code == sdk.status_code and ours.body == sdk.body and ours.message == sdk.message
+
+
+def test_a_run_on_a_server_named_by_its_url_never_loads_the_sdk(tmp_path: Path) -> None:
+    """The demo's and a self-hosted server's whole run, answers only: the SDK (~0.4 s, ~22 MB) stays unloaded."""
+    script = (
+        "import sys, asyncio\n"
+        "from batchrun.jobs import load_job\n"
+        "from batchrun.lifecycle import run_job\n"
+        f"result = asyncio.run(run_job(load_job({str(tmp_path / 'job.toml')!r})))\n"
+        "assert sum(result.by_status.values()) == 3 and set(result.by_status) <= {'ok', 'truncated'}\n"
+        "print(sorted(m for m in ('openai', 'httpx2', 'httpx') if m in sys.modules))\n"
+    )
+    (tmp_path / "in.csv").write_text("text\na\nb\nc\n")
+    (tmp_path / "job.toml").write_text(
+        'name = "plain"\n[input]\npath = "in.csv"\n[prompt]\ntemplate = "{{ text }}"\n'
+        '[request]\nmodel = "gpt-4o-mini"\nmax_tokens = 50\n[output]\npath = "out.parquet"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_CUSTOM_HEADERS")}
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
