@@ -6,9 +6,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import fastjsonschema
-import jsonschema
-
 from . import fastjson
 
 
@@ -36,15 +33,21 @@ class ReplyParser:
     def __init__(self, schema: dict[str, Any] | None, max_tokens: int | None) -> None:
         self.schema = schema
         self.max_tokens = max_tokens
-        self.validator = jsonschema.Draft202012Validator(schema) if schema is not None else None
+        self.validator: Any = None
+        self.fast: Any = None
+        if schema is None:
+            return  # a text job: no validator loaded (jsonschema's import is ~30 ms)
+        import fastjsonschema
+        import jsonschema
+
+        self.validator = jsonschema.Draft202012Validator(schema)
         # fastjsonschema compiles the schema to Python: ~15× faster on the (common) valid reply;
         # jsonschema still explains an invalid one. Strict-mode schemas use only keywords both read alike.
-        self.fast: Any = None
-        if schema is not None:
-            try:
-                self.fast = fastjsonschema.compile(schema)
-            except Exception:  # a schema it cannot compile: jsonschema alone
-                self.fast = None
+        self._fast_error: type[Exception] = fastjsonschema.JsonSchemaException
+        try:
+            self.fast = fastjsonschema.compile(schema)
+        except Exception:  # a schema it cannot compile: jsonschema alone
+            self.fast = None
 
     def chat(self, completion: dict[str, Any]) -> Parsed:
         """Status and output of a chat completion (the reply's JSON as a dict)."""
@@ -97,8 +100,10 @@ class ReplyParser:
             try:
                 self.fast(data)
                 return Parsed("ok", output=data, raw_text=text, finish_reason=finish)
-            except fastjsonschema.JsonSchemaException:
+            except self._fast_error:
                 pass  # jsonschema says where and why, below
+        import jsonschema
+
         error = jsonschema.exceptions.best_match(self.validator.iter_errors(data))
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(root)"
