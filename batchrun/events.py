@@ -15,7 +15,9 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 SCHEMA = """
@@ -132,15 +134,71 @@ def describe(event: Sequence[Any]) -> str:
     )
 
 
-def read_requests(db: sqlite3.Connection, run_id: int) -> list[dict[str, Any]]:
-    """A run's request events, in the order they were sent."""
-    rows = [
-        dict(zip(REQUEST_COLUMNS, event, strict=True))
-        for (text,) in db.execute("SELECT events FROM request_events WHERE run_id = ?", (run_id,))
-        for event in json.loads(text)
-    ]
-    rows.sort(key=lambda e: e["sent_at"])
-    return rows
+_SENT, _LATENCY, _OUTCOME = (
+    REQUEST_COLUMNS.index("sent_at"),
+    REQUEST_COLUMNS.index("latency_ms"),
+    REQUEST_COLUMNS.index("outcome"),
+)
+_PROMPT, _COMPLETION = REQUEST_COLUMNS.index("prompt_tokens"), REQUEST_COLUMNS.index("completion_tokens")
+_CACHED, _ERROR = REQUEST_COLUMNS.index("cached_tokens"), REQUEST_COLUMNS.index("error")
+
+
+@dataclass
+class RequestTotals:
+    """What the run report shows of a run's requests, gathered in one pass over its events: counts and
+    sums, and the few numbers per request its charts need in flat arrays (~28 bytes a request; a dict
+    per event was ~0.8 KB: 156 MB for 200,000 requests, benchmarks/RESULTS.md, issue 12 part 5)."""
+
+    requests: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    causes: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(outcome, error's first 120 characters) of the requests that failed, and how many."""
+    ok_latencies: array[float] = field(default_factory=lambda: array("d"))
+    ok_prompt_tokens: int = 0
+    ok_cached_tokens: int = 0
+    sent: array[float] = field(default_factory=lambda: array("d"))
+    """Each request's sent_at (in the ledger's order, not sorted)."""
+    used: array[float] = field(default_factory=lambda: array("d"))
+    """When each request's tokens were used: sent_at + its latency."""
+    used_tokens: array[int] = field(default_factory=lambda: array("q"))
+    limited: list[float] = field(default_factory=list)
+    """sent_at of the requests a rate limit refused."""
+
+    @classmethod
+    def of(cls, events: Iterable[dict[str, Any]]) -> RequestTotals:
+        """From events as dicts of REQUEST_COLUMNS (a test's, or a caller's own)."""
+        totals = cls()
+        totals.add([[e[c] for c in REQUEST_COLUMNS] for e in events])
+        return totals
+
+    def add(self, events: Iterable[Sequence[Any]]) -> None:
+        """Count events given in REQUEST_COLUMNS order (one commit's, as the ledger keeps them)."""
+        outcomes, causes = self.outcomes, self.causes
+        for e in events:
+            outcome, latency, sent = e[_OUTCOME], e[_LATENCY], e[_SENT]
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            self.requests += 1
+            self.sent.append(sent)
+            self.used.append(sent + (latency or 0) / 1000)
+            self.used_tokens.append((e[_PROMPT] or 0) + (e[_COMPLETION] or 0))
+            if outcome == "ok":
+                if latency is not None:
+                    self.ok_latencies.append(latency)
+                self.ok_prompt_tokens += e[_PROMPT] or 0
+                self.ok_cached_tokens += e[_CACHED] or 0
+            else:
+                key = (outcome, (e[_ERROR] or "")[:120])
+                causes[key] = causes.get(key, 0) + 1
+                if outcome == "rate_limited":
+                    self.limited.append(sent)
+
+
+def read_request_totals(db: sqlite3.Connection, run_id: int) -> RequestTotals:
+    """A run's request events, summed for the report (see RequestTotals), one commit's events at a time."""
+    totals = RequestTotals()
+    for (text,) in db.execute("SELECT events FROM request_events WHERE run_id = ?", (run_id,)):
+        totals.add(json.loads(text))
+    return totals
 
 
 def read_marks(db: sqlite3.Connection, run_id: int, kinds: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -149,4 +207,4 @@ def read_marks(db: sqlite3.Connection, run_id: int, kinds: Sequence[str] | None 
     return rows if kinds is None else [r for r in rows if r["kind"] in kinds]
 
 
-__all__ = ["OUTCOMES", "EventLog", "RequestSink", "read_marks", "read_requests"]
+__all__ = ["OUTCOMES", "EventLog", "RequestSink", "RequestTotals", "read_marks", "read_request_totals"]

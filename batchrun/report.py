@@ -14,16 +14,18 @@ also embedded as JSON (`<script type="application/json" id="report-data">`) for 
 
 from __future__ import annotations
 
+import bisect
 import html
 import json
 import shlex
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .events import read_marks, read_requests
+from .events import RequestTotals, read_marks, read_request_totals
 from .jobs import Job
 from .results import STATUS_ORDER, percentile
 from .sources import ID_COLUMN
@@ -61,7 +63,6 @@ class Report:
     cost_by_tier: dict[str, list[float]]
     output_cost: float
     rows: int
-    events: list[dict[str, Any]]
     marks: list[dict[str, Any]]
     slowest: list[dict[str, Any]]
     dearest: list[dict[str, Any]]
@@ -71,12 +72,19 @@ class Report:
     shards: list[dict[str, Any]] = field(default_factory=list)
     shard_marks: list[dict[str, Any]] = field(default_factory=list)
     chapters: list[dict[str, Any]] = field(default_factory=list)
+    requests: RequestTotals = field(default_factory=RequestTotals)
+    """The run's requests, summed (events.read_request_totals)."""
+    events: list[dict[str, Any]] | None = None
+    """Or the events themselves, as dicts of REQUEST_COLUMNS: summed into `requests` when given."""
+
+    def __post_init__(self) -> None:
+        if self.events is not None:
+            self.requests = RequestTotals.of(self.events)
+            self.events = None  # summed: not kept
 
     def figures(self) -> dict[str, Any]:
-        ok_lat = [e["latency_ms"] for e in self.events if e["outcome"] == "ok" and e["latency_ms"] is not None]
-        outcomes: dict[str, int] = {}
-        for e in self.events:
-            outcomes[e["outcome"]] = outcomes.get(e["outcome"], 0) + 1
+        q = self.requests
+        ok_lat = sorted(q.ok_latencies)
         return {
             "job": self.job,
             "run_id": self.run.get("id"),
@@ -85,14 +93,10 @@ class Report:
             "output_cost_usd": self.output_cost,
             "run_cost_usd": self.summary.get("cost_usd"),
             "summary_by_status": self.summary.get("by_status"),
-            "requests": len(self.events),
-            "outcomes": outcomes,
-            "latency_ms": {
-                "p50": percentile(sorted(ok_lat), 50),
-                "p95": percentile(sorted(ok_lat), 95),
-                "p99": percentile(sorted(ok_lat), 99),
-            },
-            "cached_tokens": sum(e["cached_tokens"] or 0 for e in self.events if e["outcome"] == "ok"),
+            "requests": q.requests,
+            "outcomes": dict(q.outcomes),
+            "latency_ms": {"p50": percentile(ok_lat, 50), "p95": percentile(ok_lat, 95), "p99": percentile(ok_lat, 99)},
+            "cached_tokens": q.ok_cached_tokens,
             "cost_by_model": self.cost_by_model,
             "cost_by_tier": self.cost_by_tier,
             "budget_usd": self.budget,
@@ -118,7 +122,7 @@ def gather(job: Job, *, ledger_path: Path | None = None, run_id: int | None = No
             raise FileNotFoundError(f"{path} has no finished run" + (f" {run_id}" if run_id is not None else ""))
         run = dict(zip(("id", "started_at", "finished_at", "rows", "summary"), row, strict=True))
         summary = json.loads(run.pop("summary") or "{}")
-        events = read_requests(db, run["id"])
+        requests = read_request_totals(db, run["id"])
         marks = read_marks(db, run["id"], ("limits",))
         shard_marks = [
             {"at": at, "note": note}
@@ -187,7 +191,7 @@ def gather(job: Job, *, ledger_path: Path | None = None, run_id: int | None = No
         cost_by_tier={str(t): [n, usd] for t, n, usd in tiers.iter_rows() if t is not None},
         output_cost=float(by["usd"].sum()),
         rows=int(by["n"].sum()),
-        events=events,
+        requests=requests,
         marks=marks,
         slowest=slowest.to_dicts(),
         dearest=dearest.to_dicts(),
@@ -295,7 +299,7 @@ def line_chart(
     return "".join(parts)
 
 
-def histogram(name: str, values: list[float], *, x_label: str, bins: int = 40) -> str:
+def histogram(name: str, values: Sequence[float], *, x_label: str, bins: int = 40) -> str:
     if not values:
         return f'<p class="none" data-chart="{name}">no values</p>'
     top = max(values) or 1.0
@@ -373,17 +377,18 @@ def _table(head: list[str], rows: list[list[Any]], numeric: set[int] | None = No
     return "".join(out)
 
 
-def _last_minute(times: list[tuple[float, int]], at: list[float]) -> list[float]:
-    """For each instant in `at` (ascending), the sum of the weights of `times` (ascending) in the 60 s
-    before it: the sliding window a per-minute limit holds a client to."""
-    out, lo, hi, total = [], 0, 0, 0
-    for t in at:
-        while hi < len(times) and times[hi][0] <= t:
-            total += times[hi][1]
-            hi += 1
-        while lo < hi and times[lo][0] <= t - 60.0:
-            total -= times[lo][1]
-            lo += 1
+def _last_minute(times: Sequence[float], weights: Sequence[int] | None, at: list[float]) -> list[float]:
+    """For each instant in `at` (ascending), the sum of the weights (1 each if None) of the `times` (any
+    order) in the 60 s before it — (t - 60, t], the sliding window a per-minute limit holds a client to.
+    Each time adds its weight to the instants in [time, time + 60): two bisections, no sort of the times."""
+    diff = [0] * (len(at) + 1)
+    for i, t in enumerate(times):
+        w = 1 if weights is None else weights[i]
+        diff[bisect.bisect_left(at, t)] += w
+        diff[bisect.bisect_left(at, t + 60.0)] -= w
+    out, total = [], 0
+    for d in diff[:-1]:
+        total += d
         out.append(float(total))
     return out
 
@@ -392,27 +397,24 @@ def _time_series(r: Report) -> tuple[str, str]:
     """Requests sent and tokens used in the last minute, through the run, against the RPM and TPM
     limits in force (a server's buckets start full, so the first minute may pass the line by up to one
     minute's allowance)."""
-    if not r.events:
+    q = r.requests
+    if not q.requests:
         none = '<p class="none" data-chart="{}">no requests were sent in this run</p>'
         return none.format("requests"), none.format("tokens")
-    t0 = min(e["sent_at"] for e in r.events)
-    sent = sorted((e["sent_at"] - t0, 1) for e in r.events)
-    used = sorted(
-        (e["sent_at"] + (e["latency_ms"] or 0) / 1000 - t0, (e["prompt_tokens"] or 0) + (e["completion_tokens"] or 0))
-        for e in r.events
-    )
-    span = max(used[-1][0], sent[-1][0], 1.0)
+    t0 = min(q.sent)
+    span = max(max(q.used) - t0, max(q.sent) - t0, 1.0)
     xs = [span * i / 120 for i in range(121)]
+    at = [t0 + x for x in xs]
     rpm = [(m["at"] - t0, m["rpm"]) for m in r.marks if m["rpm"] and m["at"] >= t0 - 1]
     tpm = [(m["at"] - t0, m["tpm"]) for m in r.marks if m["tpm"] and m["at"] >= t0 - 1]
-    limited = [e["sent_at"] - t0 for e in r.events if e["outcome"] == "rate_limited"]
+    limited = [t - t0 for t in q.limited]
     paused = [(max(m["at"] - t0 - 1, 0), m["at"] - t0) for m in r.marks if m["note"] == "paused"]
     req = line_chart(
-        "requests", [("requests sent in the last minute", "#2e7d32", list(zip(xs, _last_minute(sent, xs), strict=True)))],
+        "requests", [("requests sent in the last minute", "#2e7d32", list(zip(xs, _last_minute(q.sent, None, at), strict=True)))],
         x_label="seconds into the run", y_label="requests / min", limit=rpm or None, markers=limited, bands=paused,
     )  # fmt: skip
     tok = line_chart(
-        "tokens", [("tokens used in the last minute", "#ef6c00", list(zip(xs, _last_minute(used, xs), strict=True)))],
+        "tokens", [("tokens used in the last minute", "#ef6c00", list(zip(xs, _last_minute(q.used, q.used_tokens, at), strict=True)))],
         x_label="seconds into the run", y_label="tokens / min", limit=tpm or None, markers=limited, bands=paused,
     )  # fmt: skip
     return req, tok
@@ -432,17 +434,13 @@ def render(r: Report) -> str:
     cards = [
         ("rows", f"{r.rows:,}"), ("ok", f"{r.by_status.get('ok', 0):,}"),
         ("not answered", f"{sum(n for k, n in r.by_status.items() if k not in ('ok', 'refused', 'filtered')):,}"),
-        ("requests sent", f"{len(r.events):,}"), ("429s", f"{fig['outcomes'].get('rate_limited', 0):,}"),
+        ("requests sent", f"{r.requests.requests:,}"), ("429s", f"{fig['outcomes'].get('rate_limited', 0):,}"),
         ("run cost", f"${s.get('cost_usd') or 0:,.4f}"), ("wall", f"{wall:,.1f} s"),
         ("latency p50 / p95", " / ".join("—" if v is None else f"{v:,.0f} ms" for v in (fig["latency_ms"]["p50"], fig["latency_ms"]["p95"]))),
     ]  # fmt: skip
     req_chart, tok_chart = _time_series(r)
-    lat = [e["latency_ms"] for e in r.events if e["outcome"] == "ok" and e["latency_ms"] is not None]
-    causes: dict[tuple[str, str], int] = {}
-    for e in r.events:
-        if e["outcome"] != "ok":
-            key = (e["outcome"], (e["error"] or "")[:120])
-            causes[key] = causes.get(key, 0) + 1
+    lat = r.requests.ok_latencies
+    causes = r.requests.causes
     p = fig["latency_ms"]
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
@@ -472,7 +470,7 @@ def render(r: Report) -> str:
         f"from the ledger count there, not here); this job's spend so far: ${r.spent:,.4f}"
         + (f" of a ${r.budget:,.2f} budget" if r.budget is not None else "") + ".</p>",
         bars("budget", [("spent", r.spent), ("budget", r.budget)], unit="$") if r.budget is not None else "",
-        _cache_line(r.events),
+        _cache_line(r.requests),
         _table(["model", "cost $ (rows paid in this output)"], [[m, v] for m, v in r.cost_by_model.items()], {1}),
         _table(["tier", "rows", "cost $"], [[t, n, usd] for t, (n, usd) in r.cost_by_tier.items()], {1, 2}) if r.cost_by_tier else "",
         "<h2>Slowest rows</h2>", _rows(r.slowest),
@@ -502,10 +500,9 @@ def render(r: Report) -> str:
     return "".join(parts)
 
 
-def _cache_line(events: list[dict[str, Any]]) -> str:
+def _cache_line(requests: RequestTotals) -> str:
     """The provider's prompt cache in this run: cached prompt tokens of all prompt tokens answered."""
-    prompt = sum(e["prompt_tokens"] or 0 for e in events if e["outcome"] == "ok")
-    cached = sum(e["cached_tokens"] or 0 for e in events if e["outcome"] == "ok")
+    prompt, cached = requests.ok_prompt_tokens, requests.ok_cached_tokens
     if not cached:
         return "<p>Prompt cache: no prompt tokens were served from the provider's cache in this run.</p>"
     return (
