@@ -266,6 +266,8 @@ class ParquetSink:
         self.row_group_size = row_group_size
         self.writer: pq.ParquetWriter | None = None  # opened with the first rows (see _open)
         self.rows_written = 0
+        self._held: list[pa.Table] = []
+        self._held_rows = 0
 
     def _open(self, records: list[dict[str, Any]]) -> pq.ParquetWriter:
         """The writer, its schema fixed now: an embedding column of unknown size takes the size of the first
@@ -283,13 +285,39 @@ class ParquetSink:
         return self.writer
 
     def write(self, records: list[dict[str, Any]]) -> None:
+        """Write these rows now (with any held by `hold`), in row groups of at most row_group_size."""
+        self.hold(records)
+        self.flush()
+
+    def hold(self, records: list[dict[str, Any]]) -> None:
+        """Convert these rows to Arrow now and write them with the next full row group. An online run
+        hands its rows over a few hundred at a time, so the conversion is done while the run waits on
+        its limits, not all at the end (~0.1 s for a 3,000-row group), and the rows are kept as Arrow
+        columns, not Python dicts, until their group is written."""
         if records:
-            writer = self.writer or self._open(records)
-            table = pa.Table.from_pylist(records, schema=self.layout.schema)
-            writer.write_table(table, row_group_size=self.row_group_size)
-            self.rows_written += len(records)
+            if self.writer is None:
+                self._open(records)
+            self._held.append(pa.Table.from_pylist(records, schema=self.layout.schema))
+            self._held_rows += len(records)
+            if self._held_rows >= self.row_group_size:  # whole row groups now, the rest stays held
+                table = pa.concat_tables(self._held)
+                full = table.num_rows - table.num_rows % self.row_group_size
+                rest = table.slice(full)
+                self._held, self._held_rows = [table.slice(0, full)], full
+                self.flush()
+                self._held, self._held_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
+
+    def flush(self) -> None:
+        """Write the held rows."""
+        if self._held:
+            assert self.writer is not None
+            table = pa.concat_tables(self._held)
+            self._held, self._held_rows = [], 0
+            self.writer.write_table(table, row_group_size=self.row_group_size)
+            self.rows_written += table.num_rows
 
     def close(self) -> None:
+        self.flush()
         (self.writer or self._open([])).close()
         os.replace(self.partial, self.path)
 

@@ -172,3 +172,40 @@ def test_cli_version_report_and_verbose(finished, tmp_path: Path) -> None:  # ty
                              text=True, timeout=120, env=env)  # fmt: skip
     lines = [x for x in verbose.stderr.splitlines() if re.match(r"\d\d:\d\d:\d\d ok +200 +r\d+ try 1 ", x)]
     assert len(lines) == ROWS, verbose.stderr[-2000:]  # each request, as it was answered
+
+
+def test_the_last_minute_windows_are_the_sliding_sums_they_chart() -> None:
+    """The difference-array windows equal the sum, at each instant, of the weights in (t - 60, t]."""
+    import random
+
+    from batchrun.report import _last_minute
+
+    rng = random.Random(7)
+    times = [rng.uniform(0, 300) for _ in range(2_000)] + [0.0, 60.0, 120.0]  # some exactly on an instant
+    weights = [rng.randint(0, 500) for _ in times]
+    at = [300 * i / 120 for i in range(121)]
+    brute = [float(sum(w for t, w in zip(times, weights, strict=True) if x - 60 < t <= x)) for x in at]
+    assert _last_minute(times, weights, at) == brute
+    assert _last_minute(times, None, at) == [float(sum(1 for t in times if x - 60 < t <= x)) for x in at]
+
+
+def test_the_reports_request_totals_are_the_same_from_the_ledger_and_from_dicts(tmp_path: Path) -> None:
+    """A run's events summed as the ledger keeps them (a JSON array per commit) and as dicts agree."""
+    from batchrun.events import REQUEST_COLUMNS, SCHEMA, RequestTotals, read_request_totals
+
+    rows = [
+        [100.0 + i, 250.0 if i % 5 else None, 200, ("ok", "rate_limited", "retried", "ok", "failed")[i % 5], 1,
+         f"r{i}", 50, 20 + i, 10, i % 3, 1, 0.0, 0.001, None, None if i % 5 in (0, 3) else f"error {i % 2}"]
+        for i in range(40)
+    ]  # fmt: skip
+    db = sqlite3.connect(tmp_path / "l.sqlite")
+    db.executescript(SCHEMA)
+    for chunk in (rows[:15], rows[15:]):
+        db.execute("INSERT INTO request_events VALUES (1, ?, ?)", (chunk[0][0], json.dumps(chunk)))
+    db.execute("INSERT INTO request_events VALUES (2, 0, ?)", (json.dumps(rows[:3]),))  # another run's
+    ours = read_request_totals(db, 1)
+    theirs = RequestTotals.of(dict(zip(REQUEST_COLUMNS, r, strict=True)) for r in rows)
+    assert ours == theirs and ours.requests == 40
+    assert ours.outcomes == {"ok": 16, "rate_limited": 8, "retried": 8, "failed": 8}
+    assert len(ours.limited) == 8 and len(ours.ok_latencies) == 8  # the ok rows at i % 5 == 0 have no latency
+    assert sum(ours.causes.values()) == 24

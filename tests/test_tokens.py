@@ -147,3 +147,18 @@ def test_the_vocabulary_cache_gives_the_same_ranks_and_a_bad_copy_is_made_again(
     copy.write_bytes(b"not marshal")
     assert tokens._parsed_ranks("cl100k_base", data, sha) == first  # ignored, made again
     assert copy.read_bytes() != b"not marshal"
+
+
+def test_a_built_encoding_keeps_no_python_vocabulary_and_still_pickles() -> None:
+    """The ranks dict (~24 MB for o200k) is dropped once the Rust encoder has its copy; a pickle of the
+    Encoding (a Ray worker's counter) carries the vocabulary again and counts the same."""
+    import pickle
+
+    from batchrun.tokens import get_encoding
+
+    enc = get_encoding("o200k_base")
+    assert not isinstance(enc._mergeable_ranks, dict)
+    copy = pickle.loads(pickle.dumps(enc))
+    assert isinstance(copy._mergeable_ranks, dict) and len(copy._mergeable_ranks) == 199_998
+    text = "Tokens, counted offline: ünïcode 🙂 and numbers 12345."
+    assert copy.encode_ordinary(text) == enc.encode_ordinary(text) and copy.n_vocab == enc.n_vocab

@@ -258,3 +258,42 @@ def test_stray_failures_retry_soon_common_ones_back_off() -> None:
         rate.record(True)
     assert not rate.rare
     assert max(b.delay(1, random.Random(s), rare=rate.rare) for s in range(50)) > 0.1
+
+
+def test_rows_held_by_the_sink_are_written_in_full_row_groups_and_at_close(tmp_path: Path) -> None:
+    """`hold` converts rows as they come and writes a row group once row_group_size are held; `close`
+    writes the rest: the same rows, in order, as one `write` of them all."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from batchrun.sinks import ParquetSink, RowResult, make_layout
+
+    layout = make_layout(["text"], [pl.String], kind="chat", schema=None, model="gpt-4o-mini")
+    records = [
+        layout.record({"text": f"t{i}"}, RowResult(row=i, row_id=str(i), status="ok", output=f"o{i}"))
+        for i in range(230)
+    ]
+    held = ParquetSink(tmp_path / "held.parquet", layout, row_group_size=100)
+    for start in range(0, 230, 40):
+        held.hold(records[start : start + 40])
+    held.close()
+    whole = ParquetSink(tmp_path / "whole.parquet", layout, row_group_size=100)
+    whole.write(records)
+    whole.close()
+    ours = pq.ParquetFile(tmp_path / "held.parquet")
+    assert [ours.metadata.row_group(i).num_rows for i in range(ours.num_row_groups)] == [100, 100, 30]
+    assert ours.read().equals(pq.read_table(tmp_path / "whole.parquet"))
+    assert ours.schema_arrow == layout.schema
+
+
+def test_the_first_rows_of_a_run_are_a_batch_of_their_own() -> None:
+    import polars as pl
+
+    from batchrun.online import _first_rows_apart
+
+    batches = [pl.DataFrame({"x": range(0, 250)}), pl.DataFrame({"x": range(250, 300)})]
+    out = list(_first_rows_apart(iter(batches), 100))
+    assert [b.height for b in out] == [100, 150, 50]
+    assert pl.concat(out)["x"].to_list() == list(range(300))
+    assert [b.height for b in _first_rows_apart(iter([pl.DataFrame({"x": [1, 2]})]), 100)] == [2]
+    assert list(_first_rows_apart(iter([]), 100)) == []
