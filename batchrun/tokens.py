@@ -32,6 +32,8 @@ import tiktoken
 import tiktoken.model
 import tiktoken_ext.openai_public as openai_public
 
+from . import caches
+
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 REPLY_PRIMING = 3
@@ -94,12 +96,6 @@ def _load_ranks(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
     return _parsed_ranks(name, data, actual)
 
 
-def _ranks_cache_dir() -> Path:
-    if os.environ.get("BATCHRUN_CACHE_DIR"):
-        return Path(os.environ["BATCHRUN_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "batchrun"
-
-
 def _parsed_ranks(name: str, data: bytes, sha256: str) -> dict[bytes, int]:
     """The vocabulary's ranks, from a marshal copy kept in the user's cache when there is one.
 
@@ -110,13 +106,15 @@ def _parsed_ranks(name: str, data: bytes, sha256: str) -> dict[bytes, int]:
     """
     import marshal
 
-    path = _ranks_cache_dir() / f"{name}-{sha256[:20]}.marshal"
-    try:
-        ranks = marshal.loads(path.read_bytes())
-        if isinstance(ranks, dict) and ranks and isinstance(next(iter(ranks)), bytes):
-            return ranks
-    except (OSError, ValueError, EOFError, TypeError):
-        pass
+    name_in_cache = f"{name}-{sha256[:20]}.marshal"
+    cached = caches.read(name_in_cache)
+    if cached is not None:
+        try:
+            ranks = marshal.loads(cached)
+            if isinstance(ranks, dict) and ranks and isinstance(next(iter(ranks)), bytes):
+                return ranks
+        except (ValueError, EOFError, TypeError):
+            pass
     import base64
 
     ranks = {}
@@ -124,13 +122,7 @@ def _parsed_ranks(name: str, data: bytes, sha256: str) -> dict[bytes, int]:
         if line:
             token, rank = line.split()
             ranks[base64.b64decode(token)] = int(rank)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{name}-", delete=False) as f:
-            f.write(marshal.dumps(ranks))
-        os.replace(f.name, path)  # whole or not at all, for a run starting meanwhile
-    except OSError:
-        pass
+    caches.write(name_in_cache, marshal.dumps(ranks))
     return ranks
 
 

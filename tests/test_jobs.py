@@ -174,3 +174,42 @@ def test_template_file_and_examples(write_job: WriteJob, tmp_path: Path) -> None
     assert reqs[0].body["max_tokens"] == 50 and reqs[0].max_output_tokens == 50
     for r in reqs:
         assert r.prompt_tokens == renderer.counter.count_chat_request(r.body)
+
+
+def test_a_strict_schema_is_the_sdks_and_a_second_job_load_needs_no_sdk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """make_strict keeps the SDK's answer in the user's cache, named by the schema as written and the SDK's
+    version: the same strict schema (property order included) again, without importing the SDK."""
+    import json
+    import subprocess
+    import sys
+
+    from openai.lib._pydantic import _ensure_strict_json_schema
+
+    from batchrun import schemas
+
+    monkeypatch.setenv("BATCHRUN_CACHE_DIR", str(tmp_path / "cache"))
+    schema = {
+        "type": "object",
+        "properties": {
+            "zeta": {"type": "string"},
+            "alpha": {"type": "object", "properties": {"n": {"type": "integer"}}},
+        },
+    }
+    sdk = _ensure_strict_json_schema(json.loads(json.dumps(schema)), path=(), root=json.loads(json.dumps(schema)))
+    first = schemas.make_strict(schema)
+    assert first == sdk and list(first["properties"]) == ["zeta", "alpha"]
+    assert len(list((tmp_path / "cache").glob("strict-schema-*.json"))) == 1
+    script = (
+        "import sys, json\nfrom batchrun import schemas\n"
+        f"out = schemas.make_strict(json.loads({json.dumps(json.dumps(schema))}))\n"
+        "print(json.dumps(out), 'openai' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    text, loaded = out.stdout.strip().rsplit(" ", 1)
+    assert json.loads(text) == sdk and list(json.loads(text)["properties"]) == ["zeta", "alpha"] and loaded == "False"
+    reordered = {"type": "object", "properties": {"alpha": schema["properties"]["alpha"], "zeta": {"type": "string"}}}
+    assert list(schemas.make_strict(reordered)["properties"]) == ["alpha", "zeta"]  # its own entry, not the other's
+    monkeypatch.setenv("BATCHRUN_CACHE_DIR", "/proc/no-such-dir")  # unwritable: the SDK's answer, every time
+    assert schemas.make_strict(schema) == sdk
