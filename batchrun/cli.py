@@ -375,3 +375,31 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = ExitCode.DONE
     sys.exit(int(code))
+
+
+def console() -> None:
+    """The `batchrun` command (and `python -m batchrun`): `main`, then an exit that skips the
+    interpreter's teardown — freeing every module, the tokenizer's Rust tables, polars' and aiohttp's
+    state took ~0.1 s of every command after its work was done (benchmarks/RESULTS.md, issue 12).
+
+    By then the run has committed, closed its files and stopped its servers; the exit handlers still
+    run (atexit: Ray's shutdown, logging), output is flushed, and a command that left a thread of its
+    own running exits the ordinary way. `main()` called from Python raises SystemExit as before."""
+    try:
+        main()
+        code: int | str | None = 0
+    except SystemExit as exc:
+        code = exc.code
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    if not isinstance(code, int):  # sys.exit's own rules: None is success, anything else is printed
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)

@@ -488,3 +488,46 @@ def test_per_row_models_need_prices_for_a_budget(make_sim: SimFactory, tmp_path:
     path = job_file(tmp_path, sim.base_url, input_extra='id_column = "id"', extra=extra)
     path.write_text(path.read_text().replace("max_tokens = 150", 'max_tokens = 150\nparams_from = { model = "m" }'))
     refused(sim, cli("run", str(path), "-q", "--over-budget"), "no price is known for 'acme-7b'", "params_from model")
+
+
+def test_the_command_exits_with_mains_code_and_skips_only_the_teardown(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """cli.console: main's exit code through os._exit after the exit handlers ran and output was
+    flushed; sys.exit's rules for None and text; the ordinary exit while a thread of its own runs."""
+    import atexit
+    import threading
+
+    from batchrun import cli
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code: int) -> None:
+        raise Exited(code)
+
+    ran: list[str] = []
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: ran.append("atexit"))
+    for raised, code in ((SystemExit(6), 6), (SystemExit(None), 0), (SystemExit("no such job"), 1)):
+
+        def main(raised: SystemExit = raised) -> None:
+            print("summary")
+            raise raised
+
+        monkeypatch.setattr(cli, "main", main)
+        with pytest.raises(Exited) as info:
+            cli.console()
+        assert info.value.args == (code,) and ran[-1] == "atexit"
+    out = capsys.readouterr()
+    assert out.out.count("summary") == 3 and "no such job" in out.err
+    stop = threading.Event()
+    busy = threading.Thread(target=stop.wait)  # not a daemon: the interpreter would wait for it
+    busy.start()
+    try:
+        with pytest.raises(SystemExit) as ordinary:
+            cli.console()
+        assert ordinary.value.code == "no such job" and len(ran) == 3
+    finally:
+        stop.set()
+        busy.join()
