@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -92,10 +93,30 @@ def run_batchrun(tmp: Path, base_url: str, prompts: list[str], w: dict[str, Any]
         f'[limits]\n{limits}[output]\npath = "out.parquet"\n'
     )
     env = {**os.environ, "BATCHRUN_BENCH_KEY": "sk-bench", "BATCHRUN_NO_LOCAL_MODEL": "1"}
+    started = time.time()
     wall, cpu, _ = timed([sys.executable, "-m", "batchrun", "run", "job.toml", "-q", "--no-cache"], tmp, env)
     status = pl.read_parquet(tmp / "out.parquet", columns=["status"])["status"]
     ok = int((status == "ok").sum())
-    return {"wall": wall, "cpu": cpu, "ok": ok, "failed": len(prompts) - ok}
+    return {"wall": wall, "cpu": cpu, "ok": ok, "failed": len(prompts) - ok, "phases": phases(tmp, started, wall)}
+
+
+def phases(tmp: Path, started: float, wall: float) -> str:
+    """Where a batchrun process's wall time went, from its ledger's request events: start-up before the
+    first request, first to last request sent, the last replies, and the end (output, report, exit)."""
+    from batchrun.events import read_request_totals
+    from batchrun.jobs import load_job
+
+    job = load_job(tmp / "job.toml")
+    with sqlite3.connect(job.ledger_file) as db:
+        run_id = db.execute("SELECT MAX(id) FROM runs").fetchone()[0]
+        q = read_request_totals(db, run_id)
+    if not q.requests:
+        return "no requests"
+    first, last, done = min(q.sent), max(q.sent), max(q.used)
+    return (
+        f"start-up {first - started:.2f} s, first to last send {last - first:.2f} s, "
+        f"last replies {done - last:.2f} s, output/report/exit {started + wall - done:.2f} s"
+    )
 
 
 def run_cookbook(script: Path, tmp: Path, base_url: str, prompts: list[str], w: dict[str, Any]) -> dict[str, Any]:
@@ -169,6 +190,8 @@ def main() -> None:
                     least = f"{r['wall'] / floor:10.3f}"
                 print(f"{tool:9} {r['wall']:7.2f} {n / r['wall']:7.0f} {1000 * r['cpu'] / n:10.2f} {r['ok']:6d} "
                       f"{r['failed']:6d} {st['rate_limited']:5d} {least:>10} {st['requests']:10d}", flush=True)  # fmt: skip
+                if "phases" in r:
+                    print(f"{'':9} {r['phases']}" + (f"; the least the limits allow {floor:.2f} s" if floor else ""))
 
 
 if __name__ == "__main__":
