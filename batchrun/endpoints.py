@@ -37,11 +37,16 @@ class PlainServer(NamedTuple):
     """The longest wait between a reply's bytes (the SDK client's read timeout)."""
 
 
-def _plain(job: Job, key: str | None) -> PlainServer | None:
+def _plain(job: Job, key: str | None, base_url: str) -> PlainServer | None:
+    from urllib.parse import urlsplit
+
     from .transport import PLAIN_ENV_BLOCKERS
 
     if any(os.environ.get(name) is not None for name in PLAIN_ENV_BLOCKERS):
         return None  # the SDK adds headers from the environment: let it build the requests
+    parts = urlsplit(base_url)
+    if parts.query or parts.fragment:  # (a gateway's ?api-version=…): how it joins a path is the SDK's call
+        return None
     return PlainServer(key or NO_KEY, _timeout_seconds(job))
 
 
@@ -184,7 +189,7 @@ def open_endpoint(job: Job, *, sim_config: SimConfig | None = None) -> Endpoint:
             model,
             banner=banner,
             local=server,
-            plain=_plain(job, None),
+            plain=_plain(job, None, server.base_url),
         )
     if ep.base_url is None and not key:
         from .sim import SimConfig, SimServer
@@ -206,7 +211,7 @@ def open_endpoint(job: Job, *, sim_config: SimConfig | None = None) -> Endpoint:
             simulated=True,
             sim=sim,
             banner=banner,
-            plain=_plain(job, SIM_KEY),
+            plain=_plain(job, SIM_KEY, sim.base_url),
         )
     if ep.base_url is None:  # OpenAI itself: the SDK's own URL (OPENAI_BASE_URL, data residency …) and headers
         client = make_client(job, None, key)
@@ -214,7 +219,9 @@ def open_endpoint(job: Job, *, sim_config: SimConfig | None = None) -> Endpoint:
     base_url = ep.base_url
     # a server of your own may say what it has (context, slots): too-long rows are then never sent
     facts = server_facts(base_url, model) if is_local_url(base_url) else None
-    return Endpoint(lambda: make_client(job, base_url, key), base_url, model, facts=facts, plain=_plain(job, key))
+    return Endpoint(
+        lambda: make_client(job, base_url, key), base_url, model, facts=facts, plain=_plain(job, key, base_url)
+    )
 
 
 def make_client(job: Job, base_url: str | None, key: str | None) -> openai.AsyncOpenAI:

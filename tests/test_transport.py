@@ -234,3 +234,39 @@ def test_a_run_on_a_server_named_by_its_url_never_loads_the_sdk(tmp_path: Path) 
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_which_endpoints_are_sent_to_without_the_sdk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A base URL with a static key: plain; a base URL with a query, OPENAI_CUSTOM_HEADERS, OpenAI itself
+    and Azure: the SDK builds the request (DirectTransport from its client)."""
+    from batchrun.endpoints import open_endpoint
+    from batchrun.jobs import load_job
+
+    (tmp_path / "in.csv").write_text("text\na\n")
+
+    def endpoint(section: str) -> Any:
+        (tmp_path / "job.toml").write_text(
+            'name = "j"\n[input]\npath = "in.csv"\n[prompt]\ntemplate = "{{ text }}"\n'
+            f'[request]\nmodel = "gpt-4o-mini"\nmax_tokens = 5\n[endpoint]\n{section}\n[output]\npath = "out.parquet"\n'
+        )
+        return open_endpoint(load_job(tmp_path / "job.toml"))
+
+    monkeypatch.setenv("BATCHRUN_TEST_KEY", "sk-test")
+    monkeypatch.delenv("OPENAI_CUSTOM_HEADERS", raising=False)
+    key = 'api_key_env = "BATCHRUN_TEST_KEY"\n'
+    plain = endpoint(f'base_url = "http://127.0.0.1:9/v1"\n{key}')
+    assert plain.plain is not None and plain.http._plain is not None and plain._client is None
+    assert plain.http._shape("/chat/completions", "m").url == "http://127.0.0.1:9/v1/chat/completions"
+    asyncio.run(plain.close())
+    for section in (
+        f'base_url = "http://127.0.0.1:9/v1?tenant=a"\n{key}',
+        key,  # OpenAI itself
+        f'azure_endpoint = "https://x.openai.azure.com"\nazure_api_version = "2024-10-21"\n{key}',
+    ):
+        ep = endpoint(section)
+        assert ep.plain is None and isinstance(ep.http, DirectTransport) and ep.http._plain is None, section
+        asyncio.run(ep.close())
+    monkeypatch.setenv("OPENAI_CUSTOM_HEADERS", "X-Team: a")
+    custom = endpoint(f'base_url = "http://127.0.0.1:9/v1"\n{key}')
+    assert custom.plain is None
+    asyncio.run(custom.close())
