@@ -231,6 +231,27 @@ class EndpointSpec(Spec):
             raise ValueError(f"{v!r}: {exc}") from None
         return v
 
+    @field_validator("base_url")
+    @classmethod
+    def _as_the_sdk_writes_it(cls, v: str | None) -> str | None:
+        """The base URL as the SDK's client keeps it (httpx's normal form: scheme and host in lower case,
+        no default port, the path percent-encoded), without its trailing slash added. Runs before this
+        one sent through the SDK and kept their answers under that form: so does every run now, and
+        `plan` looks them up under it too."""
+        if v is None:
+            return v
+        from urllib.parse import quote, urlsplit, urlunsplit
+
+        parts = urlsplit(v)
+        scheme, host, port = parts.scheme.lower(), parts.hostname or "", parts.port
+        netloc = f"[{host}]" if ":" in host else host
+        if "@" in parts.netloc:
+            netloc = parts.netloc.rpartition("@")[0] + "@" + netloc
+        if port is not None and port != {"http": 80, "https": 443}[scheme]:
+            netloc += f":{port}"
+        path = quote(parts.path, safe="/%!$&'()*+,;=:@-._~")
+        return urlunsplit((scheme, netloc, path, parts.query, parts.fragment))
+
     @property
     def openai_like(self) -> bool:
         """OpenAI or Azure (not a server of your own, nor the embedded model): prompt_cache_key "auto"."""

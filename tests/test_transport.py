@@ -270,3 +270,23 @@ def test_which_endpoints_are_sent_to_without_the_sdk(tmp_path: Path, monkeypatch
     custom = endpoint(f'base_url = "http://127.0.0.1:9/v1"\n{key}')
     assert custom.plain is None
     asyncio.run(custom.close())
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8000/v1", "https://API.Example.com:443/v1", "http://Localhost:80/v1/", "HTTP://host/v1",
+     "http://host/some path/v1", "http://[::1]:8000/v1", "http://u:p@Host:8080/v1", "http://h:8000"],
+)  # fmt: skip
+def test_a_base_url_is_kept_and_joined_as_the_sdk_does(url: str) -> None:
+    """The job's base URL in the SDK's normal form (so answers kept by runs that went through the SDK are
+    found under the same endpoint key), and the plain transport's request URL is the SDK's."""
+    from openai._models import FinalRequestOptions
+
+    from batchrun.jobs import EndpointSpec
+
+    client = openai.AsyncOpenAI(base_url=url, api_key="sk-test")
+    ours = EndpointSpec(base_url=url).base_url
+    assert ours is not None and ours.rstrip("/") == str(client.base_url).rstrip("/")
+    options = FinalRequestOptions.construct(method="post", url="/chat/completions", json_data={"model": "m"})
+    plain = DirectTransport.plain(ours, "sk-test", read_s=1, connect_s=1, sdk=lambda: client)
+    assert plain._shape("/chat/completions", "m").url == str(client._build_request(options).url)
