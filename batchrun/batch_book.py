@@ -206,3 +206,28 @@ class BatchBook:
         with self.ledger.lock, self.db:
             self.db.executemany("UPDATE batch_items SET last_error = ? WHERE fingerprint = ?",
                                 [(err, fp) for fp, err in failures])  # fmt: skip
+
+
+def describe_batches(ledger_file: Path) -> list[str]:
+    """Lines for `batchrun status`: each batch run's shards and their batches (from the ledger only: `status`
+    loads neither the SDK nor aiohttp, which the Batch API client needs)."""
+    ledger = Ledger(ledger_file)
+    try:
+        book = BatchBook(ledger)
+        out: list[str] = []
+        for run in book.recent_runs(3):
+            out.append(
+                f"  batch run {run.id}   {run.state}, round {run.round}" + (f" ({run.note})" if run.note else "")
+            )
+            for s in book.shards(run.id):
+                batch = f"{s.batch_id} {s.batch_status}" if s.batch_id else "not submitted"
+                counts = (
+                    f"{s.completed:,}/{s.lines:,} done, {s.failed:,} failed" if s.batch_id else f"{s.lines:,} lines"
+                )
+                out.append(
+                    f"    round {s.round} shard {s.number}: {s.state:<9} {batch}   {counts}"
+                    + (f"   [{s.note}]" if s.note else "")
+                )
+        return out
+    finally:
+        ledger.close()

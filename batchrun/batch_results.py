@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import failpoints, fastjson
 from .batch_api import BatchInfo
-from .batch_book import BatchBook, ShardRecord
+from .batch_book import ShardRecord, describe_batches
 from .bulk import BulkWrite
-from .ledger import Ledger
 from .prompts import Request
 from .replies import usage_tokens
 from .retries import Action, line_failure
@@ -215,25 +214,4 @@ class ResultsMixin:
         return tally
 
 
-def describe_batches(ledger_file: Path) -> list[str]:
-    """Lines for `batchrun status`: each batch run's shards and their batches (from the ledger only)."""
-    ledger = Ledger(ledger_file)
-    try:
-        book = BatchBook(ledger)
-        out: list[str] = []
-        for run in book.recent_runs(3):
-            out.append(
-                f"  batch run {run.id}   {run.state}, round {run.round}" + (f" ({run.note})" if run.note else "")
-            )
-            for s in book.shards(run.id):
-                batch = f"{s.batch_id} {s.batch_status}" if s.batch_id else "not submitted"
-                counts = (
-                    f"{s.completed:,}/{s.lines:,} done, {s.failed:,} failed" if s.batch_id else f"{s.lines:,} lines"
-                )
-                out.append(
-                    f"    round {s.round} shard {s.number}: {s.state:<9} {batch}   {counts}"
-                    + (f"   [{s.note}]" if s.note else "")
-                )
-        return out
-    finally:
-        ledger.close()
+__all__ = ["ResultsMixin", "Tally", "describe_batches"]  # describe_batches: batch_book's, as before

@@ -138,7 +138,7 @@ def _status(args: argparse.Namespace) -> int:
     elif st.last_run:
         print("  last run       did not finish (killed?): run the job again to resume")
     print(f"  output         {job.output_path} ({'present' if job.output_path.exists() else 'not written yet'})")
-    from .batch_results import describe_batches
+    from .batch_book import describe_batches
 
     for line in describe_batches(path):
         print(line)
