@@ -124,8 +124,9 @@ def _user_agent() -> str:
 
 
 def plain_headers(key: str) -> dict[str, str]:
-    """The headers the SDK sends a server named by its base URL with a static key: the bearer key, JSON
-    both ways, the organization and project the environment names (OPENAI_ORG_ID, OPENAI_PROJECT_ID)."""
+    """The headers the SDK sends a server named by its base URL with a static key — the bearer key, JSON
+    both ways, the organization and project the environment names (OPENAI_ORG_ID, OPENAI_PROJECT_ID) —
+    with a user agent naming batchrun in place of the SDK's (and none of its X-Stainless-* telemetry)."""
     headers = {
         "Accept": "application/json",
         "Content-Type": "application/json",
