@@ -50,3 +50,14 @@ def string_bytes(text: str) -> bytes:
         return orjson.dumps(text)
     except orjson.JSONEncodeError:  # a lone surrogate: as before, the standard library says what is wrong
         return json.dumps(text, ensure_ascii=False).encode("utf-8")
+
+
+def dumps_text(obj: Any) -> str:
+    """`json.dumps(obj, ensure_ascii=False)` for batchrun's own records (run events), ~5× faster: the
+    text differs (no spaces, 4.5e-05 written 0.000045) but reads back to the same strings, ints and
+    floats, bit for bit (tests/test_fastjson.py). Where orjson refuses (a lone surrogate, an int past
+    64 bits) the standard library writes it; a NaN or an infinity, which are not JSON, is written as null."""
+    try:
+        return orjson.dumps(obj).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(obj, ensure_ascii=False)

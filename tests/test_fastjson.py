@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from batchrun import fastjson
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=20,
 )
@@ -63,3 +63,31 @@ def test_a_lone_surrogate_fails_as_the_standard_library_fails() -> None:
 def test_an_api_envelope_parses_as_json_does_but_for_integers_past_64_bits(text: str) -> None:
     assert repr(fastjson.loads_api(text)) == repr(json.loads(text))
     assert fastjson.loads_api('{"n": 12345678901234567890123}') == {"n": 1.2345678901234568e22}  # documented
+
+
+def test_run_events_are_written_as_the_standard_library_writes_them() -> None:
+    import json
+
+    from batchrun.fastjson import dumps_text
+
+    events = [
+        (1764811234.123456, 231.5, 200, "ok", 1, "r0042", 400, 213, 48, 0, 1, 0.0, 4.5e-05, "default", None),
+        [1e-7, 1e21, 0.1, -0.0, 2**63 - 1, True, 'ünïcode 🙂 "quoted" \n tab\t', "</script>"],
+    ]
+    assert json.loads(dumps_text(events)) == json.loads(json.dumps(events, ensure_ascii=False))
+    for odd in (["lone \ud800 surrogate"], [2**70]):  # orjson refuses both: the standard library writes them
+        assert dumps_text(odd) == json.dumps(odd, ensure_ascii=False)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**63), 2**63 - 1), st.text(), st.none()
+        )
+    )
+)
+def test_run_event_values_read_back_exactly(values: list) -> None:
+    from batchrun.fastjson import dumps_text
+
+    back = json.loads(dumps_text(values))
+    assert back == values and [type(v) for v in back] == [type(v) for v in values]
