@@ -39,8 +39,8 @@ from .fingerprints import OUTPUT_LIMIT_KEYS, CachePolicy, Fingerprinter
 from .ledger import Ledger
 from .prompts import Request
 from .replies import ReplyParser
+from .rows import RowResult
 from .shards import CHAT_URL, EMBEDDINGS_URL, LineTooLarge, Shard, ShardLimits, ShardLine, ShardWriter
-from .sinks import RowResult
 
 OUTSTANDING = frozenset({"written", "uploading", "uploaded", "creating", "submitted"})
 

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from .ledger import INSERT_RESULTS, Ledger, insert_rows
-from .sinks import RowResult
+from .rows import RowResult
 
 CHUNK_ROWS = 2_000
 """Rows handed to the inserting thread at once: few enough that it starts early, many enough that one

@@ -42,7 +42,7 @@ from .leases import LeaseBook, LeasedBudget, LeasedLimiter
 from .limits import Bucket, RateLimiter
 from .pricing import ModelPrice
 from .replies import ReplyParser
-from .sinks import RowResult
+from .rows import RowResult
 from .transport import for_client
 
 NAMESPACE = "batchrun"

@@ -29,7 +29,7 @@ from .limits import RateLimiter, RequestTooLarge
 from .pricing import ModelPrice
 from .replies import ReplyParser, usage_tokens
 from .retries import Action, Failure, FailureRate, classify
-from .sinks import RowResult
+from .rows import RowResult
 from .transport import SdkTransport, Transport, is_api_error
 from .workload import EngineOptions, RunStats, WorkItem
 

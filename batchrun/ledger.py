@@ -38,7 +38,7 @@ from .errors import UserError
 from .events import EventLog
 from .fingerprints import CachePolicy
 from .pricing import embedded_model
-from .sinks import RowResult
+from .rows import RowResult
 
 if TYPE_CHECKING:
     from .jobs import Job

@@ -13,7 +13,7 @@ from typing import Any
 
 from .prompts import Request
 from .retries import Backoff
-from .sinks import RowResult
+from .rows import RowResult
 
 
 @dataclass(frozen=True, slots=True)

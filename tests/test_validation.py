@@ -531,3 +531,22 @@ def test_the_command_exits_with_mains_code_and_skips_only_the_teardown(
     finally:
         stop.set()
         busy.join()
+
+
+def test_plan_and_status_load_only_what_they_need(tmp_path: Path) -> None:
+    """`plan` and `status` read the input and the ledger: not the SDK, aiohttp, the simulator, jsonschema
+    or ebooklib; `status` not even polars or pyarrow (issue 12, part 5)."""
+    (tmp_path / "input.csv").write_text("text\nhello\nworld\n")
+    path = job_file(tmp_path, "http://127.0.0.1:9/v1")
+    heavy = ("openai", "aiohttp", "batchrun.sim", "jsonschema", "ebooklib", "polars", "pyarrow")
+    for command, allowed in (("plan", {"polars"}), ("status", set())):
+        script = (
+            "import sys, io, contextlib\nfrom batchrun import cli\n"
+            f"sys.argv = ['batchrun', {command!r}, {str(path)!r}]\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try:\n        cli.main()\n    except SystemExit as e:\n        assert e.code == 0, e.code\n"
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+        )
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, check=True)
+        loaded = set(json.loads(out.stdout.strip().splitlines()[-1].replace("'", '"')))
+        assert loaded <= allowed, (command, loaded)
