@@ -64,7 +64,7 @@ SIM_BANNER = (
 class Endpoint:
     connect: Callable[[], openai.AsyncOpenAI]
     """Makes the SDK client for this endpoint — called once, when something first needs the SDK (the
-    Batch API, an error reply to map, Azure's or OpenAI's own request shape): see `client`."""
+    Batch API, Azure's or OpenAI's own request shape): see `client`."""
     base_url: str
     model: str
     """The model name sent in requests (the deployment name on Azure)."""
@@ -86,9 +86,7 @@ class Endpoint:
 
         if self.plain is not None and not http_client_forced():
             p = self.plain
-            self.http = DirectTransport.plain(
-                self.base_url, p.key, read_s=p.read_s, connect_s=CONNECT_TIMEOUT_S, sdk=lambda: self.client
-            )
+            self.http = DirectTransport.plain(self.base_url, p.key, read_s=p.read_s, connect_s=CONNECT_TIMEOUT_S)
         else:
             self.http = for_client(self.client)
 

@@ -30,7 +30,7 @@ from .pricing import ModelPrice
 from .replies import ReplyParser, usage_tokens
 from .retries import Action, Failure, FailureRate, classify
 from .rows import RowResult
-from .transport import SdkTransport, Transport, is_api_error
+from .transport import SdkTransport, Transport, is_api_error, is_timeout
 from .workload import EngineOptions, RunStats, WorkItem
 
 if TYPE_CHECKING:  # loaded where a request is sent through it or an error is mapped: see transport
@@ -284,14 +284,12 @@ class Engine:
             try:
                 raw, reply = await self._send(item, max_tokens, tier_override)
             except Exception as exc:
-                if not is_api_error(exc):  # (an SDK error implies the SDK is loaded: see is_api_error)
+                if not is_api_error(exc):  # a failed request (a plain server's, or the SDK's: see is_api_error)
                     raise
-                import openai
-
                 self.flow.answered(token)
                 if self.budget is not None:
                     self.budget.settle(worst, 0.0)  # a request that got no reply is not billed
-                if isinstance(exc, openai.APITimeoutError) and len(item.requests) > 1:
+                if is_timeout(exc) and len(item.requests) > 1:
                     # an embeddings request too big for the server's time: the halves, each on its own
                     # (a chunk of a book is split the same way), never the whole again
                     self.stats.retries += 1

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .headers import MAX_WAIT_SECONDS, RateLimitHeaders, read_headers, try_again_in
 from .redact import scrub
+from .wire import PlainConnectionError, PlainFailure, PlainMalformedReply, PlainStatusError, PlainTimeout
 
 if TYPE_CHECKING:  # imported where a failure is classified: `plan`, `status` and bad jobs never load the SDK
     import openai
@@ -59,7 +60,7 @@ class Failure:
         object.__setattr__(self, "message", scrub(self.message))
 
 
-def _error_fields(exc: openai.APIStatusError) -> tuple[str, str, str]:
+def _error_fields(exc: openai.APIStatusError | PlainStatusError) -> tuple[str, str, str]:
     body: Any = exc.body
     if isinstance(body, dict) and "error" in body and isinstance(body["error"], dict):
         body = body["error"]
@@ -69,54 +70,68 @@ def _error_fields(exc: openai.APIStatusError) -> tuple[str, str, str]:
 
 
 def classify(exc: BaseException) -> Failure:
-    """What a failed call means for the row and the run."""
+    """What a failed call means for the row and the run: a plain server's failure (wire.py, made without
+    the SDK) and the SDK's exception for the same failure mean the same."""
+    if isinstance(exc, PlainFailure):
+        return _classify(exc, timeout=PlainTimeout, connection=PlainConnectionError, status=PlainStatusError,
+                         malformed=PlainMalformedReply)  # fmt: skip
     import openai
 
-    if isinstance(exc, openai.APITimeoutError):
+    return _classify(exc, timeout=openai.APITimeoutError, connection=openai.APIConnectionError,
+                     status=openai.APIStatusError, malformed=openai.APIResponseValidationError)  # fmt: skip
+
+
+def _classify(exc: BaseException, *, timeout: type, connection: type, status: type, malformed: type) -> Failure:
+    if isinstance(exc, timeout):
         return Failure(Action.RETRY, "request timed out")
-    if isinstance(exc, openai.APIConnectionError):
+    if isinstance(exc, connection):
         cause = exc.__cause__
         detail = f": {cause}" if cause else ""
         return Failure(Action.RETRY, f"connection error{detail}")
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        message, type_, code = _error_fields(exc)
-        headers = read_headers(exc.response.headers)
-        if status == 429:
-            if type_ in QUOTA_CODES or code in QUOTA_CODES:
-                return Failure(Action.STOP_QUOTA, message, status, headers=headers)
-            if message.startswith("Request too large"):
-                return Failure(Action.TOO_LONG, message, status, headers=headers)
-            if code == "resource_unavailable" or "resource unavailable" in message.lower():
-                # flex processing's "429 Resource Unavailable": the tier has no capacity for this request
-                # right now — not the account's rate limit (no pause for everyone) and not billed
-                return Failure(Action.UNAVAILABLE, message, status, wait=headers.retry_after, headers=headers)
-            wait = headers.retry_after or try_again_in(message)
-            if wait is None:
-                wait = headers.reset_tokens if type_ == "tokens" else headers.reset_requests
-            kind = type_ if type_ in ("tokens", "requests") else None
-            if wait is not None and wait > MAX_WAIT_SECONDS:
-                # never slept blindly: wait the cap, then the next request asks the server again
-                message = f"{message} (the server asked to wait {wait:,.0f} s; waiting {MAX_WAIT_SECONDS:,.0f} s, then asking again)"
-                wait = MAX_WAIT_SECONDS
-            return Failure(Action.RATE_LIMITED, message, status, wait=wait, limit_kind=kind, headers=headers)
-        if status in (401, 403):
-            return Failure(Action.STOP_ENDPOINT, f"{status} {message}", status, headers=headers)
-        if status == 404 and (code == "model_not_found" or "model" in message.lower()):
-            return Failure(Action.STOP_ENDPOINT, f"404 {message}", status, headers=headers)
-        if status == 498 and code == "capacity_exceeded":
-            # Groq's flex tier without capacity (console.groq.com/docs/flex-processing): like OpenAI's
-            # "resource unavailable", this row backs off (or falls back); the account is not limited
-            return Failure(Action.UNAVAILABLE, f"498 {message}", status, wait=headers.retry_after, headers=headers)
-        if status in RETRYABLE_STATUS or status >= 500:
-            slow = status == 503 and "slow down" in message.lower()
-            return Failure(
-                Action.RETRY, f"{status} {message}", status, wait=headers.retry_after, slow_down=slow, headers=headers
-            )
-        return Failure(Action.ROW_FAILED, f"{status} {message}", status, headers=headers)
-    if isinstance(exc, openai.APIResponseValidationError):
+    if isinstance(exc, status):
+        return _status_failure(exc)
+    if isinstance(exc, malformed):
         return Failure(Action.RETRY, f"malformed response: {exc}")
     raise exc
+
+
+def _status_failure(exc: Any) -> Failure:
+    """An error reply (the SDK's APIStatusError or a wire.PlainStatusError: the same attributes)."""
+    status = exc.status_code
+    message, type_, code = _error_fields(exc)
+    headers = read_headers(exc.response.headers)
+    if status == 429:
+        if type_ in QUOTA_CODES or code in QUOTA_CODES:
+            return Failure(Action.STOP_QUOTA, message, status, headers=headers)
+        if message.startswith("Request too large"):
+            return Failure(Action.TOO_LONG, message, status, headers=headers)
+        if code == "resource_unavailable" or "resource unavailable" in message.lower():
+            # flex processing's "429 Resource Unavailable": the tier has no capacity for this request
+            # right now — not the account's rate limit (no pause for everyone) and not billed
+            return Failure(Action.UNAVAILABLE, message, status, wait=headers.retry_after, headers=headers)
+        wait = headers.retry_after or try_again_in(message)
+        if wait is None:
+            wait = headers.reset_tokens if type_ == "tokens" else headers.reset_requests
+        kind = type_ if type_ in ("tokens", "requests") else None
+        if wait is not None and wait > MAX_WAIT_SECONDS:
+            # never slept blindly: wait the cap, then the next request asks the server again
+            message = f"{message} (the server asked to wait {wait:,.0f} s; waiting {MAX_WAIT_SECONDS:,.0f} s, then asking again)"
+            wait = MAX_WAIT_SECONDS
+        return Failure(Action.RATE_LIMITED, message, status, wait=wait, limit_kind=kind, headers=headers)
+    if status in (401, 403):
+        return Failure(Action.STOP_ENDPOINT, f"{status} {message}", status, headers=headers)
+    if status == 404 and (code == "model_not_found" or "model" in message.lower()):
+        return Failure(Action.STOP_ENDPOINT, f"404 {message}", status, headers=headers)
+    if status == 498 and code == "capacity_exceeded":
+        # Groq's flex tier without capacity (console.groq.com/docs/flex-processing): like OpenAI's
+        # "resource unavailable", this row backs off (or falls back); the account is not limited
+        return Failure(Action.UNAVAILABLE, f"498 {message}", status, wait=headers.retry_after, headers=headers)
+    if status in RETRYABLE_STATUS or status >= 500:
+        slow = status == 503 and "slow down" in message.lower()
+        return Failure(
+            Action.RETRY, f"{status} {message}", status, wait=headers.retry_after, slow_down=slow, headers=headers
+        )
+    return Failure(Action.ROW_FAILED, f"{status} {message}", status, headers=headers)
 
 
 def line_failure(status_code: int | None, body: Any, error: Any) -> Failure:

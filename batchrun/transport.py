@@ -14,9 +14,10 @@ provider, Azure AD) keeps the SDK path, which refreshes them. `BATCHRUN_HTTP_CLI
 A server named by its base URL (the job's `base_url`, the simulator, the embedded model) with a static
 key is sent to without loading the SDK at all (`DirectTransport.plain`): its requests are a bearer key
 and JSON, the same URL and headers the SDK would build (tests/test_transport.py compares them), and
-the SDK — ~0.4 s and ~22 MB of every run's start — is imported only to turn a failure into its
-exception. OpenAI itself (no base_url: the SDK's own default URL, data residency, custom headers from
-the environment) and Azure keep the SDK-built shape.
+the SDK — ~0.4 s and ~22 MB of every run's start — is not imported at all: a failure is described
+the way the SDK would describe it (wire.py) and classified as the SDK's exception would be. OpenAI
+itself (no base_url: the SDK's own default URL, data residency, custom headers from the environment)
+and Azure keep the SDK-built shape and the SDK's exceptions.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ import sys
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import aiohttp
 
 from . import fastjson
+from .wire import PlainConnectionError, PlainFailure, PlainMalformedReply, PlainStatusError, PlainTimeout, Reply
 
 if TYPE_CHECKING:
     import openai
@@ -58,18 +59,21 @@ def _httpx() -> Any:
 
 
 def is_api_error(exc: BaseException) -> bool:
-    """Whether `exc` is one of the SDK's API or connection errors — without importing the SDK: when it
-    has not been imported, no exception can be one of its."""
+    """Whether `exc` is a failed request: a plain server's (wire.PlainFailure) or one of the SDK's API
+    or connection errors — without importing the SDK: when it has not been imported, no exception can
+    be one of its."""
+    if isinstance(exc, PlainFailure):
+        return True
     openai = sys.modules.get("openai")
     return openai is not None and isinstance(exc, (openai.APIError, openai.APIConnectionError))
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A 2xx answer's status and headers (a case-insensitive mapping), all the engine reads of it."""
-
-    status_code: int
-    headers: Mapping[str, str]
+def is_timeout(exc: BaseException) -> bool:
+    """Whether a failed request (is_api_error) timed out."""
+    if isinstance(exc, PlainTimeout):
+        return True
+    openai = sys.modules.get("openai")
+    return openai is not None and isinstance(exc, openai.APITimeoutError)
 
 
 class Transport(Protocol):
@@ -80,21 +84,24 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _json_object(content: bytes, response: Callable[[], Any]) -> dict[str, Any]:
-    """A 2xx reply's JSON object; else the SDK's validation error, with the response (made only then)."""
+def _json_object(content: bytes, response: Callable[[], Any] | None) -> dict[str, Any]:
+    """A 2xx reply's JSON object; else the SDK's validation error, with the response (made only then),
+    or — `response` None, a plain server's reply — wire.PlainMalformedReply with the same message."""
     try:
         data = fastjson.loads_api(content)
     except ValueError as exc:
-        import openai
-
-        raise openai.APIResponseValidationError(
-            response=response(), body=None, message=f"reply is not JSON: {exc}"
-        ) from exc
+        raise _malformed(f"reply is not JSON: {exc}", response, None) from exc
     if not isinstance(data, dict):
-        import openai
-
-        raise openai.APIResponseValidationError(response=response(), body=data, message="reply is not an object")
+        raise _malformed("reply is not an object", response, data)
     return data
+
+
+def _malformed(message: str, response: Callable[[], Any] | None, body: Any) -> Exception:
+    if response is None:
+        return PlainMalformedReply(message)
+    import openai
+
+    return openai.APIResponseValidationError(response=response(), body=body, message=message)
 
 
 class Shape(NamedTuple):
@@ -175,14 +182,12 @@ class DirectTransport:
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
-    def plain(
-        cls, base_url: str, key: str, *, read_s: float, connect_s: float, sdk: Callable[[], openai.AsyncOpenAI]
-    ) -> DirectTransport:
+    def plain(cls, base_url: str, key: str, *, read_s: float, connect_s: float) -> DirectTransport:
         """For a server named by its base URL with a static key (see the module docstring): `read_s` and
-        `connect_s` as the SDK client's timeout, `sdk` the client an error reply is mapped by."""
+        `connect_s` as the SDK client's timeout. Its failures are wire.PlainFailure, not the SDK's."""
         self = cls.__new__(cls)
         self._client = None
-        self._make_client = sdk
+        self._make_client = None
         self._plain = (base_url.rstrip("/"), plain_headers(key))
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)
         self._shapes = {}
@@ -191,10 +196,8 @@ class DirectTransport:
 
     @property
     def client(self) -> openai.AsyncOpenAI:
-        """The SDK client: the one given, or (plain) made on first need — an error to map."""
-        if self._client is None:
-            assert self._make_client is not None
-            self._client = self._make_client()
+        """The SDK client this transport learns its request shapes from (not a plain one's)."""
+        assert self._client is not None, "a plain transport has no SDK client"
         return self._client
 
     @staticmethod
@@ -239,15 +242,23 @@ class DirectTransport:
                 content = await resp.read()
                 status, reply_headers = resp.status, resp.headers
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            if self._plain is not None:
+                raise PlainTimeout() from exc
             import openai
 
             raise openai.APITimeoutError(request=_httpx().Request("POST", url)) from exc
         except aiohttp.ClientError as exc:
+            if self._plain is not None:
+                raise PlainConnectionError() from exc
             import openai
 
             raise openai.APIConnectionError(request=_httpx().Request("POST", url)) from exc
         if status >= 400:
+            if self._plain is not None:
+                raise PlainStatusError(status, reply_headers, content)
             raise self._status_error(url, status, reply_headers, content)
+        if self._plain is not None:
+            return Reply(status, reply_headers), _json_object(content, None)
         parsed = _json_object(content, lambda: self._response(url, status, reply_headers, content))
         return Reply(status, reply_headers), parsed
 

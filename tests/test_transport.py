@@ -145,8 +145,8 @@ def test_the_environments_proxy_is_used_unless_no_proxy_names_the_host(monkeypat
         assert transport._shape("/chat/completions", "m")[2] == proxy
 
 
-def plain(url: str, client: openai.AsyncOpenAI, timeout: float = 30.0) -> DirectTransport:
-    return DirectTransport.plain(f"{url}/v1", "sk-test", read_s=timeout, connect_s=10.0, sdk=lambda: client)
+def plain(url: str, timeout: float = 30.0) -> DirectTransport:
+    return DirectTransport.plain(f"{url}/v1", "sk-test", read_s=timeout, connect_s=10.0)
 
 
 async def test_a_server_named_by_its_url_gets_the_sdks_request_without_the_sdk(
@@ -160,13 +160,7 @@ async def test_a_server_named_by_its_url_gets_the_sdks_request_without_the_sdk(
             else:
                 monkeypatch.setenv(name, value)
         client = clients(url)[0]
-        made: list[int] = []
-
-        def sdk(made: list[int] = made) -> openai.AsyncOpenAI:
-            made.append(1)
-            raise AssertionError("no SDK client is needed for answers")
-
-        ours = DirectTransport.plain(f"{url}/v1/", "sk-test", read_s=30, connect_s=10, sdk=sdk)
+        ours = DirectTransport.plain(f"{url}/v1/", "sk-test", read_s=30, connect_s=10)
         for t in (SdkTransport(client), ours):
             response, data = await t.post("/chat/completions", dict(BODY))
             assert data == REPLY and response.status_code == 200
@@ -180,39 +174,66 @@ async def test_a_server_named_by_its_url_gets_the_sdks_request_without_the_sdk(
             assert mine.get(header) == theirs.get(header), header
         assert (org is None) == ("openai-organization" not in mine)
         assert sent["headers"]["User-Agent"].startswith("batchrun")
-        assert made == []  # a run that gets only answers never makes an SDK client
         await ours.aclose()
         await client.close()
 
 
-@pytest.mark.parametrize(
-    ("answer", "error"),
-    [
-        ("429", openai.RateLimitError),
-        ("500", openai.InternalServerError),
-        ("reset", openai.APIConnectionError),
-        ("slow", openai.APITimeoutError),
-        ("list", openai.APIResponseValidationError),
-    ],
-)
-async def test_a_plain_servers_failures_are_the_sdks_exceptions(
-    echo: tuple[Echo, str], answer: str, error: type
-) -> None:
+@pytest.mark.parametrize("answer", ["429", "500", "reset", "slow", "list"])
+async def test_a_plain_servers_failures_mean_what_the_sdks_exceptions_mean(echo: tuple[Echo, str], answer: str) -> None:
+    """The plain path's failures are wire.PlainFailure, made without the SDK; each is classified exactly as
+    the SDK's exception for the same reply (the engine's only use of either)."""
+    from batchrun.retries import classify
+    from batchrun.transport import is_api_error, is_timeout
+    from batchrun.wire import PlainFailure
+
     server, url = echo
     server.answer = answer
     client = clients(url, timeout=0.5)[0]
     seen = []
-    for t in (SdkTransport(client), plain(url, client, timeout=0.5)):
-        with pytest.raises(error) as info:
+    for t in (SdkTransport(client), plain(url, timeout=0.5)):
+        with pytest.raises(Exception) as info:
             await t.post("/chat/completions", dict(BODY))
         seen.append(info.value)
         await t.aclose()
     await client.close()
     sdk, ours = seen
-    assert type(ours) is type(sdk)
-    if isinstance(sdk, openai.APIStatusError):
-        assert isinstance(ours, openai.APIStatusError)
-        assert ours.status_code == sdk.status_code and ours.body == sdk.body and ours.message == sdk.message
+    assert isinstance(ours, PlainFailure) and is_api_error(ours) and is_api_error(sdk)
+    assert is_timeout(ours) == is_timeout(sdk) == (answer == "slow")
+    theirs, mine = classify(sdk), classify(ours)
+    if answer == "reset":  # the cause's text names the library that saw the reset (httpx2 / aiohttp)
+        assert mine.action is theirs.action and mine.message.startswith("connection error")
+    else:
+        assert mine == theirs
+    assert getattr(ours, "response", None) is None or ours.response.status_code == sdk.response.status_code
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers"),
+    [
+        (429, {"error": {"message": "Rate limit reached for requests. Please try again in 1.5s.", "type": "requests",
+                         "code": "rate_limit_exceeded"}}, {"x-ratelimit-remaining-requests": "0"}),
+        (429, {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota"}}, {}),
+        (429, {"error": {"message": "Resource unavailable", "code": "resource_unavailable"}}, {"retry-after": "3"}),
+        (401, {"error": {"message": "Incorrect API key provided"}}, {}),
+        (404, {"error": {"message": "The model `x` does not exist", "code": "model_not_found"}}, {}),
+        (400, {"message": "context length exceeded", "object": "error"}, {}),  # vLLM's top-level error
+        (498, {"error": {"message": "flex capacity exceeded", "code": "capacity_exceeded"}}, {}),
+        (503, "Slow Down", {}),
+        (500, "", {}),
+        (502, "<html>bad gateway</html>", {}),
+    ],
+)  # fmt: skip
+def test_an_error_reply_is_classified_alike_by_either_path(status: int, body: Any, headers: dict[str, str]) -> None:
+    from batchrun.retries import classify
+    from batchrun.wire import PlainStatusError
+
+    content = (json.dumps(body) if not isinstance(body, str) else body).encode()
+    client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test")
+    response = DirectTransport._response("http://127.0.0.1:9/v1/chat/completions", status, headers, content)
+    sdk = client._make_status_error_from_response(response)
+    ours = PlainStatusError(status, response.headers, content)
+    assert ours.body == sdk.body and ours.message == sdk.message
+    assert classify(ours) == classify(sdk)
 
 
 def test_a_run_on_a_server_named_by_its_url_never_loads_the_sdk(tmp_path: Path) -> None:
@@ -288,5 +309,34 @@ def test_a_base_url_is_kept_and_joined_as_the_sdk_does(url: str) -> None:
     ours = EndpointSpec(base_url=url).base_url
     assert ours is not None and ours.rstrip("/") == str(client.base_url).rstrip("/")
     options = FinalRequestOptions.construct(method="post", url="/chat/completions", json_data={"model": "m"})
-    plain = DirectTransport.plain(ours, "sk-test", read_s=1, connect_s=1, sdk=lambda: client)
+    plain = DirectTransport.plain(ours, "sk-test", read_s=1, connect_s=1)
     assert plain._shape("/chat/completions", "m").url == str(client._build_request(options).url)
+
+
+def test_a_faulty_server_named_by_its_url_is_retried_without_loading_the_sdk(tmp_path: Path) -> None:
+    """500s, resets and malformed replies on a plain server: every row answered in the end, the SDK never
+    imported (its import was ~0.35 s at the first failure)."""
+    script = (
+        "import sys, asyncio\n"
+        "from batchrun.jobs import load_job\n"
+        "from batchrun.lifecycle import run_job\n"
+        "from batchrun.sim import SimConfig, SimServer\n"
+        "sim = SimServer(SimConfig(latency_ms=5, error_500_rate=0.2, reset_rate=0.1, seed=3)).start()\n"
+        f"path = {str(tmp_path / 'job.toml')!r}\n"
+        "open(path, 'a').write(f'[endpoint]\\nbase_url = \"{sim.base_url}\"\\napi_key_env = \"K\"\\n')\n"
+        "result = asyncio.run(run_job(load_job(path)))\n"
+        "sim.stop()\n"
+        "assert result.retries > 0 and sum(result.by_status.values()) == 40, (result.retries, result.by_status)\n"
+        "assert set(result.by_status) <= {'ok', 'truncated'}, result.by_status\n"
+        "print(sorted(m for m in ('openai', 'httpx2', 'httpx') if m in sys.modules))\n"
+    )
+    (tmp_path / "in.csv").write_text("text\n" + "".join(f"row {i}\n" for i in range(40)))
+    (tmp_path / "job.toml").write_text(
+        'name = "faulty"\n[input]\npath = "in.csv"\n[prompt]\ntemplate = "{{ text }}"\n'
+        '[request]\nmodel = "gpt-4o-mini"\nmax_tokens = 50\n[output]\npath = "out.parquet"\n'
+    )
+    env = {**os.environ, "K": "sk-test"}
+    env.pop("OPENAI_CUSTOM_HEADERS", None)
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
