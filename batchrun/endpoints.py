@@ -92,7 +92,8 @@ class Endpoint:
 
     @property
     def client(self) -> openai.AsyncOpenAI:
-        """The SDK client (made on first use: ~0.4 s of imports a plain run never pays)."""
+        """The SDK client, made on first use (the Batch API, an SDK-shaped request): ~0.4 s of imports
+        a run on a plain server never pays."""
         if self._client is None:
             self._client = self.connect()
         return self._client

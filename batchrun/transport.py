@@ -163,14 +163,13 @@ class SdkTransport:
 class DirectTransport:
     """POSTs with the SDK's URL and headers through one aiohttp session (see the module docstring).
 
-    `DirectTransport(client)` learns each shape from the SDK client; `DirectTransport.plain(...)` knows
-    them from the base URL and key and needs an SDK client (`sdk`, called once) only for an error."""
+    `DirectTransport(client)` learns each shape from the SDK client and fails with the SDK's exceptions;
+    `DirectTransport.plain(...)` knows them from the base URL and key and fails with wire.PlainFailure."""
 
     def __init__(self, client: openai.AsyncOpenAI) -> None:
         import openai
 
         self._client: openai.AsyncOpenAI | None = client
-        self._make_client: Callable[[], openai.AsyncOpenAI] | None = None
         self._plain: tuple[str, dict[str, str]] | None = None
         timeout = client.timeout
         if isinstance(timeout, openai.Timeout):
@@ -187,7 +186,6 @@ class DirectTransport:
         `connect_s` as the SDK client's timeout. Its failures are wire.PlainFailure, not the SDK's."""
         self = cls.__new__(cls)
         self._client = None
-        self._make_client = None
         self._plain = (base_url.rstrip("/"), plain_headers(key))
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)
         self._shapes = {}
