@@ -84,24 +84,27 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _json_object(content: bytes, response: Callable[[], Any] | None) -> dict[str, Any]:
-    """A 2xx reply's JSON object; else the SDK's validation error, with the response (made only then),
-    or — `response` None, a plain server's reply — wire.PlainMalformedReply with the same message."""
+def _json_object(content: bytes, invalid: Callable[[str, Any], Exception]) -> dict[str, Any]:
+    """A 2xx reply's JSON object; else `invalid(message, body)`: the SDK's validation error, or a plain
+    server's wire.PlainMalformedReply, with the same message."""
     try:
         data = fastjson.loads_api(content)
     except ValueError as exc:
-        raise _malformed(f"reply is not JSON: {exc}", response, None) from exc
+        raise invalid(f"reply is not JSON: {exc}", None) from exc
     if not isinstance(data, dict):
-        raise _malformed("reply is not an object", response, data)
+        raise invalid("reply is not an object", data)
     return data
 
 
-def _malformed(message: str, response: Callable[[], Any] | None, body: Any) -> Exception:
-    if response is None:
-        return PlainMalformedReply(message)
-    import openai
+def _sdk_invalid(response: Callable[[], Any]) -> Callable[[str, Any], Exception]:
+    """The SDK's APIResponseValidationError for a reply, its response made only when one is raised."""
 
-    return openai.APIResponseValidationError(response=response(), body=body, message=message)
+    def invalid(message: str, body: Any) -> Exception:
+        import openai
+
+        return openai.APIResponseValidationError(response=response(), body=body, message=message)
+
+    return invalid
 
 
 class Shape(NamedTuple):
@@ -154,7 +157,7 @@ class SdkTransport:
 
     async def post(self, path: str, body: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         response = await self.client.post(path, body=body, cast_to=_httpx().Response)
-        return response, _json_object(response.content, lambda: response)
+        return response, _json_object(response.content, _sdk_invalid(lambda: response))
 
     async def aclose(self) -> None:
         pass  # the client is the endpoint's, closed with it
@@ -163,20 +166,26 @@ class SdkTransport:
 class DirectTransport:
     """POSTs with the SDK's URL and headers through one aiohttp session (see the module docstring).
 
-    `DirectTransport(client)` learns each shape from the SDK client and fails with the SDK's exceptions;
-    `DirectTransport.plain(...)` knows them from the base URL and key and fails with wire.PlainFailure."""
+    `DirectTransport(client)` learns each request's shape from the SDK client and fails with the SDK's
+    exceptions; `DirectTransport.plain(...)` (a PlainTransport) knows the shape from the base URL and key
+    and fails with wire.PlainFailure. The two differ only in the hooks `post` calls."""
+
+    _plain: tuple[str, dict[str, str]] | None = None
+    """(base URL, headers) of a plain server; None: the SDK client builds the shapes."""
 
     def __init__(self, client: openai.AsyncOpenAI) -> None:
         import openai
 
         self._client: openai.AsyncOpenAI | None = client
-        self._plain: tuple[str, dict[str, str]] | None = None
         timeout = client.timeout
         if isinstance(timeout, openai.Timeout):
             # httpx's read timeout is the longest wait between bytes, as aiohttp's sock_read is
-            self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout.connect, sock_read=timeout.read)
+            self._setup(aiohttp.ClientTimeout(total=None, sock_connect=timeout.connect, sock_read=timeout.read))
         else:
-            self._timeout = aiohttp.ClientTimeout(total=float(timeout) if timeout else None)
+            self._setup(aiohttp.ClientTimeout(total=float(timeout) if timeout else None))
+
+    def _setup(self, timeout: aiohttp.ClientTimeout) -> None:
+        self._timeout = timeout
         self._shapes: dict[tuple[str, str], Shape] = {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -184,13 +193,7 @@ class DirectTransport:
     def plain(cls, base_url: str, key: str, *, read_s: float, connect_s: float) -> DirectTransport:
         """For a server named by its base URL with a static key (see the module docstring): `read_s` and
         `connect_s` as the SDK client's timeout. Its failures are wire.PlainFailure, not the SDK's."""
-        self = cls.__new__(cls)
-        self._client = None
-        self._plain = (base_url.rstrip("/"), plain_headers(key))
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)
-        self._shapes = {}
-        self._session = None
-        return self
+        return PlainTransport(base_url, key, read_s=read_s, connect_s=connect_s)
 
     @property
     def client(self) -> openai.AsyncOpenAI:
@@ -210,18 +213,17 @@ class DirectTransport:
         key = (path, model)
         shape = self._shapes.get(key)
         if shape is None:
-            if self._plain is not None:
-                base, headers = self._plain
-                url = f"{base}/{path.lstrip('/')}"
-            else:
-                from openai._models import FinalRequestOptions
-
-                options = FinalRequestOptions.construct(method="post", url=path, json_data={"model": model})
-                request = self.client._build_request(options)
-                headers = {k: v for k, v in request.headers.items() if k.lower() not in _PER_REQUEST_HEADERS}
-                url = str(request.url)
+            url, headers = self._url_and_headers(path, model)
             shape = self._shapes[key] = Shape(url, headers, _proxy_for(url))
         return shape
+
+    def _url_and_headers(self, path: str, model: str) -> tuple[str, dict[str, str]]:
+        from openai._models import FinalRequestOptions
+
+        options = FinalRequestOptions.construct(method="post", url=path, json_data={"model": model})
+        request = self.client._build_request(options)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _PER_REQUEST_HEADERS}
+        return str(request.url), headers
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:  # here, inside the running loop: a session belongs to one loop
@@ -240,25 +242,25 @@ class DirectTransport:
                 content = await resp.read()
                 status, reply_headers = resp.status, resp.headers
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            if self._plain is not None:
-                raise PlainTimeout() from exc
-            import openai
-
-            raise openai.APITimeoutError(request=_httpx().Request("POST", url)) from exc
+            raise self._timed_out(url) from exc
         except aiohttp.ClientError as exc:
-            if self._plain is not None:
-                raise PlainConnectionError() from exc
-            import openai
-
-            raise openai.APIConnectionError(request=_httpx().Request("POST", url)) from exc
+            raise self._unreachable(url) from exc
         if status >= 400:
-            if self._plain is not None:
-                raise PlainStatusError(status, reply_headers, content)
             raise self._status_error(url, status, reply_headers, content)
-        if self._plain is not None:
-            return Reply(status, reply_headers), _json_object(content, None)
-        parsed = _json_object(content, lambda: self._response(url, status, reply_headers, content))
-        return Reply(status, reply_headers), parsed
+        return Reply(status, reply_headers), self._json(url, status, reply_headers, content)
+
+    def _timed_out(self, url: str) -> Exception:
+        import openai
+
+        return openai.APITimeoutError(request=_httpx().Request("POST", url))
+
+    def _unreachable(self, url: str) -> Exception:
+        import openai
+
+        return openai.APIConnectionError(request=_httpx().Request("POST", url))
+
+    def _json(self, url: str, status: int, headers: Mapping[str, str], content: bytes) -> dict[str, Any]:
+        return _json_object(content, _sdk_invalid(lambda: self._response(url, status, headers, content)))
 
     @staticmethod
     def _response(url: str, status: int, headers: Mapping[str, str], content: bytes) -> Any:
@@ -281,6 +283,33 @@ class DirectTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class PlainTransport(DirectTransport):
+    """A server named by its base URL with a static key: the shape from the URL and key (plain_headers),
+    the failures as wire.PlainFailure — no SDK (see the module docstring)."""
+
+    def __init__(self, base_url: str, key: str, *, read_s: float, connect_s: float) -> None:
+        self._client = None
+        self._plain = (base_url.rstrip("/"), plain_headers(key))
+        self._setup(aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s))
+
+    def _url_and_headers(self, path: str, model: str) -> tuple[str, dict[str, str]]:
+        assert self._plain is not None
+        base, headers = self._plain
+        return f"{base}/{path.lstrip('/')}", headers
+
+    def _timed_out(self, url: str) -> Exception:
+        return PlainTimeout()
+
+    def _unreachable(self, url: str) -> Exception:
+        return PlainConnectionError()
+
+    def _json(self, url: str, status: int, headers: Mapping[str, str], content: bytes) -> dict[str, Any]:
+        return _json_object(content, lambda message, _body: PlainMalformedReply(message))
+
+    def _status_error(self, url: str, status: int, headers: Mapping[str, str], content: bytes) -> Exception:
+        return PlainStatusError(status, headers, content)
 
 
 def http_client_forced() -> bool:
