@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import local_model, redact
 from .jobs import Job
@@ -182,14 +182,7 @@ def open_endpoint(job: Job, *, sim_config: SimConfig | None = None) -> Endpoint:
         banner = LOCAL_BANNER.format(
             why="" if ep.local else no_key, name=server.name, slots=server.slots, ctx=server.context
         )
-        return Endpoint(
-            lambda: make_client(job, server.base_url, None),
-            server.base_url,
-            model,
-            banner=banner,
-            local=server,
-            plain=_plain(job, None, server.base_url),
-        )
+        return _named_by_url(job, server.base_url, None, banner=banner, local=server)
     if ep.base_url is None and not key:
         from .sim import SimConfig, SimServer
 
@@ -203,23 +196,20 @@ def open_endpoint(job: Job, *, sim_config: SimConfig | None = None) -> Endpoint:
         )
         sim = SimServer(config).start()
         banner = SIM_BANNER.format(env=ep.api_key_env, url=sim.base_url)
-        return Endpoint(
-            lambda: make_client(job, sim.base_url, SIM_KEY),
-            sim.base_url,
-            model,
-            simulated=True,
-            sim=sim,
-            banner=banner,
-            plain=_plain(job, SIM_KEY, sim.base_url),
-        )
+        return _named_by_url(job, sim.base_url, SIM_KEY, simulated=True, sim=sim, banner=banner)
     if ep.base_url is None:  # OpenAI itself: the SDK's own URL (OPENAI_BASE_URL, data residency …) and headers
         client = make_client(job, None, key)
         return Endpoint(lambda: client, str(client.base_url), model)
-    base_url = ep.base_url
     # a server of your own may say what it has (context, slots): too-long rows are then never sent
-    facts = server_facts(base_url, model) if is_local_url(base_url) else None
+    facts = server_facts(ep.base_url, model) if is_local_url(ep.base_url) else None
+    return _named_by_url(job, ep.base_url, key, facts=facts)
+
+
+def _named_by_url(job: Job, base_url: str, key: str | None, **kwargs: Any) -> Endpoint:
+    """A server named by its base URL (the job's, the simulator's, the embedded model's): plain where it
+    can be (`_plain`), its SDK client made only if something needs one."""
     return Endpoint(
-        lambda: make_client(job, base_url, key), base_url, model, facts=facts, plain=_plain(job, key, base_url)
+        lambda: make_client(job, base_url, key), base_url, job.request.model, plain=_plain(job, key, base_url), **kwargs
     )
 
 
