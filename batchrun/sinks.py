@@ -264,20 +264,22 @@ class ParquetSink:
             self._held_rows += len(records)
             if self._held_rows >= self.row_group_size:  # whole row groups now, the rest stays held
                 table = pa.concat_tables(self._held)
-                full = table.num_rows - table.num_rows % self.row_group_size
-                rest = table.slice(full)
-                self._held, self._held_rows = [table.slice(0, full)], full
-                self.flush()
-                self._held, self._held_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
+                rest = table.num_rows % self.row_group_size
+                self._write(table.slice(0, table.num_rows - rest))
+                self._held = [table.slice(table.num_rows - rest)] if rest else []
+                self._held_rows = rest
 
     def flush(self) -> None:
         """Write the held rows."""
         if self._held:
-            assert self.writer is not None
             table = pa.concat_tables(self._held)
             self._held, self._held_rows = [], 0
-            self.writer.write_table(table, row_group_size=self.row_group_size)
-            self.rows_written += table.num_rows
+            self._write(table)
+
+    def _write(self, table: pa.Table) -> None:
+        assert self.writer is not None
+        self.writer.write_table(table, row_group_size=self.row_group_size)
+        self.rows_written += table.num_rows
 
     def close(self) -> None:
         self.flush()

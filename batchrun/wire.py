@@ -56,18 +56,12 @@ class PlainStatusError(PlainFailure):
 
     def __init__(self, status: int, headers: Mapping[str, str], content: bytes) -> None:
         text = content.decode("utf-8", errors="replace").strip()
-        body: Any = text
-        message = f"Error code: {status}"
         try:
-            body = fastjson.loads_api(text)
+            body: Any = fastjson.loads_api(text)
         except ValueError:
-            pass
-        else:
-            error = body.get("error", body) if isinstance(body, dict) else None
-            said = error.get("message") if isinstance(error, dict) else None
-            if isinstance(said, str) and said:
-                message += f" - {said}"
-        super().__init__(message)
-        self.status_code = status
+            body = text
         self.body = body.get("error", body) if isinstance(body, dict) else body
+        said = self.body.get("message") if isinstance(self.body, dict) else None
+        super().__init__(f"Error code: {status}" + (f" - {said}" if isinstance(said, str) and said else ""))
+        self.status_code = status
         self.response = Reply(status, headers)
