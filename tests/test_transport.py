@@ -65,6 +65,17 @@ async def echo() -> AsyncIterator[tuple[Echo, str]]:
     await runner.cleanup()
 
 
+async def failures(*transports: Transport, expected: type[BaseException] = Exception) -> list[BaseException]:
+    """What each transport raised for the same request (each closed after)."""
+    seen = []
+    for t in transports:
+        with pytest.raises(expected) as info:
+            await t.post("/chat/completions", dict(BODY))
+        seen.append(info.value)
+        await t.aclose()
+    return seen
+
+
 def clients(url: str, timeout: float = 30.0) -> list[openai.AsyncOpenAI]:
     plain = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-test", max_retries=0, timeout=timeout)
     azure = openai.AsyncAzureOpenAI(
@@ -106,14 +117,8 @@ async def test_failures_are_the_sdks_exceptions(echo: tuple[Echo, str], answer: 
     server, url = echo
     server.answer = answer
     client = clients(url, timeout=0.5)[0]
-    seen = []
-    for t in (SdkTransport(client), DirectTransport(client)):
-        with pytest.raises(error) as info:
-            await t.post("/chat/completions", dict(BODY))
-        seen.append(info.value)
-        await t.aclose()
+    sdk, ours = await failures(SdkTransport(client), DirectTransport(client), expected=error)
     await client.close()
-    sdk, ours = seen
     assert type(ours) is type(sdk)
     if isinstance(sdk, openai.APIStatusError):
         assert isinstance(ours, openai.APIStatusError)
@@ -189,14 +194,8 @@ async def test_a_plain_servers_failures_mean_what_the_sdks_exceptions_mean(echo:
     server, url = echo
     server.answer = answer
     client = clients(url, timeout=0.5)[0]
-    seen = []
-    for t in (SdkTransport(client), plain(url, timeout=0.5)):
-        with pytest.raises(Exception) as info:
-            await t.post("/chat/completions", dict(BODY))
-        seen.append(info.value)
-        await t.aclose()
+    sdk, ours = await failures(SdkTransport(client), plain(url, timeout=0.5))
     await client.close()
-    sdk, ours = seen
     assert isinstance(ours, PlainFailure) and is_api_error(ours) and is_api_error(sdk)
     assert is_timeout(ours) == is_timeout(sdk) == (answer == "slow")
     theirs, mine = classify(sdk), classify(ours)
