@@ -40,8 +40,10 @@ class PlainServer(NamedTuple):
 def _plain(job: Job, key: str | None, base_url: str) -> PlainServer | None:
     from urllib.parse import urlsplit
 
-    from .transport import PLAIN_ENV_BLOCKERS
+    from .transport import PLAIN_ENV_BLOCKERS, http_client_forced
 
+    if http_client_forced():  # BATCHRUN_HTTP_CLIENT=sdk: every request through the SDK
+        return None
     if any(os.environ.get(name) is not None for name in PLAIN_ENV_BLOCKERS):
         return None  # the SDK adds headers from the environment: let it build the requests
     parts = urlsplit(base_url)
@@ -82,9 +84,9 @@ class Endpoint:
     _client: openai.AsyncOpenAI | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
-        from .transport import DirectTransport, for_client, http_client_forced
+        from .transport import DirectTransport, for_client
 
-        if self.plain is not None and not http_client_forced():
+        if self.plain is not None:
             p = self.plain
             self.http = DirectTransport.plain(self.base_url, p.key, read_s=p.read_s, connect_s=CONNECT_TIMEOUT_S)
         else:
