@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import math
 import time
 from collections import deque
@@ -65,6 +64,26 @@ QUEUE_INFLATION = 2.0
 now and then, and ran 4–10 % slower (benchmarks/RESULTS.md)."""
 QUEUE_EXTRA = 2
 """Requests allowed to wait at the server beyond what its capacity needs, so no slot idles between replies."""
+PROBE_AFTER = 64
+"""Replies before the floor is first checked by a probe (InFlight.probe), and after one that found it lower."""
+PROBE_SEEN = 1.25
+"""No probe while one of the last QUEUE_WINDOW replies came within this factor of the floor: it is what
+the server does now (TCP BBR skips its probe too when its least round trip was seen again lately)."""
+PROBE_LEVEL = 0.6
+"""A probe's first level, of throughput × the floor: what a server taking the floor's time a reply would
+need. A right floor leaves 40 % of the slots idle for the probe; a floor too high by more than a sixth
+shows as replies at most 0.7 times it (throughput × the floor overestimated by 15 % after a burst of
+replies), well under PROBE_DESCEND. At 0.75 it was 0.9 times, and one trial in 12 stayed wrong."""
+PROBE_REPLIES = 2
+"""Replies at a probe's level that answer it: the first request sent at the level has fewer than the level
+ahead of it, so with no more in flight than the server serves its reply already shows the server's own
+time; a second keeps one reply's noise from ending the descent early. Each more would idle slots longer."""
+PROBE_DESCEND = 0.9
+"""While a probe's replies bring the floor under this fraction of what it was at the probe's last level,
+there is a queue still: the level halves again (noise between replies of one length stays within it)."""
+PROBE_GAIN = 0.75
+"""A probe that brought the floor under this fraction of what it was found it too high, and the next probe
+comes soon; otherwise twice as late as the last (a right floor costs ever fewer probes)."""
 
 
 class InFlight:
@@ -101,6 +120,22 @@ class InFlight:
         """Requests a server that queues serves at once, as its replies show (queue_cap); None: not seen."""
         self._capacity_at = 0
         self._capacity_settle = 0
+        self.probing_since: float | None = None
+        """When the probe under way last set its level (see probe); None: no probe is under way."""
+        self._probe_began = 0.0
+        self._probe_level = 0
+        self._probe_left = 0
+        self._probe_floor = 0.0
+        """The floor when the probe's level was last set (it halves while that makes replies faster)..."""
+        self._probe_start = 0.0
+        """... and when the probe began."""
+        self._probe_every = PROBE_AFTER
+        self._next_probe = PROBE_AFTER
+        self.judged: deque[float] = deque(maxlen=QUEUE_WINDOW)
+        """The last replies' latencies but those of a probe's requests (too few in flight to show a queue):
+        the window a queue is judged on."""
+        self._restore = 0
+        """The limit before the probe, set again at once when it ends (not doubled back up to it)."""
 
     @contextlib.asynccontextmanager
     async def backing_off(self) -> AsyncIterator[None]:
@@ -141,11 +176,18 @@ class InFlight:
         while self.completions and self.completions[0] < now - 2.0:
             self.completions.popleft()
         self.replies += 1
-        return self.replies % 16 == 0
+        if self.probing_since is None or now - latency_s < self._probe_began:
+            self.judged.append(latency_s)
+        elif now - latency_s >= self.probing_since:
+            self._probe_left -= 1  # a request sent at the probe's level: with fewer in flight
+        # during a probe on every reply: it ends as soon as it has its answer, and the stragglers it counts
+        # on top of its level are kept up to date (a long generation must not hold its few slots)
+        return self.replies % 16 == 0 or self.probing_since is not None
 
     def retarget(self, limits: tuple[int | None, int | None], burst: int, charged: float) -> None:
         """Move the gate towards `target` (at most doubling it)."""
-        target = min(self.target(limits, burst, charged), 2 * self.gate.limit)
+        target = min(self.target(limits, burst, charged), max(2 * self.gate.limit, self._restore))
+        self._restore = 0 if self.probing_since is None else self._restore
         if target != self.gate.limit:
             self.gate.set_limit(target)
 
@@ -164,19 +206,76 @@ class InFlight:
         floor = self.latency_min
         # judged again only once the requests out at the last change have come back, and a window after
         # them: replies from before a change (a longer queue, or a shorter one) would misjudge the new one
-        settled = self.replies - self._capacity_at >= self._capacity_settle
-        if floor is not None and floor >= STRAGGLER_FLOOR and len(self.recent) >= QUEUE_WINDOW and settled:
-            inflation = min(itertools.islice(reversed(self.recent), QUEUE_WINDOW)) / floor
-            before = self.capacity
-            if inflation >= QUEUE_INFLATION:
-                self.capacity = self.gate.limit / inflation
-            elif self.capacity is not None:  # no queue now: it may take more (a false alarm recovers too)
-                self.capacity *= 1.25
-            if self.capacity != before:
-                self._capacity_at, self._capacity_settle = self.replies, QUEUE_WINDOW + self.gate.limit
+        settled = self.replies - self._capacity_at >= self._capacity_settle and self.probing_since is None
+        if floor is not None and floor >= STRAGGLER_FLOOR and len(self.judged) == QUEUE_WINDOW and settled:
+            self.judge(min(self.judged) / floor, self.gate.limit)
+        return self.capped()
+
+    def capped(self) -> int:
+        """In flight at most, from the capacity estimated (queue_cap)."""
         if self.capacity is None:
             return self.max_in_flight
         return max(1, math.ceil(self.capacity * QUEUE_INFLATION) + QUEUE_EXTRA)
+
+    def judge(self, inflation: float, limit: int) -> None:
+        """The capacity, from how much slower than the floor the fastest of some replies sent at `limit` was."""
+        before = self.capacity
+        if inflation >= QUEUE_INFLATION:
+            self.capacity = limit / inflation
+        elif self.capacity is not None:  # no queue now: it may take more (a false alarm recovers too)
+            self.capacity *= 1.25
+        if self.capacity != before:
+            self._capacity_at, self._capacity_settle = self.replies, QUEUE_WINDOW + self.gate.limit
+
+    def probe(self, throughput: float) -> int | None:
+        """The in-flight limit while the floor (the fastest reply ever, which queue_cap measures a queue
+        against) is checked, or None when it is not being checked.
+
+        The first replies may all have been slow for a reason that does not last — our own event loop
+        held up by a GC pause or a busy machine, a server warming up — and once a queue has formed no
+        reply is as fast as the server's own time again: the queue would go unseen for the whole run.
+        So every so many replies (PROBE_AFTER, then twice as many each time a probe finds the floor
+        right), unless a recent reply came near the floor (PROBE_SEEN), in flight drops to PROBE_LEVEL × throughput × the floor (under what a server taking the
+        floor's time would need), plus the stragglers and the requests in backoff as always, until
+        PROBE_REPLIES replies to requests sent since have come back; while that makes them faster the
+        level halves again, down to 1; then it goes straight back. If the floor was right, a few slots
+        idled for a round trip or two. If not, the floor drops, and the last replies to requests sent
+        before the probe (the queue at the old limit) are judged against it as queue_cap would (TCP BBR's
+        ProbeRTT, its cost kept small by the doubling). Only for replies taking real time, as for
+        queue_cap."""
+        floor = self.latency_min
+        assert floor is not None
+        if self.probing_since is not None:
+            if self._probe_left > 0:
+                return self._probe_level + self.stragglers() + self.waiting
+            if floor < PROBE_DESCEND * self._probe_floor and self._probe_level > 1:
+                # fewer in flight made replies faster: there is a queue still; halve again
+                self._probe_level = max(1, self._probe_level // 2)
+                self._probe_left = min(self._probe_level, PROBE_REPLIES)
+                self._probe_floor, self.probing_since = floor, self.clock()
+                return self._probe_level + self.stragglers() + self.waiting
+            self.probing_since = None
+            found = floor < PROBE_GAIN * self._probe_start
+            self._probe_every = PROBE_AFTER if found else 2 * self._probe_every
+            # the last replies to requests sent at the old limit, judged against the floor as it is now;
+            # then not again until the limit set back has been seen (the queue the probe drained refills)
+            if len(self.judged) == QUEUE_WINDOW:
+                self.judge(min(self.judged) / floor, self._restore)
+            self._capacity_at, self._capacity_settle = self.replies, QUEUE_WINDOW + self._restore
+            self._next_probe = self.replies + QUEUE_WINDOW + self._restore + self._probe_every
+            return None
+        if floor < STRAGGLER_FLOOR or self.replies < self._next_probe or len(self.judged) < QUEUE_WINDOW:
+            return None
+        if min(self.judged) <= PROBE_SEEN * floor:  # a recent reply was as fast: the floor holds now
+            return None
+        level = max(1, math.ceil(throughput * floor * PROBE_LEVEL))
+        if level >= self.gate.limit:  # fewer than that already: nothing to learn
+            self._next_probe = self.replies + self._probe_every
+            return None
+        self.probing_since = self._probe_began = self.clock()
+        self._probe_level, self._probe_left, self._restore = level, min(level, PROBE_REPLIES), self.gate.limit
+        self._probe_floor = self._probe_start = floor
+        return level + self.stragglers() + self.waiting
 
     def target(self, limits: tuple[int | None, int | None], burst: int, charged: float) -> int:
         """`limits` the (rpm, tpm) known; `burst` what the buckets admit at once (requests); `charged` the
@@ -188,10 +287,13 @@ class InFlight:
             if span < 0.5:  # not enough replies to measure a rate yet: hold (the slow start doubles from here)
                 return min(2 * self.gate.limit, self.max_in_flight) if self.replies <= 16 else self.gate.limit
             throughput = (len(self.completions) - 1) / span
+            self.queue_cap()  # the window judged first: a probe starting now must not put it off
+            if (level := self.probe(throughput)) is not None:
+                return level
             need = (
                 math.ceil(throughput * max(self.latency_min, 0.001) * 2) + HEADROOM + self.stragglers() + self.waiting
             )
-            return max(1, min(need, self.queue_cap(), self.max_in_flight))
+            return max(1, min(need, self.capped(), self.max_in_flight))
         rates = [r for r in ((rpm / 60) if rpm else None, (tpm / 60 / charged) if tpm else None) if r is not None]
         need = math.ceil(min(rates) * self.latency_ewma * 2) + 8 + max(burst, 0) + self.waiting
         return max(1, min(need, self.max_in_flight))

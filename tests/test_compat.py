@@ -364,7 +364,22 @@ def test_a_server_that_queues_is_not_flooded_even_when_the_job_states_limits(mak
     # this guards against was 232
     assert stats["queue_peak"] <= 45, stats["queue_peak"]
     # then it settles near the server's 2 slots: the fastest recent reply is ~L/k times the fastest ever,
-    # and in flight goes to ~2 × the capacity + 2 (6, so 4 wait); 19 waited to the end before
+    # and in flight goes to ~2 × the capacity + 2 (6, so 4 wait); 19 waited to the end before. (A stall of
+    # our event loop as the first replies came in once made it 20 in CI: the next test.)
+    assert stats["queue_late_peak"] <= 8, stats["queue_late_peak"]
+
+
+def test_a_server_whose_first_answers_were_slow_is_not_flooded_either(make_sim, tmp_path: Path) -> None:
+    # the same 2-slot server warming up: its first 2 answers take 6 times its time, so the fastest reply
+    # ever (what a queue is measured against) was a slow one, and every reply after it waits in a queue —
+    # as when a GC pause or a busy machine holds up our own event loop as the first replies come in. Before
+    # the probe (gate.InFlight.probe) the queue went unseen: ~20 waited on 2 slots to the end.
+    sim = make_sim(latency_ms=50, slots=2, rate_headers=False, warmup_ms=250, warmup_requests=2)
+    path = _online_job(tmp_path, sim, 240, limits="max_in_flight = 256")
+    path.write_text(path.read_text().replace("max_in_flight = 16\n", ""))
+    result = batchrun.run(load_job(path))
+    stats = sim.stats()
+    assert result.by_status == {"ok": 240} and stats["requests"] == 240
     assert stats["queue_late_peak"] <= 8, stats["queue_late_peak"]
 
 

@@ -80,6 +80,10 @@ class SimConfig:
     slots: int | None = None
     """Answer at most this many requests at once, the rest waiting their turn (a llama.cpp server with k
     slots, a GPU): latency grows with the queue, and no header says so."""
+    warmup_ms: float = 0.0
+    """Added to each of the first `warmup_requests` answers (a server compiling its kernels, filling a cache
+    or paging a model in before it runs at full speed)."""
+    warmup_requests: int = 0
     rate_headers: bool = True
     """False: send no x-ratelimit-* headers, as self-hosted servers do not."""
     queue_when_limited: bool = False

@@ -47,6 +47,8 @@ class Stats:
         self.rate_limited = 0
         self.queued = 0
         self.queue_peak = 0
+        self.warmed = 0
+        """Answers given with the warm-up's extra time (SimConfig.warmup_ms)."""
         self.queue_depths: list[int] = []  # with slots: how many wait as each request arrives
         self.rate_limited_by_type: Counter[str] = Counter()
         self.flex_unavailable = 0
@@ -341,6 +343,9 @@ class Simulator:
         if fault == "slow":
             self.stats.faults["slow"] += 1
             await asyncio.sleep(self.config.slow_seconds)
+        if self.stats.warmed < self.config.warmup_requests:
+            self.stats.warmed += 1
+            extra_s += self.config.warmup_ms / 1000
         if self.slots is None:
             await asyncio.sleep(self.latency(reply.completion_tokens) + extra_s)
         else:  # a k-slot server (llama.cpp, one GPU): the rest wait their turn, unseen by any header
