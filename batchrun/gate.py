@@ -294,6 +294,7 @@ class InFlight:
                 math.ceil(throughput * max(self.latency_min, 0.001) * 2) + HEADROOM + self.stragglers() + self.waiting
             )
             return max(1, min(need, self.capped(), self.max_in_flight))
+        self.probing_since = None  # limits stated since a probe began (a proxy's headers): it has no use now
         rates = [r for r in ((rpm / 60) if rpm else None, (tpm / 60 / charged) if tpm else None) if r is not None]
         need = math.ceil(min(rates) * self.latency_ewma * 2) + 8 + max(burst, 0) + self.waiting
         return max(1, min(need, self.max_in_flight))

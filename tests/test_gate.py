@@ -114,3 +114,14 @@ def test_a_fast_server_is_left_alone() -> None:
     # 1–10 ms replies: the client's own event loop stretches them; no capacity is ever estimated
     _drive(flow, clock, lambda n, _i: 0.001 + 0.00005 * n, 2000)
     assert flow.capacity is None
+
+
+def test_a_probe_ends_when_the_server_starts_stating_its_limits() -> None:
+    clock = Clock()
+    flow = InFlight(256, clock=clock)
+    _serve(flow, clock, 2, 70)  # to the first probe, at 64 replies
+    assert flow.probing_since is not None
+    flow.observe(0.2)
+    flow.retarget((600, None), 0, 100.0)  # a proxy in front now sends x-ratelimit-*: Little's law on its rpm
+    assert flow.probing_since is None and flow.gate.limit > 2
+    assert flow.observe(0.2) is False  # and replies are no longer each a retarget
