@@ -347,6 +347,8 @@ class Engine:
                     return
                 if failure.action is Action.RETRY:
                     self.failures.record(True)
+                    if failure.status is not None:  # an answer, if not the one asked for: a round trip served
+                        self.flow.failed()
                 if failure.action is Action.RETRY and budget_used < opts.max_attempts:
                     self.stats.retries += 1
                     if failure.slow_down:

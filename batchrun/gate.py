@@ -172,9 +172,7 @@ class InFlight:
         self.latency_ewma = latency_s if self.latency_ewma is None else 0.9 * self.latency_ewma + 0.1 * latency_s
         self.latency_min = latency_s if self.latency_min is None else min(self.latency_min, latency_s)
         self.recent.append(latency_s)
-        self.completions.append(now)
-        while self.completions and self.completions[0] < now - 2.0:
-            self.completions.popleft()
+        self._completed(now)
         self.replies += 1
         if self.probing_since is None or now - latency_s < self._probe_began:
             self.judged.append(latency_s)
@@ -183,6 +181,18 @@ class InFlight:
         # during a probe on every reply: it ends as soon as it has its answer, and the stragglers it counts
         # on top of its level are kept up to date (a long generation must not hold its few slots)
         return self.replies % 16 == 0 or self.probing_since is not None
+
+    def failed(self) -> None:
+        """The server answered with an error (a 500, say): a round trip it served, which the throughput
+        counts as a reply does: in flight must cover the answers that fail as well as those that do not,
+        or the few percent that fail slow every step of the climb (bench_faults.py: the faulty run's best
+        1.74–1.76 s → 1.70–1.71 s). Its latency says nothing of the server's time and is not kept."""
+        self._completed(self.clock())
+
+    def _completed(self, now: float) -> None:
+        self.completions.append(now)
+        while self.completions and self.completions[0] < now - 2.0:
+            self.completions.popleft()
 
     def retarget(self, limits: tuple[int | None, int | None], burst: int, charged: float) -> None:
         """Move the gate towards `target` (at most doubling it)."""

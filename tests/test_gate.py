@@ -125,3 +125,22 @@ def test_a_probe_ends_when_the_server_starts_stating_its_limits() -> None:
     flow.retarget((600, None), 0, 100.0)  # a proxy in front now sends x-ratelimit-*: Little's law on its rpm
     assert flow.probing_since is None and flow.gate.limit > 2
     assert flow.observe(0.2) is False  # and replies are no longer each a retarget
+
+
+def test_answers_that_failed_count_in_the_throughput_in_flight_must_cover() -> None:
+    # 90 replies a second at 0.2 s each, and in one run 10 answers a second more that were 500s: 100
+    # answers a second need 20 in flight, not the 18 the replies alone would say (doubled, plus the
+    # headroom of 16, as for any target)
+    def target(failures: bool) -> int:
+        clock = Clock()
+        flow = InFlight(256, clock=clock)
+        for i in range(200):
+            clock.now += 0.01
+            if i % 10 != 9:
+                flow.observe(0.2)
+            elif failures:
+                flow.failed()
+        return flow.target((None, None), 0, 0.0)
+
+    assert target(True) - 16 == 2 * 20
+    assert (target(True) - 16) / (target(False) - 16) == pytest.approx(100 / 90, rel=0.05)
