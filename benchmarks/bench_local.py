@@ -5,7 +5,7 @@ and fixed concurrency 1, 2, 4, 8 — the same rows, the same requests, one serve
     python benchmarks/bench_local.py [--rows 32] [--max-tokens 60]
 
 The server states no rate limits and queues past its slots, so batchrun's in-flight size is found by
-its throughput climber (gate.Climber); batchrun runs with max_in_flight 256 against the server's
+its in-flight controller (gate.InFlight); batchrun runs with max_in_flight 256 against the server's
 base_url (not `[endpoint] local`, which would also cap it at 2 × the slots). Prints wall time, rows/s,
 client timeouts and re-sends for each, and the demo's sentiment against the reviews' stars (a sanity
 figure for a 135M model, not a target).
