@@ -97,7 +97,10 @@ class InFlight:
     tail: 30 % of replies taking 5 s, say) hold slots without adding throughput; counting them on top
     keeps the fast requests flowing instead of letting the slow ones shrink the target they feed. Requests
     waiting out a backoff before a retry hold their slots too, and are counted on top the same way.
-    Doubled for headroom; it at most doubles per step (a slow start), capped by max_in_flight.
+    Doubled for headroom; it at most doubles per step (a slow start), capped by max_in_flight. Answers
+    that were errors count in the throughput (failed); a server seen to queue is held near what it
+    serves (queue_cap), judged against the fastest reply ever, which is itself checked now and then
+    (probe).
     """
 
     def __init__(self, max_in_flight: int, clock: Callable[[], float] = time.monotonic) -> None:
@@ -245,14 +248,14 @@ class InFlight:
         held up by a GC pause or a busy machine, a server warming up — and once a queue has formed no
         reply is as fast as the server's own time again: the queue would go unseen for the whole run.
         So every so many replies (PROBE_AFTER, then twice as many each time a probe finds the floor
-        right), unless a recent reply came near the floor (PROBE_SEEN), in flight drops to PROBE_LEVEL × throughput × the floor (under what a server taking the
-        floor's time would need), plus the stragglers and the requests in backoff as always, until
-        PROBE_REPLIES replies to requests sent since have come back; while that makes them faster the
-        level halves again, down to 1; then it goes straight back. If the floor was right, a few slots
-        idled for a round trip or two. If not, the floor drops, and the last replies to requests sent
-        before the probe (the queue at the old limit) are judged against it as queue_cap would (TCP BBR's
-        ProbeRTT, its cost kept small by the doubling). Only for replies taking real time, as for
-        queue_cap."""
+        right), unless a recent reply came near the floor (PROBE_SEEN), in flight drops to PROBE_LEVEL ×
+        throughput × the floor (under what a server taking the floor's time would need), plus the
+        stragglers and the requests in backoff as always, until PROBE_REPLIES replies to requests sent
+        since have come back; while that makes them faster the level halves again, down to 1; then it
+        goes straight back. If the floor was right, a few slots idled for a round trip or two. If not,
+        the floor drops, and the last replies to requests sent before the probe (the queue at the old
+        limit) are judged against it as queue_cap would (TCP BBR's ProbeRTT, its cost kept small by the
+        doubling). Only for replies taking real time, as for queue_cap."""
         floor = self.latency_min
         assert floor is not None
         if self.probing_since is not None:
