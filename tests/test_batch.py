@@ -339,7 +339,9 @@ def test_cancel_keeps_what_finished_and_a_later_run_sends_the_rest(make_sim, tmp
 
 def test_token_limit_exceeded_waits_for_the_queue(make_sim, tmp_path: Path) -> None:
     """The server's queue holds about one shard; the job does not know: refused batches are sent again later."""
-    sim = make_sim(**FAST)
+    # a shard stays queued for a second (not FAST's 0.3 s), so the next is submitted while it still is:
+    # on a loaded machine the first had once finished before the second went, and nothing was refused
+    sim = make_sim(**{**FAST, "batch_run_seconds": 1.0})
     path = write_batch_job(tmp_path, sim, texts(30), batch="max_lines = 10\nenqueued_token_limit = 100000000")
     shard_tokens = make_plan(load_job(path)).prompt_tokens_total / 3  # the simulator counts the same way
     sim.configure(batch_queue_limit_tokens=int(shard_tokens * 1.5))  # one shard fits, two do not
