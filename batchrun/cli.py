@@ -187,12 +187,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from .version import installed
 
-    try:
-        return version("batchrun")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
+    return installed() or "unknown (not installed)"
 
 
 def _sim(args: argparse.Namespace) -> int:

@@ -125,12 +125,10 @@ def _proxy_for(url: str) -> str | None:
 
 
 def _user_agent() -> str:
-    from importlib import metadata  # already loaded by the run's imports: no cost of its own
+    from .version import installed
 
-    try:
-        return f"batchrun/{metadata.version('batchrun')}"
-    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree on PYTHONPATH
-        return "batchrun"
+    version = installed()
+    return f"batchrun/{version}" if version else "batchrun"
 
 
 def plain_headers(key: str) -> dict[str, str]:
