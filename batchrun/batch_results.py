@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import failpoints, fastjson
 from .batch_api import BatchInfo
-from .batch_book import ShardRecord, describe_batches
+from .batch_book import ShardRecord
 from .bulk import BulkWrite
 from .prompts import Request
 from .replies import usage_tokens
@@ -213,5 +213,3 @@ class ResultsMixin:
                 sink.abort()
         return tally
 
-
-__all__ = ["ResultsMixin", "Tally", "describe_batches"]  # describe_batches: batch_book's, as before

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import batchrun as runner
 from batchrun.batch_api import BatchInfo
-from batchrun.batch_results import describe_batches
+from batchrun.batch_book import describe_batches
 from batchrun.errors import EndpointError
 from batchrun.jobs import load_job
 from batchrun.ledger import Ledger
