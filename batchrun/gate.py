@@ -11,7 +11,13 @@ from collections.abc import AsyncIterator, Callable
 
 
 class Gate:
-    """An adjustable concurrency limit (Little's law: in flight = rate × latency)."""
+    """An adjustable concurrency limit (Little's law: in flight = rate × latency), first come first served.
+
+    A freed slot is handed to the longest waiter (counted as taken before it wakes), and a newcomer
+    waits behind anyone already waiting. Without the hand-over, a task finishing one request took the
+    slot it had just freed for its next one before the woken waiter ran, and the waiter went to the back
+    of the queue again: on a fast server the first waiters' rows were sent last, and the reorder buffer
+    held nearly the whole output until the end (a 5,000-row run: 4,868 rows held, +21 MB at the end)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -19,15 +25,20 @@ class Gate:
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     async def __aenter__(self) -> None:
-        while self.active >= self.limit:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
-            try:
-                await fut
-            finally:
-                if fut in self._waiters:
-                    self._waiters.remove(fut)
-        self.active += 1
+        if self.active < self.limit and not self._waiters:
+            self.active += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut  # the slot is ours once this resolves: _wake counted it
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # handed a slot, then cancelled before running
+                self.active -= 1
+                self._wake()
+            elif fut in self._waiters:
+                self._waiters.remove(fut)
+            raise
 
     async def __aexit__(self, *exc: object) -> None:
         self.active -= 1
@@ -38,12 +49,11 @@ class Gate:
         self._wake()
 
     def _wake(self) -> None:
-        free = self.limit - self.active
-        while free > 0 and self._waiters:
+        while self.active < self.limit and self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
+                self.active += 1
                 fut.set_result(None)
-                free -= 1
 
 
 HEADROOM = 16

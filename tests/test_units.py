@@ -166,6 +166,58 @@ def test_gate_caps_concurrency_and_can_be_raised() -> None:
     assert asyncio.run(run()) == 5
 
 
+def test_gate_hands_a_freed_slot_to_the_longest_waiter() -> None:
+    """A task that frees its slot and asks again at once goes behind the tasks already waiting."""
+
+    async def run() -> list[str]:
+        gate = Gate(1)
+        order: list[str] = []
+
+        async def looper() -> None:
+            for i in range(3):
+                async with gate:
+                    order.append(f"loop{i}")
+                    await asyncio.sleep(0)
+
+        async def waiter(name: str) -> None:
+            async with gate:
+                order.append(name)
+
+        async with asyncio.TaskGroup() as tg:
+            await gate.__aenter__()  # hold the one slot so everyone queues
+            tg.create_task(looper())
+            await asyncio.sleep(0)
+            tg.create_task(waiter("a"))
+            tg.create_task(waiter("b"))
+            await asyncio.sleep(0)
+            await gate.__aexit__()
+        return order
+
+    assert asyncio.run(run()) == ["loop0", "a", "b", "loop1", "loop2"]
+
+
+def test_gate_gives_back_a_slot_handed_to_a_cancelled_waiter() -> None:
+    async def run() -> tuple[int, bool]:
+        gate = Gate(1)
+        await gate.__aenter__()
+        entered = asyncio.Event()
+
+        async def waiter() -> None:
+            async with gate:
+                entered.set()
+
+        first = asyncio.create_task(waiter())
+        second = asyncio.create_task(waiter())
+        await asyncio.sleep(0)
+        await gate.__aexit__()  # the slot is handed to `first` ...
+        first.cancel()  # ... which is cancelled before it runs: the slot must pass on to `second`
+        await asyncio.gather(first, return_exceptions=True)
+        await asyncio.wait_for(second, 1)
+        return gate.active, entered.is_set()
+
+    assert asyncio.run(run()) == (0, True)
+
+
 @pytest.mark.parametrize(
     ("choice", "status"),
     [
