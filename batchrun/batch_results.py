@@ -212,4 +212,3 @@ class ResultsMixin:
             else:
                 sink.abort()
         return tally
-

@@ -38,15 +38,20 @@ out before the rest of the batch (5,000 rows: ~0.1 s of a run's start) is ready.
 these rows among themselves: a prefix they share with later rows is cached by the time those are sent."""
 
 
-def _first_rows_apart(batches: Iterator[pl.DataFrame], first: int) -> Iterator[pl.DataFrame]:
+def _first_rows_apart(batches: Iterator[pl.DataFrame], first: int) -> Iterator[tuple[pl.DataFrame, bool]]:
+    """The input's batches, the first `first` rows as a batch of their own, each with whether it is the
+    last: the next batch is read before a batch is handed on (the first rows' excepted, so they are not
+    kept waiting for it), so the run knows when it has counted its last row (release_tokenizers)."""
     head = next(batches, None)
     if head is None:
         return
     if head.height > first:
-        yield head.slice(0, first)
+        yield head.slice(0, first), False
         head = head.slice(first)
-    yield head
-    yield from batches
+    for batch in batches:
+        yield head, False
+        head = batch
+    yield head, True
 
 
 def _an_answer(result: RowResult) -> bool:
@@ -156,7 +161,8 @@ class OnlineRun:
         # into the next batch so requests are grouped exactly as `plan` counted them
         todo: list[tuple[int, Request]] = []
         ready: list[WorkItem] = []  # chat requests of this batch, sent once it is rendered
-        while (batch := await asyncio.to_thread(next, it, None)) is not None:
+        while (got := await asyncio.to_thread(next, it, None)) is not None:
+            batch, last = got
             positions, ids, texts = await asyncio.to_thread(self.renderer.texts, batch)
             empty = await asyncio.to_thread(self.renderer.empty, batch, texts)
             inputs = await asyncio.to_thread(lambda b=batch: b.select(cols).to_dicts())
@@ -174,6 +180,8 @@ class OnlineRun:
                 [texts[i] for i in misses],
             )
             by_index = dict(zip(misses, fresh, strict=True))
+            if last:  # every row is counted: the tokenizer's ~40 MB go before the rest of the run
+                await asyncio.to_thread(self.renderer.release_tokenizers)
             for i, (row_inputs, fp) in enumerate(zip(inputs, fps, strict=True)):
                 await self.window.acquire()
                 self.inputs[seq] = row_inputs

@@ -22,7 +22,7 @@ from .errors import InputError, TemplateError
 from .fingerprints import Fingerprinter
 from .jobs import Job
 from .sources import ID_COLUMN, ROW_COLUMN, Source
-from .tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, TokenCounter
+from .tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, TokenCounter, release_encodings
 
 MAX_ROW_MODELS = 20
 """Most distinct models one job's rows may name ([request] params_from model)."""
@@ -359,6 +359,13 @@ class Renderer:
         """What every request of the job's model counts besides its user text (and per-row system prompt)."""
         # "user" is one token in every encoding; counted like any other string field
         return self.fixed_tokens + TOKENS_PER_MESSAGE + REPLY_PRIMING + self.schema_tokens + self.role_tokens
+
+    def release_tokenizers(self) -> None:
+        """Let go of the tokenizers once every row is counted (online.py); a later count builds them again."""
+        self.counter.release()
+        for counter, _ in self._counters.values():
+            counter.release()
+        release_encodings()
 
     def _counting(self, model: str) -> tuple[TokenCounter, int]:
         """A row model's counter and fixed part, one per encoding (most models share o200k_base)."""

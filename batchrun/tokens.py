@@ -13,12 +13,14 @@ same module, so `batchrun plan` and the simulator's `usage` agree exactly.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gzip
 import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 import threading
 import warnings
@@ -138,6 +140,20 @@ def get_encoding(name: str) -> tiktoken.Encoding:
     return encoding
 
 
+def release_encodings() -> None:
+    """Forget the built Encodings and give their memory back to the system, once a run has counted its
+    last row (online.py): the tables are ~40 MB of a run's ~200, freed before the last row group and
+    the report, which are the run's peak. An Encoding dies here only if no TokenCounter still holds it
+    (`TokenCounter.release`). glibc keeps the freed small blocks of the Rust tables in its heap until
+    `malloc_trim`; elsewhere freeing is what there is."""
+    get_encoding.cache_clear()
+    if sys.platform == "linux":
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+            ctypes.CDLL(None).malloc_trim(0)
+
+
 def _bundled_params(name: str) -> dict[str, Any]:
     """tiktoken's own constructor supplies the regex, special tokens and expected hash; only where
     the vocabulary bytes come from is swapped, under a lock, for the call."""
@@ -201,7 +217,7 @@ class TokenCounter:
     def __init__(self, model: str, *, warn_unknown: bool = True) -> None:
         self.model = model
         self.encoding_name, self.model_known = encoding_name_for_model(model)
-        self.encoding = encoding_for_model(model, warn=warn_unknown)
+        self._encoding: tiktoken.Encoding | None = encoding_for_model(model, warn=warn_unknown)
         # A job has one schema, sent with every row: its count is kept, not redone per request.
         # Compared by equality (a dict compare is far cheaper than stripping, dumping and encoding
         # it), since bodies parsed from JSON, as the simulator's are, are equal but never the same object.
@@ -209,6 +225,17 @@ class TokenCounter:
 
     def __repr__(self) -> str:
         return f"TokenCounter(model={self.model!r}, encoding={self.encoding_name!r})"
+
+    @property
+    def encoding(self) -> tiktoken.Encoding:
+        """The Encoding, built again (~0.15 s) if `release` let it go and something still counts."""
+        if self._encoding is None:
+            self._encoding = get_encoding(self.encoding_name)
+        return self._encoding
+
+    def release(self) -> None:
+        """Let go of the Encoding (o200k: ~40 MB of Rust tables), kept counts stay; see release_encodings."""
+        self._encoding = None
 
     def count_text(self, text: str) -> int:
         return len(self.encoding.encode_ordinary(text))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import openai
@@ -276,6 +277,32 @@ def test_simple_templates_render_exactly_as_jinja2(tmp_path: Path) -> None:
     assert fast[1] == "S= N= F=2.5 B=False S again "  # null renders as "", never as the word None
 
 
+def test_the_tokenizers_can_be_released_and_counts_stay_the_same(tmp_path: Path) -> None:
+    # a run lets go of the tokenizer once its last row is counted (issue 12: peak RSS); a later count
+    # (a notebook's next run on the same Renderer would not, but nothing may break if one does) rebuilds it
+    import polars as pl
+
+    from batchrun import tokens
+    from batchrun.jobs import parse_job
+    from batchrun.prompts import Renderer
+    from batchrun.sources import open_source
+
+    pl.DataFrame({"s": ["héllo wörld", "a b c"]}).write_parquet(tmp_path / "in.parquet")
+    data = {
+        "input": {"path": "in.parquet"},
+        "prompt": {"template": "say {{ s }}"},
+        "request": {"model": "gpt-4o-mini", "max_tokens": 5},
+    }
+    job = parse_job(data, tmp_path / "j.toml")
+    source = open_source(job.input)
+    renderer = Renderer(job, source.columns)
+    texts = renderer.texts(next(iter(source.batches(10))))[2]
+    before = renderer.prompt_tokens(texts)
+    renderer.release_tokenizers()
+    assert renderer.counter._encoding is None and tokens.get_encoding.cache_info().currsize == 0
+    assert renderer.prompt_tokens(texts) == before
+
+
 def test_the_cli_and_the_package_import_without_the_heavy_libraries() -> None:
     # `batchrun --help` (and `import batchrun`) must not pay for polars, the SDK or the engine: they load
     # on first use of the library's entry points (issue 12: --help took 1.7 s)
@@ -345,7 +372,18 @@ def test_the_first_rows_of_a_run_are_a_batch_of_their_own() -> None:
 
     batches = [pl.DataFrame({"x": range(0, 250)}), pl.DataFrame({"x": range(250, 300)})]
     out = list(_first_rows_apart(iter(batches), 100))
-    assert [b.height for b in out] == [100, 150, 50]
-    assert pl.concat(out)["x"].to_list() == list(range(300))
-    assert [b.height for b in _first_rows_apart(iter([pl.DataFrame({"x": [1, 2]})]), 100)] == [2]
+    assert [(b.height, last) for b, last in out] == [(100, False), (150, False), (50, True)]
+    assert pl.concat(b for b, _ in out)["x"].to_list() == list(range(300))
+    assert [(b.height, last) for b, last in _first_rows_apart(iter([pl.DataFrame({"x": [1, 2]})]), 100)] == [(2, True)]
     assert list(_first_rows_apart(iter([]), 100)) == []
+
+    def reads() -> Iterator[pl.DataFrame]:
+        for i in range(3):
+            read.append(i)
+            yield pl.DataFrame({"x": range(i * 200, i * 200 + 200)})
+
+    read: list[int] = []  # the first rows go before the next batch is read; every later one after
+    seen = []
+    for b, last in _first_rows_apart(reads(), 100):
+        seen.append((b.height, last, list(read)))
+    assert seen == [(100, False, [0]), (100, False, [0, 1]), (200, False, [0, 1, 2]), (200, True, [0, 1, 2])]
