@@ -50,7 +50,7 @@ def _options(args: argparse.Namespace, **kw: object) -> RunOptions:
     return RunOptions(
         progress=not args.quiet, cache=cache, wait=args.wait, retry=retry, accept=accept,
         wait_lock=args.wait_lock, started=process_started(), over_budget=getattr(args, "over_budget", False),
-        verbose=getattr(args, "verbose", False),
+        verbose=getattr(args, "verbose", False), one_run=True,
         ray=getattr(args, "ray", None) is not None, ray_address=getattr(args, "ray", None) or None,
         **kw,  # type: ignore[arg-type]
     )  # fmt: skip

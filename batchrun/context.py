@@ -195,6 +195,8 @@ class RunContext:
     started: float
     """time.monotonic() at the start of the run."""
     ray: RayTarget | None = None
+    one_run: bool = False
+    """The process exits after this run (RunOptions.one_run)."""
 
     @property
     def context_window(self) -> int | None:

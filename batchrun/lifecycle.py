@@ -81,6 +81,10 @@ class RunOptions:
     """The cluster (`auto`, `ray://…`); None: the job's [ray] address, else a local Ray instance."""
     verbose: bool = False
     """Print each request as it is answered or fails (`run -v`): when, status, tokens, latency, error."""
+    one_run: bool = False
+    """The process exits after this run (the CLI): what the run will not use again is let go as it goes
+    (the tokenizer, ~40 MB, once every row is counted). A library caller keeps it for its next run, which
+    would otherwise build it again (~0.15 s)."""
 
     def __post_init__(self) -> None:
         if self.cache not in ("use", "refresh", "off"):
@@ -157,6 +161,7 @@ def build_context(job: Job, endpoint: Endpoint, ledger: Ledger, options: RunOpti
         accepted=accepted_statuses(job, options.accept),
         started=options.started if options.started is not None else time.monotonic(),
         ray=RayTarget(options.ray_address or job.ray.address) if options.ray else None,
+        one_run=options.one_run,
     )
 
 

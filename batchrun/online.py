@@ -180,7 +180,8 @@ class OnlineRun:
                 [texts[i] for i in misses],
             )
             by_index = dict(zip(misses, fresh, strict=True))
-            if last:  # every row is counted: the tokenizer's ~40 MB go before the rest of the run
+            if last and self.ctx.one_run:  # every row is counted (a retry keeps its count): the tokenizer's
+                # ~40 MB go before the last row group and the report, the run's peak
                 await asyncio.to_thread(self.renderer.release_tokenizers)
             for i, (row_inputs, fp) in enumerate(zip(inputs, fps, strict=True)):
                 await self.window.acquire()
