@@ -74,7 +74,10 @@ def _execute(job: Job, options: RunOptions) -> int:
 
     from .lifecycle import run_job
     from .results import format_summary
+    from .sinks import skip_pandas_probe
 
+    if not options.ray:  # Ray Data hands pyarrow pandas frames in this process
+        skip_pandas_probe()
     try:
         result = asyncio.run(run_job(job, options))
     except BatchrunError as exc:

@@ -10,8 +10,10 @@ the oldest unfinished row, so memory is bounded by disorder, not job size.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,6 +218,34 @@ def make_layout(
         in_fields.append(pa.field(out, f.type))
     meta = [pa.field(n, t) for n, t in META_FIELDS]
     return OutputLayout(pa.schema(in_fields + out_fields + meta), mapping, output_kind, converters)
+
+
+class _NoPandas:
+    """An import finder under which `import pandas` fails (skip_pandas_probe)."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas":
+            raise ModuleNotFoundError("pandas is not for this process's Arrow conversions", name="pandas")
+
+
+def skip_pandas_probe() -> None:
+    """For a process that never hands pyarrow a pandas object (the CLI's run, not --ray): make pyarrow's
+    value checks skip pandas, so it is not imported at all.
+
+    pyarrow's first conversion of Python values (the sink's rows) imports pandas, when it is installed,
+    only to ask whether the values are pandas objects: +50 MB of the run's peak RSS and ~0.3 s of its
+    CPU (a 5,000-request run: 237 MB with pandas installed, 188 MB without). pyarrow asks once and keeps
+    the answer; converting an empty list while `import pandas` fails makes that answer "no pandas". What
+    really needs pandas (Table.to_pandas, from_pandas) still imports it; only its checks of values, such
+    as whether a value is a pandas Series, answer no, so a library caller's process is left alone."""
+    if "pandas" in sys.modules or importlib.util.find_spec("pandas") is None:
+        return
+    finder = _NoPandas()
+    sys.meta_path.insert(0, finder)
+    try:
+        pa.array([], pa.string())
+    finally:
+        sys.meta_path.remove(finder)
 
 
 class ParquetSink:

@@ -303,6 +303,33 @@ def test_the_tokenizers_can_be_released_and_counts_stay_the_same(tmp_path: Path)
     assert renderer.prompt_tokens(texts) == before
 
 
+def test_a_cli_run_never_imports_pandas_for_pyarrow() -> None:
+    # pyarrow imports pandas (when installed) on its first conversion of Python values, only to check for
+    # pandas objects: +50 MB and ~0.3 s of a CLI run (issue 12). Needs numpy and pandas (the ray extra
+    # has them; CI runs this test in that step too). A control shows the check would import it.
+    pytest.importorskip("pandas")
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import pyarrow as pa\n"
+        "from batchrun.sinks import skip_pandas_probe\n"
+        "if sys.argv[1] == 'probe': skip_pandas_probe()\n"
+        "schema = pa.schema([('s', pa.string()), ('n', pa.int64()), ('l', pa.list_(pa.float32(), 2))])\n"
+        "pa.Table.from_pylist([{'s': 'x', 'n': 1, 'l': [1.0, 2.0]}], schema=schema)\n"
+        "print('pandas' in sys.modules)\n"
+        "print(type(pa.table({'a': [1]}).to_pandas()).__name__)\n"  # what needs pandas still gets it
+    )
+    runs = {
+        how: subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, timeout=60)
+        for how in ("probe", "control")
+    }
+    assert all(r.returncode == 0 for r in runs.values()), {k: r.stderr for k, r in runs.items()}
+    assert runs["probe"].stdout.split() == ["False", "DataFrame"]
+    assert runs["control"].stdout.split() == ["True", "DataFrame"]
+
+
 def test_the_cli_and_the_package_import_without_the_heavy_libraries() -> None:
     # `batchrun --help` (and `import batchrun`) must not pay for polars, the SDK or the engine: they load
     # on first use of the library's entry points (issue 12: --help took 1.7 s)
