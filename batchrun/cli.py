@@ -206,6 +206,20 @@ def _version() -> str:
     return installed() or "unknown (not installed)"
 
 
+class _ShowVersion(argparse.Action):
+    """`--version`, looked up only when asked: argparse's own action takes the text when the parser is
+    built, and the lookup (importlib.metadata and a scan of site-packages, ~25 ms) was in every command."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(
+            option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help="show the version and exit"
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"batchrun {_version()}")
+        parser.exit()
+
+
 def _sim(args: argparse.Namespace) -> int:
     from .sim import SimConfig, SimServer
 
@@ -234,7 +248,7 @@ def _sim(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batchrun", description="Bulk LLM prompts: plan, run, resume.")
-    parser.add_argument("--version", action="version", version=f"batchrun {_version()}")
+    parser.add_argument("--version", action=_ShowVersion)
     sub = parser.add_subparsers(dest="command", required=True)
 
     i = sub.add_parser(
